@@ -1,0 +1,208 @@
+//! The command line: global flags, the verbs, and the parsers that turn flag
+//! values into typed values, so a bad `--ttl` or `--label` is a usage error
+//! (exit 2) that names the flag, before anything is sent to the server.
+
+use std::{path::PathBuf, time::Duration, time::SystemTime};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    client::ServerUrl,
+    commands::{init::InitArgs, keys, verify::VerifyArgs},
+    output::OutputFormat,
+};
+
+/// Operator CLI for keyward, the API-key service.
+///
+/// Mint, list, inspect, rotate and revoke API keys on a keyward server, and
+/// check a key the way a backend would.
+#[derive(Debug, Parser)]
+#[command(name = "keywardctl", version, propagate_version = true)]
+#[command(after_long_help = ADMIN_KEY_HELP)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How to give the admin credential; shown by `--help` because the key itself
+/// is deliberately not a flag.
+const ADMIN_KEY_HELP: &str = "\
+Admin credential:
+  Every command except `init` needs a key holding `keyward:admin` (for `verify`:
+  `keyward:validate`). Give it in the environment variable KEYWARD_ADMIN_KEY, or
+  in a file with --admin-key-file PATH (env KEYWARD_ADMIN_KEY_FILE); the file wins
+  when both are set. The server writes the first admin key to keyward-admin.key.
+  The key is never accepted as an argument: arguments end up in shell history
+  and in `ps` output.";
+
+/// Flags every verb accepts, before or after the verb's name.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// The keyward server: a URL, or `host:port` (taken as `http://host:port`)
+    #[arg(
+        long,
+        global = true,
+        env = "KEYWARD_SERVER",
+        value_name = "URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub server: ServerUrl,
+
+    /// File holding the admin key (the server writes the first one to
+    /// keyward-admin.key); otherwise the key is read from KEYWARD_ADMIN_KEY
+    #[arg(
+        long,
+        global = true,
+        env = "KEYWARD_ADMIN_KEY_FILE",
+        value_name = "PATH"
+    )]
+    pub admin_key_file: Option<PathBuf>,
+
+    /// Output format: `table` for people, `json` for scripts
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the database schema, the built-in roles and the first admin key
+    ///
+    /// Works on the database directly (no server, no admin key needed), prints
+    /// the first admin key once, and refuses to run on a database that is
+    /// already initialised.
+    Init(InitArgs),
+    /// Mint a new key and print it (the only time its plaintext is shown)
+    Mint(keys::MintArgs),
+    /// List keys, newest first, optionally filtered
+    List(keys::ListArgs),
+    /// Show one key's metadata (never its secret)
+    Show(keys::ShowArgs),
+    /// Replace a key with a new one with the same settings
+    ///
+    /// The old key keeps working for the grace period, then expires; without
+    /// --grace it is revoked at once.
+    Rotate(keys::RotateArgs),
+    /// Revoke a key: it stops working at once
+    ///
+    /// Revoking a revoked key changes nothing and reports the first revocation.
+    Revoke(keys::RevokeArgs),
+    /// Check a key read from stdin, the way a backend server would
+    ///
+    /// Reads one key from stdin (never from the command line) and asks the
+    /// server's Validate RPC about it, with the admin key as the caller's
+    /// credential (it needs `keyward:validate`). Exits 0 when the key is valid
+    /// and 1 when it is not.
+    Verify(VerifyArgs),
+}
+
+/// Parses `KEY=VALUE` for `--label`.
+pub fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some(("", _)) => Err("the label key is empty; expected KEY=VALUE, e.g. env=prod".into()),
+        Some((key, value)) => Ok((key.to_owned(), value.to_owned())),
+        None => Err("expected KEY=VALUE, e.g. env=prod".into()),
+    }
+}
+
+/// Parses a duration like `30m`, `12h` or `7d 12h` that may be zero
+/// (`--grace 0s` revokes the old key at once, as the server documents).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 30m, 12h or 7d)"))
+}
+
+/// Parses a key lifetime: a duration that must be longer than zero, because
+/// a key that expires the moment it is minted is always a mistake.
+pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("must be longer than zero".into()),
+        d => Ok(d),
+    }
+}
+
+/// Parses an RFC 3339 time in UTC, e.g. `2027-01-31T12:00:00Z`. The zone
+/// must be written out (`Z` or `+00:00`): a time without one would silently
+/// be read as UTC, off by the operator's UTC offset.
+pub fn parse_rfc3339(s: &str) -> Result<SystemTime, String> {
+    humantime::parse_rfc3339(s)
+        .map_err(|e| format!("{e} (expected an RFC 3339 time in UTC, e.g. 2027-01-31T12:00:00Z)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn command_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn labels_need_a_key_and_an_equals_sign() {
+        let cases: &[(&str, Option<(&str, &str)>)] = &[
+            ("env=prod", Some(("env", "prod"))),
+            ("env=", Some(("env", ""))),
+            ("url=a=b", Some(("url", "a=b"))),
+            ("env", None),
+            ("=prod", None),
+            ("", None),
+        ];
+        for &(input, expected) in cases {
+            let got = parse_label(input).ok();
+            let expected = expected.map(|(k, v)| (k.to_owned(), v.to_owned()));
+            assert_eq!(got, expected, "parse_label({input:?})");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_positive_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_positive_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn rfc3339_times() {
+        let t = parse_rfc3339("2027-01-31T12:00:00Z").unwrap();
+        assert_eq!(
+            humantime::format_rfc3339_seconds(t).to_string(),
+            "2027-01-31T12:00:00Z"
+        );
+        assert!(parse_rfc3339("tomorrow").is_err());
+        assert!(parse_rfc3339("2027-01-31T12:00:00").is_err(), "no zone");
+        assert!(parse_rfc3339("2027-13-01T00:00:00Z").is_err());
+    }
+
+    #[test]
+    fn global_flags_go_before_or_after_the_verb() {
+        for argv in [
+            &["keywardctl", "--output", "json", "show", "abc"][..],
+            &["keywardctl", "show", "abc", "--output", "json"][..],
+        ] {
+            let cli = Cli::try_parse_from(argv).unwrap();
+            assert_eq!(cli.global.output, OutputFormat::Json);
+        }
+    }
+
+    #[test]
+    fn ttl_and_expires_at_are_exclusive() {
+        let err = Cli::try_parse_from([
+            "keywardctl",
+            "mint",
+            "--ttl",
+            "1h",
+            "--expires-at",
+            "2027-01-31T12:00:00Z",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+}

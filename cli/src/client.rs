@@ -1,0 +1,250 @@
+//! Talking to a keyward server: its address, the admin credential, and the
+//! authenticated gRPC clients.
+//!
+//! The admin key lives in [`AdminKey`], whose `Debug` is redacted, and goes
+//! on the wire only as the `authorization` metadata of each call. It is
+//! never taken from the command line, where shell history and `ps` would see
+//! it.
+
+use std::{
+    ffi::OsString,
+    fmt, fs,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
+
+use keyward::pb::{admin_service_client::AdminServiceClient, key_service_client::KeyServiceClient};
+use tonic::{
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Channel, Endpoint},
+};
+
+use crate::{
+    cli::GlobalArgs,
+    error::{CliError, root_cause},
+};
+
+/// How long to wait for a TCP connection: long enough for a slow network,
+/// short enough that a wrong address fails while the operator still waits.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Upper bound for one RPC; every admin RPC is a handful of queries.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The environment variable holding the admin key itself.
+pub const ADMIN_KEY_ENV: &str = "KEYWARD_ADMIN_KEY";
+
+/// The address of a keyward server, as a URL with a scheme: `host:port` is
+/// read as `http://host:port`, so the usual way to write an address works.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerUrl(String);
+
+impl FromStr for ServerUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let url = if s.contains("://") {
+            s.to_owned()
+        } else {
+            format!("http://{s}")
+        };
+        Endpoint::from_shared(url.clone()).map_err(|e| {
+            format!("not a server address ({e}); expected e.g. http://127.0.0.1:50051")
+        })?;
+        Ok(Self(url))
+    }
+}
+
+impl fmt::Display for ServerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The admin credential, ready to send as `authorization: Bearer <key>`.
+#[derive(Clone)]
+pub struct AdminKey(MetadataValue<Ascii>);
+
+impl fmt::Debug for AdminKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminKey(<redacted>)")
+    }
+}
+
+impl AdminKey {
+    /// Finds the admin key: in `file` when one is given (by flag or
+    /// `KEYWARD_ADMIN_KEY_FILE`), else in `env_value` (`KEYWARD_ADMIN_KEY`).
+    /// The more specific source wins, so a file named for one command
+    /// overrides a key exported for the whole shell session.
+    ///
+    /// # Errors
+    /// [`CliError::NoAdminKey`] when neither source gives a key, or the file
+    /// cannot be read, is empty, or the key cannot be sent as a header.
+    pub fn resolve(file: Option<&Path>, env_value: Option<OsString>) -> Result<Self, CliError> {
+        if let Some(path) = file {
+            let text = fs::read_to_string(path).map_err(|source| CliError::AdminKeyFile {
+                path: path.to_owned(),
+                source,
+            })?;
+            return match text.trim() {
+                "" => Err(CliError::EmptyAdminKeyFile {
+                    path: PathBuf::from(path),
+                }),
+                key => Self::from_text(key),
+            };
+        }
+        match env_value {
+            None => Err(CliError::NoAdminKey),
+            Some(value) => match value.to_str().map(str::trim) {
+                Some("") => Err(CliError::NoAdminKey),
+                Some(key) => Self::from_text(key),
+                None => Err(CliError::MalformedAdminKey),
+            },
+        }
+    }
+
+    /// Resolves the admin key from the global flags and the environment.
+    ///
+    /// # Errors
+    /// As [`AdminKey::resolve`].
+    pub fn from_args(global: &GlobalArgs) -> Result<Self, CliError> {
+        Self::resolve(
+            global.admin_key_file.as_deref(),
+            std::env::var_os(ADMIN_KEY_ENV),
+        )
+    }
+
+    fn from_text(key: &str) -> Result<Self, CliError> {
+        let mut value = MetadataValue::try_from(format!("Bearer {key}"))
+            .map_err(|_| CliError::MalformedAdminKey)?;
+        // Keeps the value out of tonic's and hyper's `Debug` output.
+        value.set_sensitive(true);
+        Ok(Self(value))
+    }
+}
+
+/// Adds the admin key to every request.
+#[derive(Clone, Debug)]
+pub struct BearerAuth(AdminKey);
+
+impl Interceptor for BearerAuth {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.0.clone());
+        Ok(request)
+    }
+}
+
+/// An authenticated channel to the admin API.
+pub type AdminClient = AdminServiceClient<InterceptedService<Channel, BearerAuth>>;
+/// An authenticated channel to the data plane (Validate).
+pub type KeyClient = KeyServiceClient<InterceptedService<Channel, BearerAuth>>;
+
+/// Connects to the server named by the global flags, with the admin key.
+///
+/// The key is resolved first, so a missing credential is reported without a
+/// network round trip, and the connection is made eagerly, so an unreachable
+/// server is reported as such rather than as a failed RPC.
+///
+/// # Errors
+/// A missing or unreadable admin key, or [`CliError::Unreachable`].
+pub async fn admin_client(global: &GlobalArgs) -> Result<AdminClient, CliError> {
+    let auth = BearerAuth(AdminKey::from_args(global)?);
+    let channel = connect(&global.server).await?;
+    Ok(AdminServiceClient::with_interceptor(channel, auth))
+}
+
+/// Like [`admin_client`], for the Validate RPC.
+///
+/// # Errors
+/// As [`admin_client`].
+pub async fn key_client(global: &GlobalArgs) -> Result<KeyClient, CliError> {
+    let auth = BearerAuth(AdminKey::from_args(global)?);
+    let channel = connect(&global.server).await?;
+    Ok(KeyServiceClient::with_interceptor(channel, auth))
+}
+
+async fn connect(server: &ServerUrl) -> Result<Channel, CliError> {
+    let unreachable = |cause: String| CliError::Unreachable {
+        server: server.clone(),
+        cause,
+    };
+    // `ServerUrl::from_str` already checked the URL; this cannot fail.
+    let endpoint = Endpoint::from_shared(server.0.clone())
+        .map_err(|e| unreachable(e.to_string()))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT);
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| unreachable(root_cause(&e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::*;
+
+    #[test]
+    fn server_urls_get_a_scheme() {
+        let cases = [
+            ("127.0.0.1:50051", "http://127.0.0.1:50051"),
+            ("localhost:1", "http://localhost:1"),
+            ("http://keyward:50051", "http://keyward:50051"),
+            ("https://keyward.example", "https://keyward.example"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(input.parse::<ServerUrl>().unwrap().to_string(), expected);
+        }
+        assert!("http://bad host".parse::<ServerUrl>().is_err());
+    }
+
+    #[test]
+    fn admin_key_debug_is_redacted() {
+        let key = AdminKey::resolve(None, Some("kw_secret".into())).unwrap();
+        let debug = format!("{key:?} {:?}", BearerAuth(key.clone()));
+        assert!(!debug.contains("kw_secret"), "{debug}");
+    }
+
+    #[test]
+    fn admin_key_sources() {
+        assert!(matches!(
+            AdminKey::resolve(None, None),
+            Err(CliError::NoAdminKey)
+        ));
+        assert!(matches!(
+            AdminKey::resolve(None, Some("  ".into())),
+            Err(CliError::NoAdminKey)
+        ));
+        assert!(matches!(
+            AdminKey::resolve(None, Some("kw_a\nb".into())),
+            Err(CliError::MalformedAdminKey)
+        ));
+
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "kw_fromfile").unwrap();
+        let key = AdminKey::resolve(Some(file.path()), Some("kw_fromenv".into())).unwrap();
+        assert_eq!(
+            key.0.to_str().unwrap(),
+            "Bearer kw_fromfile",
+            "the file wins"
+        );
+
+        let empty = tempfile::NamedTempFile::new().unwrap();
+        assert!(matches!(
+            AdminKey::resolve(Some(empty.path()), None),
+            Err(CliError::EmptyAdminKeyFile { .. })
+        ));
+        assert!(matches!(
+            AdminKey::resolve(Some(Path::new("/nonexistent/keyward-admin.key")), None),
+            Err(CliError::AdminKeyFile { .. })
+        ));
+    }
+}

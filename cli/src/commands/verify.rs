@@ -1,0 +1,174 @@
+//! `keywardctl verify`: asks the data plane about a key exactly as a backend
+//! server would, so an operator can see what a service will be told.
+//!
+//! The key is read from stdin, never from the command line (where shell
+//! history and `ps` would keep it), and is never printed back: the output
+//! names the key by its public id only.
+
+use std::{
+    io::{self, IsTerminal as _, Read as _},
+    process::ExitCode,
+};
+
+use clap::Args;
+use keyward::pb;
+use serde_json::json;
+
+use crate::{
+    cli::GlobalArgs,
+    client::key_client,
+    error::CliError,
+    output::{self, OutputFormat},
+};
+
+/// The most that is read from stdin: far more than any key, little enough
+/// that piping a large file by mistake fails fast.
+const MAX_STDIN_BYTES: u64 = 64 * 1024;
+
+/// Arguments of `verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// A permission the key must be granted, e.g. `deploy:write`
+    /// (repeatable); one it lacks makes the answer FORBIDDEN
+    #[arg(long = "permission", value_name = "PERMISSION")]
+    pub permissions: Vec<String>,
+}
+
+/// Validates the key on stdin; exit code 0 when it is valid, 1 when not.
+///
+/// # Errors
+/// Empty stdin or more than one line, no admin key, an unreachable server,
+/// or the server refusing the request (e.g. a malformed permission).
+pub async fn run(args: VerifyArgs, global: &GlobalArgs) -> Result<ExitCode, CliError> {
+    let key = read_key(io::stdin())?;
+    let mut client = key_client(global).await?;
+    let response = client
+        .validate(pb::ValidateRequest {
+            key,
+            required_permissions: args.permissions,
+        })
+        .await
+        .map_err(|status| CliError::from_status(status, &global.server))?
+        .into_inner();
+
+    match global.output {
+        OutputFormat::Json => output::print_json(&json!({
+            "valid": response.valid,
+            "denial": (!response.valid).then(|| output::denial_name(response.denial)),
+            "key_id": (!response.key_id.is_empty()).then_some(&response.key_id),
+            "roles": response.roles,
+            "permissions": response.permissions,
+            "labels": output::sorted_labels(&response.labels),
+            "owner": (!response.owner.is_empty()).then_some(&response.owner),
+            "expires_at": output::timestamp(response.expires_at.as_ref()),
+        }))?,
+        OutputFormat::Table => output::print(&output::fields_text(&verify_fields(&response)))?,
+    }
+    Ok(if response.valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn verify_fields(response: &pb::ValidateResponse) -> Vec<(&'static str, String)> {
+    let or_dash = |s: String| if s.is_empty() { "-".to_owned() } else { s };
+    let mut fields = vec![(
+        "valid",
+        if response.valid { "yes" } else { "no" }.to_owned(),
+    )];
+    if !response.valid {
+        fields.push(("denial", output::denial_name(response.denial)));
+    }
+    // An INVALID key is not authenticated: the server says nothing more
+    // about it, so neither do we.
+    if !response.key_id.is_empty() {
+        fields.extend([
+            ("key id", response.key_id.clone()),
+            ("roles", or_dash(response.roles.join(", "))),
+            ("permissions", or_dash(response.permissions.join(", "))),
+            ("labels", or_dash(output::labels_text(&response.labels))),
+            ("owner", or_dash(response.owner.clone())),
+            (
+                "expires",
+                output::timestamp(response.expires_at.as_ref()).unwrap_or_else(|| "never".into()),
+            ),
+        ]);
+    }
+    fields
+}
+
+/// Reads exactly one key from `stdin`: surrounding whitespace (the newline
+/// `echo` adds) is dropped; nothing, or more than one line, is an error.
+fn read_key(stdin: io::Stdin) -> Result<String, CliError> {
+    let mut text = String::new();
+    if stdin.is_terminal() {
+        // Typed or pasted: one line is the whole input, no Ctrl-D needed.
+        eprintln!("Paste the key and press Enter:");
+        stdin.read_line(&mut text).map_err(CliError::Stdin)?;
+    } else {
+        stdin
+            .take(MAX_STDIN_BYTES)
+            .read_to_string(&mut text)
+            .map_err(CliError::Stdin)?;
+    }
+    parse_key_input(&text)
+}
+
+fn parse_key_input(text: &str) -> Result<String, CliError> {
+    match text.trim() {
+        "" => Err(CliError::EmptyStdin),
+        key if key.contains(['\n', '\r']) => Err(CliError::SeveralKeysOnStdin),
+        key => Ok(key.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_input_is_one_trimmed_line() {
+        assert_eq!(parse_key_input("kw_abc\n").unwrap(), "kw_abc");
+        assert_eq!(parse_key_input("  kw_abc\r\n").unwrap(), "kw_abc");
+        assert!(matches!(parse_key_input(""), Err(CliError::EmptyStdin)));
+        assert!(matches!(
+            parse_key_input("\n \n"),
+            Err(CliError::EmptyStdin)
+        ));
+        assert!(matches!(
+            parse_key_input("kw_a\nkw_b\n"),
+            Err(CliError::SeveralKeysOnStdin)
+        ));
+    }
+
+    #[test]
+    fn invalid_keys_show_only_the_denial() {
+        let response = pb::ValidateResponse {
+            valid: false,
+            denial: pb::Denial::Invalid as i32,
+            ..Default::default()
+        };
+        let fields = verify_fields(&response);
+        assert_eq!(
+            fields,
+            [("valid", "no".to_owned()), ("denial", "INVALID".to_owned())]
+        );
+    }
+
+    #[test]
+    fn forbidden_keys_show_who_they_are() {
+        let response = pb::ValidateResponse {
+            valid: false,
+            key_id: "AbCdEfGhIjK".into(),
+            denial: pb::Denial::Forbidden as i32,
+            roles: vec!["validator".into()],
+            permissions: vec!["keyward:validate".into()],
+            ..Default::default()
+        };
+        let text = output::fields_text(&verify_fields(&response));
+        assert!(text.contains("denial       FORBIDDEN\n"), "{text}");
+        assert!(text.contains("key id       AbCdEfGhIjK\n"), "{text}");
+        assert!(text.contains("permissions  keyward:validate\n"), "{text}");
+    }
+}

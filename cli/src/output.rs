@@ -1,0 +1,289 @@
+//! Rendering: aligned text for people (`--output table`, the default) and
+//! JSON for scripts (`--output json`).
+//!
+//! Both views of a key come from the same [`pb::Key`], and neither has a place
+//! for a secret: the only plaintext ever printed is the one a mint, rotate or
+//! init returns, which the commands add themselves.
+//!
+//! JSON conventions: timestamps are RFC 3339 strings in UTC, an absent
+//! optional value (no expiry, no owner, not revoked) is `null`, labels are an
+//! object, and the key state is `active`, `expired` or `revoked`.
+
+use std::{
+    collections::BTreeMap,
+    io::{self, Write as _},
+    time::SystemTime,
+};
+
+use keyward::pb;
+use serde_json::{Value, json};
+
+use crate::error::CliError;
+
+/// `--output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned text for people
+    Table,
+    /// JSON for scripts
+    Json,
+}
+
+/// Formats a protobuf timestamp as RFC 3339 (seconds, UTC).
+pub fn timestamp(ts: Option<&prost_types::Timestamp>) -> Option<String> {
+    let time = SystemTime::try_from(*ts?).ok()?;
+    Some(humantime::format_rfc3339_seconds(time).to_string())
+}
+
+/// The name of a key state, as `list --state` takes it.
+pub fn state_name(state: i32) -> String {
+    match pb::KeyState::try_from(state) {
+        Ok(pb::KeyState::Active) => "active".into(),
+        Ok(pb::KeyState::Expired) => "expired".into(),
+        Ok(pb::KeyState::Revoked) => "revoked".into(),
+        // A server newer than this CLI may add states; show rather than fail.
+        Ok(pb::KeyState::Unspecified) | Err(_) => format!("unknown({state})"),
+    }
+}
+
+/// The name of a Validate denial, as the proto spells it (`INVALID`, ...).
+pub fn denial_name(denial: i32) -> String {
+    match pb::Denial::try_from(denial) {
+        Ok(denial) => denial.as_str_name().to_owned(),
+        Err(_) => format!("UNKNOWN({denial})"),
+    }
+}
+
+/// Labels sorted by key (the wire map has no order), for stable output.
+pub fn sorted_labels<'a>(
+    labels: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> BTreeMap<&'a str, &'a str> {
+    labels
+        .into_iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
+/// `env=prod, team=infra`.
+pub fn labels_text<'a>(labels: impl IntoIterator<Item = (&'a String, &'a String)>) -> String {
+    sorted_labels(labels)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn non_empty(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
+}
+
+/// A key's metadata as a JSON object.
+pub fn key_json(key: &pb::Key) -> serde_json::Map<String, Value> {
+    let value = json!({
+        "id": key.id,
+        "prefix": key.prefix,
+        "state": state_name(key.state),
+        "roles": key.roles,
+        "labels": sorted_labels(&key.labels),
+        "owner": non_empty(&key.owner),
+        "description": non_empty(&key.description),
+        "created_at": timestamp(key.created_at.as_ref()),
+        "expires_at": timestamp(key.expires_at.as_ref()),
+        "revoked_at": timestamp(key.revoked_at.as_ref()),
+        "revoke_reason": non_empty(&key.revoke_reason),
+        "rotated_from": non_empty(&key.rotated_from),
+        "rotated_to": non_empty(&key.rotated_to),
+        "created_by": non_empty(&key.created_by),
+    });
+    match value {
+        Value::Object(map) => map,
+        _ => unreachable!("json! of an object literal is an object"),
+    }
+}
+
+/// A key's metadata as `name value` lines: empty optional fields are left
+/// out, except expiry, where "never" is worth saying.
+pub fn key_fields(key: &pb::Key) -> Vec<(&'static str, String)> {
+    let mut fields = vec![
+        ("id", key.id.clone()),
+        ("prefix", key.prefix.clone()),
+        ("state", state_name(key.state)),
+        ("roles", or_dash(key.roles.join(", "))),
+        ("labels", or_dash(labels_text(&key.labels))),
+        ("owner", or_dash(key.owner.clone())),
+    ];
+    if !key.description.is_empty() {
+        fields.push(("description", key.description.clone()));
+    }
+    fields.push((
+        "created",
+        timestamp(key.created_at.as_ref()).unwrap_or_else(|| "-".into()),
+    ));
+    fields.push((
+        "expires",
+        timestamp(key.expires_at.as_ref()).unwrap_or_else(|| "never".into()),
+    ));
+    let optional = [
+        ("revoked", timestamp(key.revoked_at.as_ref())),
+        (
+            "revoke reason",
+            non_empty(&key.revoke_reason).map(Into::into),
+        ),
+        ("rotated from", non_empty(&key.rotated_from).map(Into::into)),
+        ("rotated to", non_empty(&key.rotated_to).map(Into::into)),
+        ("created by", non_empty(&key.created_by).map(Into::into)),
+    ];
+    fields.extend(
+        optional
+            .into_iter()
+            .filter_map(|(name, value)| Some((name, value?))),
+    );
+    fields
+}
+
+fn or_dash(s: String) -> String {
+    if s.is_empty() { "-".into() } else { s }
+}
+
+/// Renders `name value` pairs with the values aligned.
+pub fn fields_text(fields: &[(&str, String)]) -> String {
+    let width = fields.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
+    fields
+        .iter()
+        .map(|(name, value)| format!("{name:<width$}  {value}\n"))
+        .collect()
+}
+
+/// Renders rows under headers, each column as wide as its widest cell. The
+/// last column is not padded, so lines carry no trailing spaces.
+pub fn table_text(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut out = String::new();
+        for (i, (cell, width)) in cells.zip(&widths).enumerate() {
+            if i + 1 == widths.len() {
+                out.push_str(cell);
+            } else {
+                let pad = width - cell.chars().count();
+                out.push_str(cell);
+                out.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        out.truncate(out.trim_end().len());
+        out.push('\n');
+        out
+    };
+    let mut out = line(&mut headers.iter().copied());
+    for row in rows {
+        out.push_str(&line(&mut row.iter().map(String::as_str)));
+    }
+    out
+}
+
+/// Writes `text` to stdout.
+///
+/// # Errors
+/// [`CliError::Output`] when stdout is closed or full.
+pub fn print(text: &str) -> Result<(), CliError> {
+    let mut stdout = io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(CliError::Output)
+}
+
+/// Writes `value` to stdout as pretty JSON and a newline.
+///
+/// # Errors
+/// As [`print`].
+pub fn print_json(value: &Value) -> Result<(), CliError> {
+    // Serialising a `Value` cannot fail.
+    let text = serde_json::to_string_pretty(value).unwrap_or_default();
+    print(&format!("{text}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_key() -> pb::Key {
+        pb::Key {
+            id: "AbCdEfGhIjK".into(),
+            prefix: "kw".into(),
+            roles: vec!["deployer".into(), "validator".into()],
+            labels: [("team", "infra"), ("env", "prod")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            owner: "ci".into(),
+            state: pb::KeyState::Active as i32,
+            created_at: Some(prost_types::Timestamp {
+                seconds: 1_800_000_000,
+                nanos: 5,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn key_json_uses_names_nulls_and_rfc3339() {
+        let json = Value::Object(key_json(&sample_key()));
+        assert_eq!(json["id"], "AbCdEfGhIjK");
+        assert_eq!(json["state"], "active");
+        assert_eq!(json["labels"], json!({"env": "prod", "team": "infra"}));
+        assert_eq!(json["created_at"], "2027-01-15T08:00:00Z");
+        assert_eq!(json["expires_at"], Value::Null);
+        assert_eq!(json["description"], Value::Null);
+        assert_eq!(json["owner"], "ci");
+    }
+
+    #[test]
+    fn key_fields_say_never_for_no_expiry_and_skip_empty_extras() {
+        let fields = key_fields(&sample_key());
+        let get = |name| {
+            fields
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("expires"), Some("never"));
+        assert_eq!(get("labels"), Some("env=prod, team=infra"));
+        assert_eq!(get("revoked"), None);
+    }
+
+    #[test]
+    fn unknown_enum_values_are_shown_not_fatal() {
+        assert_eq!(state_name(pb::KeyState::Revoked as i32), "revoked");
+        assert_eq!(state_name(42), "unknown(42)");
+        assert_eq!(denial_name(pb::Denial::Forbidden as i32), "FORBIDDEN");
+        assert_eq!(denial_name(42), "UNKNOWN(42)");
+    }
+
+    #[test]
+    fn tables_align_columns_without_trailing_spaces() {
+        let text = table_text(
+            &["ID", "STATE", "OWNER"],
+            &[
+                vec!["a".into(), "active".into(), "".into()],
+                vec!["bbbb".into(), "revoked".into(), "ci".into()],
+            ],
+        );
+        assert_eq!(
+            text,
+            "ID    STATE    OWNER\n\
+             a     active\n\
+             bbbb  revoked  ci\n"
+        );
+    }
+
+    #[test]
+    fn fields_align_values() {
+        let text = fields_text(&[("id", "x".into()), ("expires", "never".into())]);
+        assert_eq!(text, "id       x\nexpires  never\n");
+    }
+}

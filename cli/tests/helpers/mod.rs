@@ -1,0 +1,236 @@
+//! Test harness: the real keyward server in-process on port 0 with a fresh
+//! SQLite database, and the real `keywardctl` binary run against it.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use assert_cmd::Command;
+use keyward::server::{Application, Settings};
+use tempfile::TempDir;
+use tokio::{runtime::Runtime, sync::oneshot, task::JoinHandle};
+
+/// Every environment variable keywardctl reads: removed from each command so
+/// that a value in the developer's shell cannot change a test.
+const KEYWARD_ENV: &[&str] = &[
+    "KEYWARD_SERVER",
+    "KEYWARD_ADMIN_KEY",
+    "KEYWARD_ADMIN_KEY_FILE",
+    "KEYWARD_DATABASE_URL",
+];
+
+/// `keywardctl` with a clean environment and a timeout, so a hang fails the
+/// test instead of stalling the suite.
+pub fn keywardctl() -> Command {
+    let mut cmd = Command::cargo_bin("keywardctl").expect("the keywardctl binary is built");
+    for var in KEYWARD_ENV {
+        cmd.env_remove(var);
+    }
+    cmd.timeout(Duration::from_secs(30));
+    cmd
+}
+
+/// What a command did.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// Asserts success and returns stdout.
+    #[track_caller]
+    pub fn ok(&self) -> &str {
+        assert_eq!(self.code, 0, "expected success: {self:#?}");
+        assert!(self.stderr.is_empty(), "unexpected stderr: {self:#?}");
+        &self.stdout
+    }
+
+    /// Asserts exit `code` with nothing on stdout and one `error: ` line on
+    /// stderr containing every one of `needles`; returns that line.
+    #[track_caller]
+    pub fn fails(&self, code: i32, needles: &[&str]) -> &str {
+        assert_eq!(self.code, code, "expected exit {code}: {self:#?}");
+        assert!(self.stdout.is_empty(), "unexpected stdout: {self:#?}");
+        for needle in needles {
+            assert!(
+                self.stderr.contains(needle),
+                "stderr lacks {needle:?}: {self:#?}"
+            );
+        }
+        &self.stderr
+    }
+
+    /// Asserts a keywardctl error (exit 1, exactly one `error: ` line).
+    #[track_caller]
+    pub fn error(&self, needles: &[&str]) -> &str {
+        let stderr = self.fails(1, needles);
+        assert!(stderr.starts_with("error: "), "{self:#?}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {self:#?}");
+        stderr
+    }
+
+    /// Parses stdout as JSON after asserting success.
+    #[track_caller]
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.ok()).unwrap_or_else(|e| panic!("not JSON ({e}): {self:#?}"))
+    }
+}
+
+/// Runs `cmd` with `stdin` and collects the outcome.
+pub fn run(cmd: &mut Command, stdin: Option<&str>) -> Run {
+    if let Some(stdin) = stdin {
+        cmd.write_stdin(stdin);
+    }
+    let output = cmd.output().expect("keywardctl runs");
+    Run {
+        code: output.status.code().expect("keywardctl exited, not killed"),
+        stdout: String::from_utf8(output.stdout).expect("stdout is UTF-8"),
+        stderr: String::from_utf8(output.stderr).expect("stderr is UTF-8"),
+    }
+}
+
+/// A running keyward server with its own database, stopped on drop.
+pub struct TestServer {
+    pub url: String,
+    pub admin_key: String,
+    pub admin_key_file: PathBuf,
+    /// Keys that must never be printed (the admin key, keys being verified).
+    secrets: std::cell::RefCell<Vec<String>>,
+    runtime: Runtime,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+    _dir: TempDir,
+}
+
+impl TestServer {
+    /// Starts a server on a fresh, uninitialised database: it initialises
+    /// it and writes the first admin key to its bootstrap file.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let database_url = format!("sqlite://{}", dir.path().join("keyward.db").display());
+        let server = Self::start_on(dir, &database_url);
+        assert!(
+            !server.admin_key.is_empty(),
+            "the server wrote no bootstrap key"
+        );
+        server
+    }
+
+    /// Starts a server on `database_url` (inside `dir`). The admin key is
+    /// whatever the bootstrap file holds: empty when the database had been
+    /// initialised before, since the server then writes none.
+    pub fn start_on(dir: TempDir, database_url: &str) -> Self {
+        let admin_key_file = dir.path().join("keyward-admin.key");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let settings = Settings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database_url: database_url.to_owned(),
+            bootstrap_key_file: admin_key_file.clone(),
+        };
+        let app = runtime
+            .block_on(Application::build(settings))
+            .expect("the server starts");
+        let url = format!("http://{}", app.local_addr());
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let task = runtime.spawn(async move {
+            app.run_until(async {
+                let _ = stop.await;
+            })
+            .await
+            .expect("the server runs");
+        });
+        let admin_key = read_key_file(&admin_key_file);
+        Self {
+            url,
+            secrets: std::cell::RefCell::new(vec![admin_key.clone()]),
+            admin_key,
+            admin_key_file,
+            runtime,
+            shutdown: Some(shutdown),
+            task: Some(task),
+            _dir: dir,
+        }
+    }
+
+    /// `keywardctl ARGS` against this server, authenticated through
+    /// KEYWARD_ADMIN_KEY.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = keywardctl();
+        cmd.env("KEYWARD_SERVER", &self.url)
+            .env("KEYWARD_ADMIN_KEY", &self.admin_key)
+            .args(args);
+        cmd
+    }
+
+    /// Runs `keywardctl ARGS` against this server and checks that no secret
+    /// this test knows of appears in its output.
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.check(run(&mut self.cmd(args), None))
+    }
+
+    /// Like [`TestServer::run`] with `stdin`.
+    pub fn run_with_stdin(&self, args: &[&str], stdin: &str) -> Run {
+        self.check(run(&mut self.cmd(args), Some(stdin)))
+    }
+
+    /// Runs an arbitrary command and applies the same secret check.
+    pub fn run_cmd(&self, cmd: &mut Command, stdin: Option<&str>) -> Run {
+        self.check(run(cmd, stdin))
+    }
+
+    /// Adds a key that must never be printed from now on (e.g. a minted key,
+    /// once its mint output has been read).
+    pub fn forbid_printing(&self, secret: &str) {
+        self.secrets.borrow_mut().push(secret.to_owned());
+    }
+
+    #[track_caller]
+    fn check(&self, run: Run) -> Run {
+        for secret in self.secrets.borrow().iter() {
+            assert!(
+                !run.stdout.contains(secret.as_str()) && !run.stderr.contains(secret.as_str()),
+                "a secret key was printed: {run:#?}"
+            );
+        }
+        run
+    }
+
+    /// Mints a key with `args` and returns `(id, plaintext)` from the JSON
+    /// output.
+    pub fn mint(&self, args: &[&str]) -> (String, String) {
+        let mut full = vec!["mint", "--output", "json"];
+        full.extend_from_slice(args);
+        let json = self.run(&full).json();
+        let id = json["id"].as_str().expect("id").to_owned();
+        let key = json["key"].as_str().expect("key").to_owned();
+        (id, key)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(task) = self.task.take() {
+            // Wait for a clean stop, but never hang the suite on it.
+            let _ = self
+                .runtime
+                .block_on(async { tokio::time::timeout(Duration::from_secs(5), task).await });
+        }
+    }
+}
+
+/// The key in a bootstrap file (key text and a newline), or "" if none.
+pub fn read_key_file(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .map(|text| text.trim_end().to_owned())
+        .unwrap_or_default()
+}

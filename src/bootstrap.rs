@@ -1,0 +1,213 @@
+//! First run: the built-in roles and the first admin key.
+//!
+//! Both `keywardctl init` and a server starting on a database that was never
+//! initialised come here, so a fresh database is set up one way only.
+
+use std::{
+    fs::{self, OpenOptions},
+    io::Write,
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use crate::{
+    clock::{Clock, SystemClock},
+    key::{KeyId, MintedKey, PlaintextKey, Prefix},
+    model::{KeySettings, Labels, Role},
+    permission::{self, RoleName},
+    store::{NewKey, Store, StoreError},
+};
+
+/// The role of the first admin key: every keyward permission.
+pub const ADMIN_ROLE: &str = "admin";
+/// The role for backend servers that call Validate.
+pub const VALIDATOR_ROLE: &str = "validator";
+
+/// Why initialisation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error(
+        "the database is already initialised; its first admin key was shown when it was initialised (mint a new admin key with an existing one)"
+    )]
+    AlreadyInitialized,
+    #[error("the OS random source failed: {0}")]
+    Random(#[from] getrandom::Error),
+    #[error("cannot write the admin key to {path}: {source}")]
+    KeyFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for InitError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::AlreadyInitialized => Self::AlreadyInitialized,
+            other => Self::Store(other),
+        }
+    }
+}
+
+/// The first admin key, shown once.
+#[derive(Debug)]
+pub struct Initialized {
+    pub key_id: KeyId,
+    pub plaintext: PlaintextKey,
+}
+
+/// The roles every keyward database has.
+pub fn builtin_roles() -> Vec<Role> {
+    let role = |name: &str, description: &str, permission: &str| Role {
+        name: name.parse().expect("built-in role name"),
+        description: description.to_owned(),
+        permissions: [permission.parse().expect("built-in permission")].into(),
+        builtin: true,
+    };
+    vec![
+        role(ADMIN_ROLE, "Every keyward permission", "keyward:*"),
+        role(VALIDATOR_ROLE, "May call Validate", permission::VALIDATE),
+    ]
+}
+
+/// Opens (creating and migrating) the database at `database_url` and
+/// initialises it: for `keywardctl init`.
+///
+/// # Errors
+/// [`InitError::AlreadyInitialized`] on a database initialised before.
+pub async fn initialize_database(database_url: &str) -> Result<Initialized, InitError> {
+    let store = Store::open(database_url).await?;
+    let result = initialize(&store, &SystemClock, |_| Ok(())).await;
+    store.close().await;
+    result
+}
+
+/// Initialises `store`. `persist` sees the admin key before the database
+/// commits, so a key that cannot be handed over is never created.
+///
+/// # Errors
+/// [`InitError::AlreadyInitialized`] on a database initialised before, or
+/// whatever `persist` or the store report.
+pub async fn initialize(
+    store: &Store,
+    clock: &dyn Clock,
+    persist: impl FnOnce(&PlaintextKey) -> Result<(), InitError>,
+) -> Result<Initialized, InitError> {
+    let minted = MintedKey::generate(&Prefix::default())?;
+    persist(&minted.plaintext)?;
+    let admin = NewKey {
+        id: minted.id,
+        digest: minted.digest,
+        settings: KeySettings {
+            prefix: minted.prefix.clone(),
+            roles: vec![ADMIN_ROLE.parse::<RoleName>().expect("built-in role name")],
+            labels: Labels::default(),
+            owner: String::new(),
+            description: "first admin key, created at initialisation".to_owned(),
+            expires_at: None,
+        },
+        created_by: None,
+    };
+    store
+        .initialize(&builtin_roles(), admin, clock.now())
+        .await?;
+    Ok(Initialized {
+        key_id: minted.id,
+        plaintext: minted.plaintext,
+    })
+}
+
+/// Initialises `store` if it never was, writing the admin key to `key_file`
+/// (mode 0600, never overwritten). Returns the new key's id, or `None` when
+/// the database was initialised before.
+///
+/// # Errors
+/// When the key file exists or cannot be written (nothing is initialised
+/// then), or the store fails.
+pub async fn initialize_if_new(
+    store: &Arc<Store>,
+    clock: &dyn Clock,
+    key_file: &Path,
+) -> Result<Option<KeyId>, InitError> {
+    if store.is_initialized().await? {
+        return Ok(None);
+    }
+    let result = initialize(store, clock, |key| write_key_file(key_file, key)).await;
+    match result {
+        Ok(initialized) => Ok(Some(initialized.key_id)),
+        Err(error) => {
+            // The key in the file was never committed (or another process
+            // initialised first): remove it so no dead key lies around.
+            if !matches!(error, InitError::KeyFile { .. }) {
+                let _ = fs::remove_file(key_file);
+            }
+            Err(error)
+        }
+    }
+}
+
+fn write_key_file(path: &Path, key: &PlaintextKey) -> Result<(), InitError> {
+    let error = |source| InitError::KeyFile {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(error)?;
+    writeln!(file, "{}", key.expose()).map_err(error)?;
+    file.sync_all().map_err(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+    use crate::store::open_temporary;
+
+    #[tokio::test]
+    async fn first_start_writes_a_private_key_file_once() {
+        let (store, dir) = open_temporary().await;
+        let key_file = dir.path().join("admin.key");
+        let id = initialize_if_new(&store, &SystemClock, &key_file)
+            .await
+            .unwrap()
+            .expect("a new database is initialised");
+        let text = fs::read_to_string(&key_file).unwrap();
+        assert!(text.starts_with(&format!("kw_{id}")));
+        let mode = fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        assert!(
+            initialize_if_new(&store, &SystemClock, &key_file)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(matches!(
+            initialize(&store, &SystemClock, |_| Ok(())).await,
+            Err(InitError::AlreadyInitialized)
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_existing_key_file_is_never_overwritten() {
+        let (store, dir) = open_temporary().await;
+        let key_file = dir.path().join("admin.key");
+        fs::write(&key_file, "precious").unwrap();
+        let error = initialize_if_new(&store, &SystemClock, &key_file)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, InitError::KeyFile { .. }), "{error}");
+        assert_eq!(fs::read_to_string(&key_file).unwrap(), "precious");
+        assert!(
+            !store.is_initialized().await.unwrap(),
+            "nothing half-written"
+        );
+    }
+}

@@ -1,0 +1,140 @@
+//! Time as a parameter. Expiry, grace periods and TTLs read "now" from a
+//! [`Clock`], so tests move time forward instead of sleeping.
+
+use std::{
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+/// A point in time: milliseconds since the Unix epoch, UTC. Stored as a
+/// plain integer so SQLite and PostgreSQL hold it the same way.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    /// Builds a timestamp from milliseconds since the epoch.
+    pub const fn from_millis(millis: i64) -> Self {
+        Self(millis)
+    }
+
+    /// Milliseconds since the epoch.
+    pub const fn as_millis(self) -> i64 {
+        self.0
+    }
+
+    /// `self + duration`, saturating far in the future instead of wrapping.
+    pub fn saturating_add(self, duration: Duration) -> Self {
+        let millis = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
+        Self(self.0.saturating_add(millis))
+    }
+
+    /// The time from `self` until `later`; zero when `later` is not later.
+    pub fn until(self, later: Timestamp) -> Duration {
+        Duration::from_millis(u64::try_from(later.0.saturating_sub(self.0)).unwrap_or(0))
+    }
+
+    /// Converts a wall-clock time.
+    pub fn from_system_time(time: SystemTime) -> Self {
+        match time.duration_since(UNIX_EPOCH) {
+            Ok(after) => Self(i64::try_from(after.as_millis()).unwrap_or(i64::MAX)),
+            Err(before) => Self(-i64::try_from(before.duration().as_millis()).unwrap_or(i64::MAX)),
+        }
+    }
+
+    /// Converts to a wall-clock time.
+    pub fn to_system_time(self) -> SystemTime {
+        let magnitude = Duration::from_millis(self.0.unsigned_abs());
+        if self.0 >= 0 {
+            UNIX_EPOCH + magnitude
+        } else {
+            UNIX_EPOCH - magnitude
+        }
+    }
+}
+
+impl fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}",
+            humantime::format_rfc3339_millis(self.to_system_time())
+        )
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// A source of "now".
+pub trait Clock: Send + Sync + 'static {
+    /// The current time.
+    fn now(&self) -> Timestamp;
+}
+
+/// The wall clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::from_system_time(SystemTime::now())
+    }
+}
+
+/// A clock that moves only when told to, for tests of expiry and grace
+/// periods. Clones share the same time.
+#[derive(Debug, Clone)]
+pub struct ManualClock(Arc<AtomicI64>);
+
+impl ManualClock {
+    /// A clock stopped at the current wall-clock time.
+    pub fn starting_now() -> Self {
+        Self(Arc::new(AtomicI64::new(SystemClock.now().as_millis())))
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        let millis = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
+        self.0.fetch_add(millis, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.0.load(Ordering::SeqCst))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manual_clock_moves_only_when_told() {
+        let clock = ManualClock::starting_now();
+        let start = clock.now();
+        assert_eq!(clock.now(), start);
+        clock.clone().advance(Duration::from_secs(90));
+        assert_eq!(start.until(clock.now()), Duration::from_secs(90));
+        assert_eq!(clock.now().until(start), Duration::ZERO);
+    }
+
+    #[test]
+    fn system_time_round_trips() {
+        for millis in [0, 1, -1, 1_764_000_000_123, -86_400_000] {
+            let ts = Timestamp::from_millis(millis);
+            assert_eq!(Timestamp::from_system_time(ts.to_system_time()), ts);
+        }
+        assert_eq!(
+            Timestamp::from_millis(i64::MAX - 1).saturating_add(Duration::from_secs(5)),
+            Timestamp::from_millis(i64::MAX)
+        );
+    }
+}

@@ -1,0 +1,126 @@
+//! Errors, one enum per layer:
+//!
+//! | type | layer | seen by |
+//! | --- | --- | --- |
+//! | [`crate::key::FormatError`] | key parsing | the server log only (callers get `INVALID`) |
+//! | [`crate::store::StoreError`] | database | converted into [`ServiceError`] |
+//! | [`ServiceError`] | gRPC handlers and [`crate::lifecycle`] | clients, as a `tonic::Status` |
+//! | [`crate::bootstrap::InitError`] | first-run initialisation | `keywardctl init`, server start |
+//! | [`crate::server::StartupError`] | binding and opening at start | the operator, as one line |
+//!
+//! The status a client sees is decided in exactly one place:
+//! `impl From<ServiceError> for tonic::Status`. No message carries a secret.
+
+use tonic::{Code, Status};
+
+use crate::store::StoreError;
+
+/// An error answered to a gRPC client.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The request is malformed; `field` names the offending field.
+    #[error("invalid {field}: {message}")]
+    InvalidArgument {
+        field: &'static str,
+        message: String,
+    },
+    /// No (or no usable) caller credential.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// The caller's key lacks a permission.
+    #[error("the caller's key lacks the {0} permission")]
+    PermissionDenied(String),
+    /// Admin RPCs may learn that a key id does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The target's state forbids the change.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Anything keyward did not expect; details go to the log only.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ServiceError {
+    /// An `INVALID_ARGUMENT` naming `field`.
+    pub fn invalid(field: &'static str, message: impl ToString) -> Self {
+        Self::InvalidArgument {
+            field,
+            message: message.to_string(),
+        }
+    }
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::KeyNotFound(_) => Self::NotFound(error.to_string()),
+            StoreError::NotRotatable { .. } | StoreError::AlreadyInitialized => {
+                Self::FailedPrecondition(error.to_string())
+            }
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<ServiceError> for Status {
+    fn from(error: ServiceError) -> Self {
+        let code = match &error {
+            ServiceError::InvalidArgument { .. } => Code::InvalidArgument,
+            ServiceError::Unauthenticated(_) => Code::Unauthenticated,
+            ServiceError::PermissionDenied(_) => Code::PermissionDenied,
+            ServiceError::NotFound(_) => Code::NotFound,
+            ServiceError::FailedPrecondition(_) => Code::FailedPrecondition,
+            ServiceError::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                Code::Internal
+            }
+        };
+        Status::new(code, error.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_has_its_code_and_internal_detail_stays_in() {
+        let cases = [
+            (
+                ServiceError::invalid("prefix", "bad"),
+                Code::InvalidArgument,
+                "invalid prefix: bad",
+            ),
+            (
+                ServiceError::Unauthenticated("no key"),
+                Code::Unauthenticated,
+                "no key",
+            ),
+            (
+                ServiceError::PermissionDenied("keyward:admin".into()),
+                Code::PermissionDenied,
+                "the caller's key lacks the keyward:admin permission",
+            ),
+            (
+                ServiceError::NotFound("key x not found".into()),
+                Code::NotFound,
+                "key x not found",
+            ),
+            (
+                ServiceError::FailedPrecondition("no".into()),
+                Code::FailedPrecondition,
+                "no",
+            ),
+            (
+                ServiceError::Internal("disk on fire".into()),
+                Code::Internal,
+                "internal error",
+            ),
+        ];
+        for (error, code, message) in cases {
+            let status = Status::from(error);
+            assert_eq!((status.code(), status.message()), (code, message));
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! keyward: an API-key service for machine-to-machine access.
+//!
+//! Keys are `<prefix>_<body>`; only a BLAKE3 digest of each secret is
+//! stored. Validation runs from an in-memory index, compares digests in
+//! constant time, and tells callers only "invalid" for every kind of bad key.
+//!
+//! # Layout
+//!
+//! | module | concept |
+//! | --- | --- |
+//! | [`key`] | the key format: prefix, id, secret, checksum, digest |
+//! | [`permission`] | permission grammar and wildcard matching, role names |
+//! | [`model`] | domain types: key records, roles, changes, audit actions |
+//! | [`clock`] | time as a parameter (wall clock, manual clock for tests) |
+//! | [`store`] | SQLite persistence; every write is one transaction with its audit record |
+//! | [`index`] | the in-memory index of live keys and roles, changed only by [`model::Change`]s |
+//! | [`validate`] | the security core: parse → look up → verify → state → authorize |
+//! | [`auth`] | caller authentication from `authorization: Bearer` metadata |
+//! | [`lifecycle`] | mint, get, list, rotate, revoke |
+//! | [`bootstrap`] | first run: built-in roles and the first admin key |
+//! | [`service`] | the gRPC edge: wire ↔ domain conversions |
+//! | [`server`] | startup, serving, graceful shutdown |
+//! | [`config`], [`telemetry`] | flags and environment, logging |
+//! | [`error`] | which error type is used where, and the one mapping to `tonic::Status` |
+//! | [`pb`] | generated protobuf and gRPC code for `keyward.v1` |
+
+pub mod auth;
+pub mod bootstrap;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod index;
+pub mod key;
+pub mod lifecycle;
+pub mod model;
+pub mod permission;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod telemetry;
+pub mod validate;
+
+/// Generated code for the `keyward.v1` protobuf package (`proto/keyward/v1`).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("keyward.v1");
+
+    /// Encoded descriptors of `keyward.v1`, served by gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("keyward_descriptor");
+}

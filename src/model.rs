@@ -1,0 +1,275 @@
+//! Domain types of the key lifecycle: what a key is, what may be asked of
+//! the store, and what the audit log records. None of them holds a plaintext
+//! key: the read model of a key has no field for one.
+
+use std::{collections::BTreeMap, fmt, sync::Arc};
+
+use crate::{
+    clock::Timestamp,
+    key::{KeyDigest, KeyId, Prefix},
+    permission::{Permission, RoleName},
+};
+
+/// Most labels one key may carry.
+pub const MAX_LABELS: usize = 64;
+/// Longest label key or value, in bytes.
+pub const MAX_LABEL_BYTES: usize = 256;
+/// Longest owner, in bytes.
+pub const MAX_OWNER_BYTES: usize = 256;
+/// Longest description or reason, in bytes.
+pub const MAX_TEXT_BYTES: usize = 1024;
+
+/// Why a set of labels was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidLabels {
+    #[error("at most {MAX_LABELS} labels are allowed")]
+    TooMany,
+    #[error("label key must be 1 to {MAX_LABEL_BYTES} bytes of [A-Za-z0-9_.:/-]")]
+    BadKey,
+    #[error("label value must be at most {MAX_LABEL_BYTES} bytes without control characters")]
+    BadValue,
+}
+
+/// Free-form `key=value` metadata used to find and bulk-manage keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Labels(BTreeMap<String, String>);
+
+impl Labels {
+    /// Checks every label.
+    ///
+    /// # Errors
+    /// [`InvalidLabels`] for the first problem found.
+    pub fn new(labels: BTreeMap<String, String>) -> Result<Self, InvalidLabels> {
+        if labels.len() > MAX_LABELS {
+            return Err(InvalidLabels::TooMany);
+        }
+        for (key, value) in &labels {
+            let key_ok = !key.is_empty()
+                && key.len() <= MAX_LABEL_BYTES
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.:/-".contains(&b));
+            if !key_ok {
+                return Err(InvalidLabels::BadKey);
+            }
+            if value.len() > MAX_LABEL_BYTES || value.chars().any(char::is_control) {
+                return Err(InvalidLabels::BadValue);
+            }
+        }
+        Ok(Self(labels))
+    }
+
+    /// The labels, sorted by key.
+    pub fn as_map(&self) -> &BTreeMap<String, String> {
+        &self.0
+    }
+}
+
+/// The lifecycle state of a key at a given time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    Active,
+    Expired,
+    Revoked,
+}
+
+/// What an operator sets on a key; rotation copies all of it.
+#[derive(Debug, Clone)]
+pub struct KeySettings {
+    pub prefix: Prefix,
+    pub roles: Vec<RoleName>,
+    pub labels: Labels,
+    pub owner: String,
+    pub description: String,
+    pub expires_at: Option<Timestamp>,
+}
+
+/// The read model of a key: everything but the secret.
+#[derive(Debug, Clone)]
+pub struct KeyRecord {
+    pub id: KeyId,
+    pub settings: KeySettings,
+    pub created_at: Timestamp,
+    /// The key that minted this one; `None` for the first admin key.
+    pub created_by: Option<KeyId>,
+    pub revoked_at: Option<Timestamp>,
+    pub revoke_reason: Option<String>,
+    pub rotated_from: Option<KeyId>,
+    pub rotated_to: Option<KeyId>,
+}
+
+impl KeyRecord {
+    /// The settings a rotation gives this key's successor: all of them, with
+    /// a lifetime as long as this key's own (from creation to expiry).
+    pub fn successor_settings(&self, now: Timestamp) -> KeySettings {
+        let lifetime = self.settings.expires_at.map(|at| self.created_at.until(at));
+        KeySettings {
+            expires_at: lifetime.map(|lifetime| now.saturating_add(lifetime)),
+            ..self.settings.clone()
+        }
+    }
+
+    /// The state at `now`. Revocation wins over expiry.
+    pub fn state(&self, now: Timestamp) -> KeyState {
+        if self.revoked_at.is_some() {
+            KeyState::Revoked
+        } else if self.settings.expires_at.is_some_and(|at| at <= now) {
+            KeyState::Expired
+        } else {
+            KeyState::Active
+        }
+    }
+}
+
+/// A key as the validate path needs it: the digest to compare and what a
+/// Validate response reports. Shared behind `Arc` so lookups copy nothing.
+#[derive(Debug)]
+pub struct IndexedKey {
+    pub id: KeyId,
+    pub digest: KeyDigest,
+    pub roles: Vec<RoleName>,
+    pub labels: Labels,
+    pub owner: String,
+    pub expires_at: Option<Timestamp>,
+    pub revoked_at: Option<Timestamp>,
+}
+
+impl IndexedKey {
+    /// The index entry for a stored key.
+    pub fn new(record: &KeyRecord, digest: KeyDigest) -> Self {
+        Self {
+            id: record.id,
+            digest,
+            roles: record.settings.roles.clone(),
+            labels: record.settings.labels.clone(),
+            owner: record.settings.owner.clone(),
+            expires_at: record.settings.expires_at,
+            revoked_at: record.revoked_at,
+        }
+    }
+}
+
+/// A role: a named set of permissions.
+#[derive(Debug, Clone)]
+pub struct Role {
+    pub name: RoleName,
+    pub description: String,
+    pub permissions: Arc<[Permission]>,
+    /// Built-in roles (`admin`, `validator`) cannot be changed or deleted.
+    pub builtin: bool,
+}
+
+/// A change to the state the validate path reads. Every write produces these,
+/// and [`crate::index::Index::apply`] is the one way the index changes, so a
+/// change feed from other replicas can later deliver the same events.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// A key was created or changed (minted, rotated into a grace period).
+    KeyUpserted(Arc<IndexedKey>),
+    /// A key can no longer validate (revoked).
+    KeyRemoved(KeyId),
+    /// A role was created or its permissions changed.
+    RoleUpserted(Role),
+}
+
+/// What an audit record says was done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditAction {
+    /// The database was initialised and the first admin key minted.
+    Initialize,
+    Mint,
+    Rotate,
+    Revoke,
+}
+
+impl AuditAction {
+    /// The stored name; never change an existing one.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Initialize => "initialize",
+            Self::Mint => "key.mint",
+            Self::Rotate => "key.rotate",
+            Self::Revoke => "key.revoke",
+        }
+    }
+}
+
+impl fmt::Display for AuditAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who made a change: the key id of an authenticated caller, or the local
+/// operator (`keywardctl init`, or the server's own first start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Actor {
+    Key(KeyId),
+    Local,
+}
+
+impl Actor {
+    /// The key id, when the actor is a key.
+    pub fn key_id(self) -> Option<KeyId> {
+        match self {
+            Self::Key(id) => Some(id),
+            Self::Local => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> Result<Labels, InvalidLabels> {
+        Labels::new(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn labels_are_checked() {
+        assert!(labels(&[("env", "prod"), ("team/app", ""), ("a.b-c_d:e", "x y")]).is_ok());
+        assert_eq!(labels(&[("", "x")]), Err(InvalidLabels::BadKey));
+        assert_eq!(labels(&[("a=b", "x")]), Err(InvalidLabels::BadKey));
+        assert_eq!(labels(&[("env", "a\nb")]), Err(InvalidLabels::BadValue));
+        let long = "v".repeat(MAX_LABEL_BYTES + 1);
+        assert_eq!(labels(&[("env", &long)]), Err(InvalidLabels::BadValue));
+        assert_eq!(labels(&[(&long, "x")]), Err(InvalidLabels::BadKey));
+        let many: BTreeMap<_, _> = (0..=MAX_LABELS)
+            .map(|i| (format!("k{i}"), String::new()))
+            .collect();
+        assert_eq!(Labels::new(many), Err(InvalidLabels::TooMany));
+    }
+
+    #[test]
+    fn revocation_wins_over_expiry() {
+        let now = Timestamp::from_millis(1_000);
+        let mut record = KeyRecord {
+            id: "00000000001".parse().unwrap(),
+            settings: KeySettings {
+                prefix: Prefix::default(),
+                roles: vec![],
+                labels: Labels::default(),
+                owner: String::new(),
+                description: String::new(),
+                expires_at: None,
+            },
+            created_at: Timestamp::from_millis(0),
+            created_by: None,
+            revoked_at: None,
+            revoke_reason: None,
+            rotated_from: None,
+            rotated_to: None,
+        };
+        assert_eq!(record.state(now), KeyState::Active);
+        record.settings.expires_at = Some(now);
+        assert_eq!(record.state(now), KeyState::Expired);
+        record.revoked_at = Some(Timestamp::from_millis(10));
+        assert_eq!(record.state(now), KeyState::Revoked);
+    }
+}

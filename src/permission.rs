@@ -1,0 +1,236 @@
+//! Permissions and role names, parsed once so the rest of the code only ever
+//! sees well-formed values.
+//!
+//! Grammar: `segment(:segment)*`, each segment `[a-z0-9_.-]+`; a permission
+//! held by a role may end in `*` (`deploy:*`), which grants everything under
+//! that prefix (`deploy:write`, `deploy:prod:write`) but not `deploy` itself.
+//! `*` alone grants everything; only built-in roles may hold it.
+
+use std::{fmt, str::FromStr, sync::Arc};
+
+/// Longest permission accepted, in bytes.
+pub const MAX_PERMISSION_BYTES: usize = 256;
+/// Longest role name accepted, in bytes.
+pub const MAX_ROLE_NAME_BYTES: usize = 64;
+
+/// The permission Validate callers need.
+pub const VALIDATE: &str = "keyward:validate";
+/// The permission admin RPCs need.
+pub const ADMIN: &str = "keyward:admin";
+
+/// Why a string is not a permission. The message explains the grammar.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidPermission {
+    #[error("permission is empty")]
+    Empty,
+    #[error("permission is longer than {MAX_PERMISSION_BYTES} bytes")]
+    TooLong,
+    #[error(
+        "permission must be segments of [a-z0-9_.-] joined by ':', optionally ending in ':*' (e.g. deploy:write, deploy:*)"
+    )]
+    Malformed,
+}
+
+/// A parsed permission, possibly ending in a wildcard.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Permission(Arc<str>);
+
+impl Permission {
+    /// The permission as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether holding `self` grants `required`.
+    ///
+    /// A wildcard grants by prefix, which also makes permission sets
+    /// comparable: `deploy:*` grants `deploy:prod:*`.
+    pub fn grants(&self, required: &Permission) -> bool {
+        match self.0.strip_suffix('*') {
+            Some(scope) => required.0.len() > scope.len() && required.0.starts_with(scope),
+            None => self.0 == required.0,
+        }
+    }
+
+    /// True for `*` alone, which only built-in roles may hold.
+    pub fn is_global_wildcard(&self) -> bool {
+        &*self.0 == "*"
+    }
+}
+
+impl FromStr for Permission {
+    type Err = InvalidPermission;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() {
+            return Err(InvalidPermission::Empty);
+        }
+        if s.len() > MAX_PERMISSION_BYTES {
+            return Err(InvalidPermission::TooLong);
+        }
+        let concrete = match s.strip_suffix('*') {
+            Some("") => return Ok(Self(s.into())),
+            Some(scope) => scope
+                .strip_suffix(':')
+                .ok_or(InvalidPermission::Malformed)?,
+            None => s,
+        };
+        let well_formed = concrete.split(':').all(|segment| {
+            !segment.is_empty()
+                && segment
+                    .bytes()
+                    .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-'))
+        });
+        if well_formed {
+            Ok(Self(s.into()))
+        } else {
+            Err(InvalidPermission::Malformed)
+        }
+    }
+}
+
+impl fmt::Display for Permission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Permission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Permission({})", self.0)
+    }
+}
+
+/// Why a string is not a role name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "role name must be 1 to {MAX_ROLE_NAME_BYTES} characters of [a-z0-9_.-], starting with a letter or digit"
+)]
+pub struct InvalidRoleName;
+
+/// A role name such as `admin` or `deployer`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoleName(Arc<str>);
+
+impl RoleName {
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for RoleName {
+    type Err = InvalidRoleName;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bytes = s.as_bytes();
+        let valid = !bytes.is_empty()
+            && bytes.len() <= MAX_ROLE_NAME_BYTES
+            && bytes[0].is_ascii_alphanumeric()
+            && bytes
+                .iter()
+                .all(|&b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-'));
+        if valid {
+            Ok(Self(s.into()))
+        } else {
+            Err(InvalidRoleName)
+        }
+    }
+}
+
+impl fmt::Display for RoleName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for RoleName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RoleName({})", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn perm(s: &str) -> Permission {
+        s.parse().unwrap_or_else(|e| panic!("{s:?}: {e}"))
+    }
+
+    #[test]
+    fn grammar() {
+        let cases: &[(&str, Result<(), InvalidPermission>)] = &[
+            ("deploy", Ok(())),
+            ("deploy:write", Ok(())),
+            ("deploy:prod:write", Ok(())),
+            ("a.b-c_d:0", Ok(())),
+            ("deploy:*", Ok(())),
+            ("*", Ok(())),
+            ("", Err(InvalidPermission::Empty)),
+            ("deploy:", Err(InvalidPermission::Malformed)),
+            (":deploy", Err(InvalidPermission::Malformed)),
+            ("deploy::write", Err(InvalidPermission::Malformed)),
+            ("deploy:**", Err(InvalidPermission::Malformed)),
+            ("**", Err(InvalidPermission::Malformed)),
+            ("deploy*", Err(InvalidPermission::Malformed)),
+            ("de*ploy", Err(InvalidPermission::Malformed)),
+            ("*:deploy", Err(InvalidPermission::Malformed)),
+            ("Deploy:Write", Err(InvalidPermission::Malformed)),
+            ("déploy", Err(InvalidPermission::Malformed)),
+            ("deploy write", Err(InvalidPermission::Malformed)),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(
+                input.parse::<Permission>().map(|_| ()),
+                *expected,
+                "{input:?}"
+            );
+        }
+        let longest = "a".repeat(MAX_PERMISSION_BYTES);
+        assert!(longest.parse::<Permission>().is_ok());
+        assert_eq!(
+            format!("{longest}a").parse::<Permission>(),
+            Err(InvalidPermission::TooLong)
+        );
+    }
+
+    #[test]
+    fn matching() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("deploy:write", "deploy:write", true),
+            ("deploy:write", "deploy:read", false),
+            ("deploy:write", "deploy", false),
+            ("deploy", "deploy:write", false),
+            ("deploy:*", "deploy:write", true),
+            ("deploy:*", "deploy:prod:write", true),
+            ("deploy:*", "deploy", false),
+            ("deploy:*", "deployer:write", false),
+            ("deploy:*", "deploy:*", true),
+            ("deploy:*", "deploy:prod:*", true),
+            ("deploy:prod:*", "deploy:*", false),
+            ("keyward:*", "keyward:validate", true),
+            ("keyward:*", "keyward:admin", true),
+            ("keyward:validate", "keyward:admin", false),
+            ("*", "anything:at:all", true),
+            ("*", "*", true),
+        ];
+        for (held, required, expected) in cases {
+            assert_eq!(
+                perm(held).grants(&perm(required)),
+                *expected,
+                "{held} grants {required}"
+            );
+        }
+    }
+
+    #[test]
+    fn role_names() {
+        for good in ["admin", "validator", "ci-deploy", "0day", "a.b_c"] {
+            assert!(good.parse::<RoleName>().is_ok(), "{good}");
+        }
+        for bad in ["", "-x", "Admin", "a b", "a:b", &"r".repeat(65)] {
+            assert!(bad.parse::<RoleName>().is_err(), "{bad:?}");
+        }
+    }
+}

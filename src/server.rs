@@ -1,0 +1,199 @@
+//! Startup: bind, open the store, initialise a new database, load the index,
+//! then serve until a shutdown future completes.
+//!
+//! Binding comes first and the bound address is exposed, so tests listen on
+//! port 0 and talk to the real server.
+
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+use tonic::transport::{Server, server::TcpIncoming};
+
+use crate::{
+    bootstrap::{self, InitError},
+    clock::{Clock, SystemClock},
+    index::Index,
+    lifecycle::Lifecycle,
+    pb,
+    service::{AdminService, KeyService},
+    store::{Store, StoreError},
+    validate::Validator,
+};
+
+/// How often keys past their expiry are dropped from the index.
+const EXPIRY_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What `keyward serve` needs to start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Address for gRPC; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// `sqlite://PATH`.
+    pub database_url: String,
+    /// Where the first admin key is written (mode 0600) when the server
+    /// initialises a new database. Never overwritten.
+    pub bootstrap_key_file: PathBuf,
+}
+
+/// Why the server could not start or stopped with an error. Each variant
+/// prints as one line that names what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot initialise the database: {0}")]
+    Initialize(#[from] InitError),
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// A bound, loaded server, ready to run.
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    store: Arc<Store>,
+    index: Arc<Index>,
+    validator: Arc<Validator>,
+    lifecycle: Arc<Lifecycle>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Application {
+    /// Starts on the wall clock.
+    ///
+    /// # Errors
+    /// See [`Application::build_with_clock`].
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        Self::build_with_clock(settings, Arc::new(SystemClock)).await
+    }
+
+    /// Binds `settings.listen`, opens and migrates the database, initialises
+    /// it if it is new, and loads the index. `clock` is the source of "now"
+    /// for expiry and grace periods (tests pass a [`crate::clock::ManualClock`]).
+    ///
+    /// # Errors
+    /// A [`StartupError`] naming the address or path that failed.
+    pub async fn build_with_clock(
+        settings: Settings,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StartupError> {
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| StartupError::Listen {
+                    addr: settings.listen,
+                    source,
+                })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| StartupError::Listen {
+                addr: settings.listen,
+                source,
+            })?;
+        let store = Arc::new(Store::open(&settings.database_url).await?);
+        if let Some(admin) =
+            bootstrap::initialize_if_new(&store, clock.as_ref(), &settings.bootstrap_key_file)
+                .await?
+        {
+            tracing::warn!(
+                key_id = %admin,
+                path = %settings.bootstrap_key_file.display(),
+                "initialised a new database; the first admin key was written to this file: \
+                 move it to a secret store and delete the file"
+            );
+        }
+        let index = Arc::new(Index::from_snapshot(
+            store.load_snapshot(clock.now()).await?,
+        ));
+        tracing::info!(keys = index.len(), "index loaded");
+        let validator = Arc::new(Validator::new(index.clone(), clock.clone()));
+        let lifecycle = Arc::new(Lifecycle::new(store.clone(), index.clone(), clock.clone()));
+        Ok(Self {
+            listener,
+            local_addr,
+            store,
+            index,
+            validator,
+            lifecycle,
+            clock,
+        })
+    }
+
+    /// The address actually bound (the real port when asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The store, so tests can count the operations a request caused.
+    pub fn store(&self) -> Arc<Store> {
+        self.store.clone()
+    }
+
+    /// Serves gRPC (keyward.v1, health, reflection) until `shutdown`
+    /// completes, then lets in-flight requests finish and closes the store.
+    ///
+    /// # Errors
+    /// When the gRPC server fails.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartupError> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<pb::key_service_server::KeyServiceServer<KeyService>>()
+            .await;
+        health
+            .set_serving::<pb::admin_service_server::AdminServiceServer<AdminService>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .expect("the embedded descriptor sets are valid");
+
+        let sweeper = tokio::spawn(sweep_expired(self.index.clone(), self.clock.clone()));
+        tracing::info!(addr = %self.local_addr, "keyward listening");
+        let served = Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(pb::key_service_server::KeyServiceServer::new(
+                KeyService::new(self.validator.clone()),
+            ))
+            .add_service(pb::admin_service_server::AdminServiceServer::new(
+                AdminService::new(self.lifecycle.clone(), self.validator.clone()),
+            ))
+            .serve_with_incoming_shutdown(TcpIncoming::from(self.listener), shutdown)
+            .await;
+        sweeper.abort();
+        self.store.close().await;
+        tracing::info!("keyward stopped");
+        Ok(served?)
+    }
+}
+
+async fn sweep_expired(index: Arc<Index>, clock: Arc<dyn Clock>) {
+    let mut ticks = tokio::time::interval(EXPIRY_SWEEP_INTERVAL);
+    loop {
+        ticks.tick().await;
+        let removed = index.remove_expired(clock.now());
+        if removed > 0 {
+            tracing::debug!(removed, "expired keys dropped from the index");
+        }
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler can be installed");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("shutdown requested; finishing in-flight requests");
+}

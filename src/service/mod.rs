@@ -1,0 +1,10 @@
+//! The gRPC edge: converts wire types to domain types (and back) and calls
+//! the validator or the lifecycle. No decision is made here that the layers
+//! below do not make; the core never sees a protobuf type.
+
+mod admin;
+mod convert;
+mod keys;
+
+pub use admin::AdminService;
+pub use keys::KeyService;

@@ -1,0 +1,839 @@
+//! The durable store: keys, roles and the audit log in SQLite (the embedded
+//! default), behind one small set of methods so a PostgreSQL store can sit
+//! beside it.
+//!
+//! Every write is one transaction that also appends its audit record: the
+//! change and its record commit together or not at all. Writes start with
+//! `BEGIN IMMEDIATE`, taking SQLite's write lock up front, so two concurrent
+//! read-then-write transactions queue instead of failing with `SQLITE_BUSY`.
+//!
+//! The store is never on the validate path of a known key; it feeds the
+//! in-memory index at start and returns [`Change`]s for every write.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs::OpenOptions,
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+    str::FromStr,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use sqlx::{
+    QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool,
+    sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+    },
+};
+
+use crate::{
+    clock::Timestamp,
+    key::{KeyDigest, KeyId, Prefix},
+    model::{Actor, AuditAction, KeyRecord, KeySettings, KeyState, Labels, Role},
+    permission::{Permission, RoleName},
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Errors of the store layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unsupported database URL (expected sqlite://PATH)")]
+    UnsupportedUrl,
+    #[error("cannot create database file {path}: {source}")]
+    CreateFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open database {path}: {source}")]
+    Open { path: PathBuf, source: sqlx::Error },
+    #[error("cannot apply database migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the database is already initialised")]
+    AlreadyInitialized,
+    #[error("key {0} not found")]
+    KeyNotFound(KeyId),
+    #[error("key {id} cannot be rotated: {why}")]
+    NotRotatable { id: KeyId, why: &'static str },
+    #[error("a key with id {0} already exists")]
+    IdCollision(KeyId),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("corrupt row in {table}: {what}")]
+    Corrupt {
+        table: &'static str,
+        what: &'static str,
+    },
+}
+
+/// A key about to be written: its settings plus the digest of its secret.
+#[derive(Debug)]
+pub struct NewKey {
+    pub id: KeyId,
+    pub digest: KeyDigest,
+    pub settings: KeySettings,
+    pub created_by: Option<KeyId>,
+}
+
+/// Everything the index needs at start.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Keys that can still validate (not revoked, not expired).
+    pub keys: Vec<(KeyRecord, KeyDigest)>,
+    pub roles: Vec<Role>,
+}
+
+/// Filters and position for [`Store::list_keys`].
+#[derive(Debug, Clone, Default)]
+pub struct KeyQuery {
+    pub labels: BTreeMap<String, String>,
+    pub owner: Option<String>,
+    pub role: Option<RoleName>,
+    pub state: Option<KeyState>,
+    pub after: Option<PageCursor>,
+    pub limit: u32,
+}
+
+/// Where a page ends: keys are listed newest first by `(created_at, id)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageCursor {
+    pub created_at: Timestamp,
+    pub id: KeyId,
+}
+
+/// One page of keys.
+#[derive(Debug)]
+pub struct KeyPage {
+    pub keys: Vec<KeyRecord>,
+    /// Set when more keys may follow.
+    pub next: Option<PageCursor>,
+}
+
+/// The outcome of a rotation.
+#[derive(Debug)]
+pub struct Rotation {
+    pub previous: KeyRecord,
+    pub successor: KeyRecord,
+}
+
+/// The outcome of a revocation.
+#[derive(Debug)]
+pub struct Revocation {
+    pub key: KeyRecord,
+    /// True when the key was revoked before; nothing changed.
+    pub already_revoked: bool,
+}
+
+/// The SQLite store.
+#[derive(Debug)]
+pub struct Store {
+    pool: SqlitePool,
+    calls: AtomicU64,
+}
+
+impl Store {
+    /// Opens (creating with mode 0600 if missing) and migrates the database
+    /// at `database_url`, `sqlite://PATH`.
+    ///
+    /// # Errors
+    /// A [`StoreError`] naming the path when the file cannot be created or
+    /// opened, or the migrations fail.
+    pub async fn open(database_url: &str) -> Result<Self, StoreError> {
+        let path = sqlite_path(database_url)?;
+        create_private_file(&path)?;
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a revocation or audit record acknowledged to an operator
+            // survives a power cut. Writes are rare; the validate path never writes.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await
+            .map_err(|source| StoreError::Open {
+                path: path.clone(),
+                source,
+            })?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self {
+            pool,
+            calls: AtomicU64::new(0),
+        })
+    }
+
+    /// How many store operations (each one or more queries) ran so far. Tests
+    /// use it to show that validating a known key touches no database.
+    pub fn operations(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    fn count(&self) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Closes the pool, waiting for connections to finish.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Whether the built-in roles and first admin key exist.
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub async fn is_initialized(&self) -> Result<bool, StoreError> {
+        self.count();
+        let row = sqlx::query("SELECT 1 FROM keyward_meta WHERE name = 'initialized_at'")
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Creates the built-in roles and the first admin key, once.
+    ///
+    /// # Errors
+    /// [`StoreError::AlreadyInitialized`] on the second call.
+    pub async fn initialize(
+        &self,
+        roles: &[Role],
+        admin: NewKey,
+        now: Timestamp,
+    ) -> Result<KeyRecord, StoreError> {
+        self.count();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let marked = sqlx::query(
+            "INSERT INTO keyward_meta (name, value) VALUES ('initialized_at', ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(now.as_millis().to_string())
+        .execute(&mut *tx)
+        .await?;
+        if marked.rows_affected() == 0 {
+            return Err(StoreError::AlreadyInitialized);
+        }
+        for role in roles {
+            insert_role(&mut tx, role, now).await?;
+        }
+        let record = insert_key(&mut tx, admin, None, now).await?;
+        append_audit(
+            &mut tx,
+            now,
+            Actor::Local,
+            AuditAction::Initialize,
+            Some(&record.id.to_string()),
+            None,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    /// Loads every key that can still validate, and every role.
+    ///
+    /// # Errors
+    /// On a database failure or a row keyward could not have written.
+    pub async fn load_snapshot(&self, now: Timestamp) -> Result<Snapshot, StoreError> {
+        self.count();
+        let mut conn = self.pool.acquire().await?;
+        let rows = sqlx::query(
+            "SELECT * FROM api_keys WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)",
+        )
+        .bind(now.as_millis())
+        .fetch_all(&mut *conn)
+        .await?;
+        let keys = with_roles_and_labels(&mut conn, rows, true).await?;
+        let keys = keys
+            .into_iter()
+            .map(|(record, digest)| (record, digest.expect("digest requested")))
+            .collect();
+        let roles = load_roles(&mut conn).await?;
+        Ok(Snapshot { keys, roles })
+    }
+
+    /// Writes a new key and its audit record.
+    ///
+    /// # Errors
+    /// [`StoreError::IdCollision`] when the random id is taken (mint again).
+    pub async fn insert_key(
+        &self,
+        key: NewKey,
+        actor: Actor,
+        now: Timestamp,
+    ) -> Result<KeyRecord, StoreError> {
+        self.count();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let record = insert_key(&mut tx, key, None, now).await?;
+        append_audit(
+            &mut tx,
+            now,
+            actor,
+            AuditAction::Mint,
+            Some(&record.id.to_string()),
+            None,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    /// One key, whatever its state.
+    ///
+    /// # Errors
+    /// [`StoreError::KeyNotFound`] for an unknown id.
+    pub async fn get_key(&self, id: KeyId) -> Result<KeyRecord, StoreError> {
+        self.count();
+        let mut conn = self.pool.acquire().await?;
+        fetch_key(&mut conn, id).await
+    }
+
+    /// A page of keys, newest first, filtered.
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub async fn list_keys(&self, query: &KeyQuery, now: Timestamp) -> Result<KeyPage, StoreError> {
+        self.count();
+        let mut sql = QueryBuilder::<Sqlite>::new("SELECT * FROM api_keys k WHERE 1 = 1");
+        for (name, value) in &query.labels {
+            sql.push(" AND EXISTS (SELECT 1 FROM key_labels l WHERE l.key_id = k.id AND l.name = ")
+                .push_bind(name.clone())
+                .push(" AND l.value = ")
+                .push_bind(value.clone())
+                .push(")");
+        }
+        if let Some(owner) = &query.owner {
+            sql.push(" AND k.owner = ").push_bind(owner.clone());
+        }
+        if let Some(role) = &query.role {
+            sql.push(" AND EXISTS (SELECT 1 FROM key_roles r WHERE r.key_id = k.id AND r.role = ")
+                .push_bind(role.as_str().to_owned())
+                .push(")");
+        }
+        match query.state {
+            None => {}
+            Some(KeyState::Revoked) => {
+                sql.push(" AND k.revoked_at IS NOT NULL");
+            }
+            Some(KeyState::Expired) => {
+                sql.push(" AND k.revoked_at IS NULL AND k.expires_at <= ")
+                    .push_bind(now.as_millis());
+            }
+            Some(KeyState::Active) => {
+                sql.push(" AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > ")
+                    .push_bind(now.as_millis())
+                    .push(")");
+            }
+        }
+        if let Some(cursor) = query.after {
+            sql.push(" AND (k.created_at < ")
+                .push_bind(cursor.created_at.as_millis())
+                .push(" OR (k.created_at = ")
+                .push_bind(cursor.created_at.as_millis())
+                .push(" AND k.id < ")
+                .push_bind(cursor.id.to_string())
+                .push("))");
+        }
+        // One extra row tells whether another page follows.
+        sql.push(" ORDER BY k.created_at DESC, k.id DESC LIMIT ")
+            .push_bind(i64::from(query.limit) + 1);
+
+        let mut conn = self.pool.acquire().await?;
+        let mut rows = sql.build().fetch_all(&mut *conn).await?;
+        let more = rows.len() > query.limit as usize;
+        rows.truncate(query.limit as usize);
+        let keys: Vec<KeyRecord> = with_roles_and_labels(&mut conn, rows, false)
+            .await?
+            .into_iter()
+            .map(|(record, _)| record)
+            .collect();
+        let next = more.then(|| keys.last()).flatten().map(|last| PageCursor {
+            created_at: last.created_at,
+            id: last.id,
+        });
+        Ok(KeyPage { keys, next })
+    }
+
+    /// Replaces key `id` by a successor with the same settings and the new
+    /// secret whose digest is given (see [`KeyRecord::successor_settings`]). The old
+    /// key expires at `now + grace`, or is revoked at once when `grace` is
+    /// zero; both rows link to each other.
+    ///
+    /// # Errors
+    /// [`StoreError::KeyNotFound`], or [`StoreError::NotRotatable`] for a
+    /// revoked, expired or already rotated key.
+    pub async fn rotate_key(
+        &self,
+        id: KeyId,
+        successor: (KeyId, KeyDigest),
+        grace: Duration,
+        actor: Actor,
+        now: Timestamp,
+    ) -> Result<Rotation, StoreError> {
+        self.count();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut previous = fetch_key(&mut tx, id).await?;
+        let refusal = match previous.state(now) {
+            KeyState::Revoked => Some("it is revoked"),
+            KeyState::Expired => Some("it has expired"),
+            KeyState::Active if previous.rotated_to.is_some() => Some("it was already rotated"),
+            KeyState::Active => None,
+        };
+        if let Some(why) = refusal {
+            return Err(StoreError::NotRotatable { id, why });
+        }
+
+        let (successor_id, digest) = successor;
+        let new_key = NewKey {
+            id: successor_id,
+            digest,
+            settings: previous.successor_settings(now),
+            created_by: actor.key_id(),
+        };
+        let successor = insert_key(&mut tx, new_key, Some(id), now).await?;
+        previous.rotated_to = Some(successor.id);
+        if grace.is_zero() {
+            previous.revoked_at = Some(now);
+            previous.revoke_reason = Some("rotated".to_owned());
+        } else {
+            let grace_end = now.saturating_add(grace);
+            previous.settings.expires_at = Some(match previous.settings.expires_at {
+                Some(earlier) if earlier < grace_end => earlier,
+                _ => grace_end,
+            });
+        }
+        sqlx::query(
+            "UPDATE api_keys SET rotated_to = ?, expires_at = ?, revoked_at = ?, revoke_reason = ? WHERE id = ?",
+        )
+        .bind(successor.id.to_string())
+        .bind(previous.settings.expires_at.map(Timestamp::as_millis))
+        .bind(previous.revoked_at.map(Timestamp::as_millis))
+        .bind(previous.revoke_reason.clone())
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        let reason = format!(
+            "successor {}, grace {}",
+            successor.id,
+            humantime::format_duration(grace)
+        );
+        append_audit(
+            &mut tx,
+            now,
+            actor,
+            AuditAction::Rotate,
+            Some(&id.to_string()),
+            Some(&reason),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Rotation {
+            previous,
+            successor,
+        })
+    }
+
+    /// Revokes key `id` at `now`. Idempotent: a revoked key stays revoked at
+    /// its first revocation time and no audit record is added.
+    ///
+    /// # Errors
+    /// [`StoreError::KeyNotFound`] for an unknown id.
+    pub async fn revoke_key(
+        &self,
+        id: KeyId,
+        reason: &str,
+        actor: Actor,
+        now: Timestamp,
+    ) -> Result<Revocation, StoreError> {
+        self.count();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut key = fetch_key(&mut tx, id).await?;
+        if key.revoked_at.is_some() {
+            return Ok(Revocation {
+                key,
+                already_revoked: true,
+            });
+        }
+        sqlx::query("UPDATE api_keys SET revoked_at = ?, revoke_reason = ? WHERE id = ?")
+            .bind(now.as_millis())
+            .bind(reason)
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        let reason = (!reason.is_empty()).then_some(reason);
+        append_audit(
+            &mut tx,
+            now,
+            actor,
+            AuditAction::Revoke,
+            Some(&id.to_string()),
+            reason,
+        )
+        .await?;
+        tx.commit().await?;
+        key.revoked_at = Some(now);
+        key.revoke_reason = reason.map(str::to_owned);
+        Ok(Revocation {
+            key,
+            already_revoked: false,
+        })
+    }
+}
+
+/// The file behind `sqlite://PATH` (also `sqlite:PATH`).
+fn sqlite_path(database_url: &str) -> Result<PathBuf, StoreError> {
+    let rest = database_url
+        .strip_prefix("sqlite://")
+        .or_else(|| database_url.strip_prefix("sqlite:"))
+        .ok_or(StoreError::UnsupportedUrl)?;
+    let path = rest.split('?').next().unwrap_or_default();
+    if path.is_empty() {
+        return Err(StoreError::UnsupportedUrl);
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// Creates the database file readable by its owner only, before SQLite
+/// opens it (SQLite gives its WAL and shared-memory files the same mode).
+fn create_private_file(path: &Path) -> Result<(), StoreError> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+        .map_err(|source| StoreError::CreateFile {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+async fn insert_role(
+    conn: &mut SqliteConnection,
+    role: &Role,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO roles (name, description, builtin, created_at, updated_at) VALUES (?, ?, ?, ?, ?)")
+        .bind(role.name.as_str().to_owned())
+        .bind(role.description.clone())
+        .bind(i64::from(role.builtin))
+        .bind(now.as_millis())
+        .bind(now.as_millis())
+        .execute(&mut *conn)
+        .await?;
+    for permission in role.permissions.iter() {
+        sqlx::query("INSERT INTO role_permissions (role, permission) VALUES (?, ?)")
+            .bind(role.name.as_str().to_owned())
+            .bind(permission.as_str().to_owned())
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn insert_key(
+    conn: &mut SqliteConnection,
+    key: NewKey,
+    rotated_from: Option<KeyId>,
+    now: Timestamp,
+) -> Result<KeyRecord, StoreError> {
+    let id = key.id.to_string();
+    let inserted = sqlx::query(
+        "INSERT INTO api_keys (id, prefix, digest, owner, description, created_at, created_by, expires_at, rotated_from)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(id.clone())
+    .bind(key.settings.prefix.as_str().to_owned())
+    .bind(key.digest.as_bytes().to_vec())
+    .bind(key.settings.owner.clone())
+    .bind(key.settings.description.clone())
+    .bind(now.as_millis())
+    .bind(key.created_by.map(|k| k.to_string()))
+    .bind(key.settings.expires_at.map(Timestamp::as_millis))
+    .bind(rotated_from.map(|k| k.to_string()))
+    .execute(&mut *conn)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Err(StoreError::IdCollision(key.id));
+    }
+    for role in &key.settings.roles {
+        sqlx::query("INSERT INTO key_roles (key_id, role) VALUES (?, ?)")
+            .bind(id.clone())
+            .bind(role.as_str().to_owned())
+            .execute(&mut *conn)
+            .await?;
+    }
+    for (name, value) in key.settings.labels.as_map() {
+        sqlx::query("INSERT INTO key_labels (key_id, name, value) VALUES (?, ?, ?)")
+            .bind(id.clone())
+            .bind(name.clone())
+            .bind(value.clone())
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(KeyRecord {
+        id: key.id,
+        settings: key.settings,
+        created_at: now,
+        created_by: key.created_by,
+        revoked_at: None,
+        revoke_reason: None,
+        rotated_from,
+        rotated_to: None,
+    })
+}
+
+async fn append_audit(
+    conn: &mut SqliteConnection,
+    at: Timestamp,
+    actor: Actor,
+    action: AuditAction,
+    target: Option<&str>,
+    reason: Option<&str>,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO audit_log (at, actor, action, target, reason) VALUES (?, ?, ?, ?, ?)")
+        .bind(at.as_millis())
+        .bind(actor.key_id().map(|id| id.to_string()))
+        .bind(action.as_str())
+        .bind(target.map(str::to_owned))
+        .bind(reason.map(str::to_owned))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+async fn fetch_key(conn: &mut SqliteConnection, id: KeyId) -> Result<KeyRecord, StoreError> {
+    let row = sqlx::query("SELECT * FROM api_keys WHERE id = ?")
+        .bind(id.to_string())
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or(StoreError::KeyNotFound(id))?;
+    let mut records = with_roles_and_labels(conn, vec![row], false).await?;
+    Ok(records.pop().expect("one row in, one record out").0)
+}
+
+/// Turns `api_keys` rows into records, loading their roles and labels with
+/// one query each. Keeps the order of `rows`.
+async fn with_roles_and_labels(
+    conn: &mut SqliteConnection,
+    rows: Vec<SqliteRow>,
+    with_digest: bool,
+) -> Result<Vec<(KeyRecord, Option<KeyDigest>)>, StoreError> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<String> = rows
+        .iter()
+        .map(|row| row.try_get::<String, _>("id"))
+        .collect::<Result<_, _>>()?;
+    let mut roles: HashMap<String, Vec<RoleName>> = HashMap::new();
+    for row in fetch_for_ids(conn, "SELECT key_id, role FROM key_roles", &ids).await? {
+        let role = parse_column(&row, "role", "key_roles")?;
+        roles.entry(row.try_get("key_id")?).or_default().push(role);
+    }
+    let mut labels: HashMap<String, BTreeMap<String, String>> = HashMap::new();
+    for row in fetch_for_ids(conn, "SELECT key_id, name, value FROM key_labels", &ids).await? {
+        labels
+            .entry(row.try_get("key_id")?)
+            .or_default()
+            .insert(row.try_get("name")?, row.try_get("value")?);
+    }
+    rows.iter()
+        .map(|row| {
+            let id: String = row.try_get("id")?;
+            let labels = Labels::new(labels.remove(&id).unwrap_or_default()).map_err(|_| {
+                StoreError::Corrupt {
+                    table: "key_labels",
+                    what: "label",
+                }
+            })?;
+            let record = key_record(row, roles.remove(&id).unwrap_or_default(), labels)?;
+            let digest = if with_digest {
+                Some(key_digest(row)?)
+            } else {
+                None
+            };
+            Ok((record, digest))
+        })
+        .collect()
+}
+
+/// Runs `select` restricted to `key_id IN ids`, in chunks that stay below
+/// SQLite's bound-parameter limit.
+async fn fetch_for_ids(
+    conn: &mut SqliteConnection,
+    select: &str,
+    ids: &[String],
+) -> Result<Vec<SqliteRow>, StoreError> {
+    let mut rows = Vec::new();
+    for chunk in ids.chunks(10_000) {
+        let mut sql = QueryBuilder::<Sqlite>::new(select);
+        sql.push(" WHERE key_id IN (");
+        let mut list = sql.separated(", ");
+        for id in chunk {
+            list.push_bind(id.clone());
+        }
+        sql.push(")");
+        rows.extend(sql.build().fetch_all(&mut *conn).await?);
+    }
+    Ok(rows)
+}
+
+async fn load_roles(conn: &mut SqliteConnection) -> Result<Vec<Role>, StoreError> {
+    let mut permissions: HashMap<String, Vec<Permission>> = HashMap::new();
+    for row in sqlx::query("SELECT role, permission FROM role_permissions")
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        let permission = parse_column(&row, "permission", "role_permissions")?;
+        permissions
+            .entry(row.try_get("role")?)
+            .or_default()
+            .push(permission);
+    }
+    sqlx::query("SELECT name, description, builtin FROM roles ORDER BY name")
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|row| {
+            let name: String = row.try_get("name")?;
+            Ok(Role {
+                permissions: permissions.remove(&name).unwrap_or_default().into(),
+                name: parse_column(row, "name", "roles")?,
+                description: row.try_get("description")?,
+                builtin: row.try_get::<i64, _>("builtin")? != 0,
+            })
+        })
+        .collect()
+}
+
+fn key_record(
+    row: &SqliteRow,
+    roles: Vec<RoleName>,
+    labels: Labels,
+) -> Result<KeyRecord, StoreError> {
+    let timestamp = |column: &str| -> Result<Option<Timestamp>, StoreError> {
+        Ok(row
+            .try_get::<Option<i64>, _>(column)?
+            .map(Timestamp::from_millis))
+    };
+    let key_id = |column: &'static str| -> Result<Option<KeyId>, StoreError> {
+        row.try_get::<Option<String>, _>(column)?
+            .map(|text| {
+                text.parse().map_err(|_| StoreError::Corrupt {
+                    table: "api_keys",
+                    what: column,
+                })
+            })
+            .transpose()
+    };
+    Ok(KeyRecord {
+        id: parse_column(row, "id", "api_keys")?,
+        settings: KeySettings {
+            prefix: parse_column::<Prefix>(row, "prefix", "api_keys")?,
+            roles,
+            labels,
+            owner: row.try_get("owner")?,
+            description: row.try_get("description")?,
+            expires_at: timestamp("expires_at")?,
+        },
+        created_at: Timestamp::from_millis(row.try_get("created_at")?),
+        created_by: key_id("created_by")?,
+        revoked_at: timestamp("revoked_at")?,
+        revoke_reason: row.try_get("revoke_reason")?,
+        rotated_from: key_id("rotated_from")?,
+        rotated_to: key_id("rotated_to")?,
+    })
+}
+
+fn key_digest(row: &SqliteRow) -> Result<KeyDigest, StoreError> {
+    let bytes: Vec<u8> = row.try_get("digest")?;
+    let bytes: [u8; 32] = bytes.try_into().map_err(|_| StoreError::Corrupt {
+        table: "api_keys",
+        what: "digest",
+    })?;
+    Ok(KeyDigest::from_bytes(bytes))
+}
+
+fn parse_column<T: FromStr>(
+    row: &SqliteRow,
+    column: &'static str,
+    table: &'static str,
+) -> Result<T, StoreError> {
+    row.try_get::<String, _>(column)?
+        .parse()
+        .map_err(|_| StoreError::Corrupt {
+            table,
+            what: column,
+        })
+}
+
+/// Shared by tests of every layer that needs a real store.
+#[cfg(test)]
+pub(crate) async fn open_temporary() -> (std::sync::Arc<Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("keyward.db").display());
+    (std::sync::Arc::new(Store::open(&url).await.unwrap()), dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls() {
+        assert_eq!(
+            sqlite_path("sqlite://keyward.db").unwrap(),
+            PathBuf::from("keyward.db")
+        );
+        assert_eq!(
+            sqlite_path("sqlite:///var/lib/k.db").unwrap(),
+            PathBuf::from("/var/lib/k.db")
+        );
+        assert_eq!(
+            sqlite_path("sqlite:k.db?mode=rwc").unwrap(),
+            PathBuf::from("k.db")
+        );
+        assert!(matches!(
+            sqlite_path("postgres://x"),
+            Err(StoreError::UnsupportedUrl)
+        ));
+        assert!(matches!(
+            sqlite_path("sqlite://"),
+            Err(StoreError::UnsupportedUrl)
+        ));
+    }
+
+    #[tokio::test]
+    async fn database_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_store, dir) = open_temporary().await;
+        let mode = std::fs::metadata(dir.path().join("keyward.db"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[tokio::test]
+    async fn unwritable_path_is_named() {
+        let err = Store::open("sqlite:///dev/null/keyward.db")
+            .await
+            .unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("/dev/null/keyward.db"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn audit_log_is_append_only() {
+        let (store, _dir) = open_temporary().await;
+        sqlx::query("INSERT INTO audit_log (at, action) VALUES (1, 'key.mint')")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        for sql in ["UPDATE audit_log SET action = 'x'", "DELETE FROM audit_log"] {
+            let err = sqlx::query(sql).execute(&store.pool).await.unwrap_err();
+            assert!(err.to_string().contains("append-only"), "{err}");
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! The security core: deciding whether a presented key is valid and may do
+//! what is asked. It reads top to bottom like the rules in the product brief:
+//!
+//! 1. **parse** the key and check its checksum; malformed input never reaches
+//!    the index;
+//! 2. **look up** the key id in the in-memory index (no database I/O);
+//! 3. **verify** the digest of the presented secret in constant time, against
+//!    a dummy digest when the id is unknown, so unknown ids and wrong secrets
+//!    cost the same;
+//! 4. **check state**: revoked or expired (time from the injected clock);
+//! 5. *(rate limiting will sit here: after the key is proven, so invalid
+//!    traffic cannot spend a real key's quota)*;
+//! 6. **authorize**: every required permission must be granted.
+//!
+//! The caller of the service learns only "invalid" for every failure of
+//! stages 1 to 4; [`InvalidReason`] carries the detail for the server log.
+
+use std::{fmt, sync::Arc};
+
+use crate::{
+    clock::{Clock, Timestamp},
+    index::Index,
+    key::{FormatError, KeyDigest, KeyId, ParsedKey},
+    model::IndexedKey,
+    permission::Permission,
+};
+
+/// What validation decided.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A live key, granted every required permission.
+    Valid(Grant),
+    /// Not a live key with this secret. Shown to callers as `INVALID` only.
+    Invalid(InvalidReason),
+    /// A live key that lacks `missing`.
+    Forbidden { grant: Grant, missing: Permission },
+}
+
+/// A key proven live, with its effective permissions.
+#[derive(Debug)]
+pub struct Grant {
+    pub key: Arc<IndexedKey>,
+    /// Sorted union of the permissions of the key's roles.
+    pub permissions: Vec<Permission>,
+}
+
+/// Why a key is invalid: for logs and metrics, never for the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidReason {
+    Malformed(FormatError),
+    /// Not in the index: never existed, revoked, or swept after expiry.
+    UnknownKey(KeyId),
+    WrongSecret(KeyId),
+    Revoked(KeyId),
+    Expired(KeyId),
+}
+
+impl InvalidReason {
+    /// The key id, when the key was well-formed.
+    pub fn key_id(self) -> Option<KeyId> {
+        match self {
+            Self::Malformed(_) => None,
+            Self::UnknownKey(id)
+            | Self::WrongSecret(id)
+            | Self::Revoked(id)
+            | Self::Expired(id) => Some(id),
+        }
+    }
+}
+
+impl fmt::Display for InvalidReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Malformed(error) => write!(f, "malformed: {error}"),
+            Self::UnknownKey(_) => f.write_str("unknown or revoked key id"),
+            Self::WrongSecret(_) => f.write_str("wrong secret"),
+            Self::Revoked(_) => f.write_str("revoked"),
+            Self::Expired(_) => f.write_str("expired"),
+        }
+    }
+}
+
+/// Runs the validation pipeline against the in-memory index.
+pub struct Validator {
+    index: Arc<Index>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Validator {
+    /// A validator over `index`, reading time from `clock`.
+    pub fn new(index: Arc<Index>, clock: Arc<dyn Clock>) -> Self {
+        Self { index, clock }
+    }
+
+    /// Validates `presented` and checks it is granted every permission in
+    /// `required`. Never touches the database, never fails: every problem
+    /// with the key is an [`Outcome`].
+    pub fn validate(&self, presented: &str, required: &[Permission]) -> Outcome {
+        let parsed = match ParsedKey::parse(presented) {
+            Ok(parsed) => parsed,
+            Err(error) => return Outcome::Invalid(InvalidReason::Malformed(error)),
+        };
+        let key = match verify(&parsed, self.index.get(parsed.id())) {
+            Ok(key) => key,
+            Err(reason) => return Outcome::Invalid(reason),
+        };
+        if let Err(reason) = check_state(&key, self.clock.now()) {
+            return Outcome::Invalid(reason);
+        }
+        let grant = Grant {
+            permissions: self.index.permissions_of(&key),
+            key,
+        };
+        match authorize(&grant.permissions, required) {
+            Ok(()) => Outcome::Valid(grant),
+            Err(missing) => Outcome::Forbidden { grant, missing },
+        }
+    }
+}
+
+/// Stages 2–3: compares the presented secret's digest with the stored one in
+/// constant time. An unknown id is compared against a dummy digest, so the
+/// work done is the same whether or not the id exists.
+fn verify(
+    parsed: &ParsedKey<'_>,
+    entry: Option<Arc<IndexedKey>>,
+) -> Result<Arc<IndexedKey>, InvalidReason> {
+    let expected = entry.as_ref().map_or(KeyDigest::dummy(), |key| key.digest);
+    let matches = parsed.digest().ct_eq(&expected);
+    match entry {
+        Some(key) if matches => Ok(key),
+        Some(_) => Err(InvalidReason::WrongSecret(parsed.id())),
+        None => Err(InvalidReason::UnknownKey(parsed.id())),
+    }
+}
+
+/// Stage 4: a proven key must be neither revoked nor expired at `now`.
+fn check_state(key: &IndexedKey, now: Timestamp) -> Result<(), InvalidReason> {
+    if key.revoked_at.is_some() {
+        Err(InvalidReason::Revoked(key.id))
+    } else if key.expires_at.is_some_and(|at| at <= now) {
+        Err(InvalidReason::Expired(key.id))
+    } else {
+        Ok(())
+    }
+}
+
+/// Stage 6: the first required permission that nothing in `granted` grants.
+fn authorize(granted: &[Permission], required: &[Permission]) -> Result<(), Permission> {
+    match required
+        .iter()
+        .find(|needed| !granted.iter().any(|held| held.grants(needed)))
+    {
+        Some(missing) => Err(missing.clone()),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        clock::ManualClock,
+        index::tests::{record, role},
+        key::{MintedKey, Prefix},
+        model::Change,
+    };
+
+    fn perms(list: &[&str]) -> Vec<Permission> {
+        list.iter().map(|p| p.parse().unwrap()).collect()
+    }
+
+    struct Fixture {
+        clock: ManualClock,
+        index: Arc<Index>,
+        validator: Validator,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let clock = ManualClock::starting_now();
+            let index = Arc::new(Index::default());
+            index.apply([Change::RoleUpserted(role(
+                "deployer",
+                &["deploy:*", "build:read"],
+            ))]);
+            let validator = Validator::new(index.clone(), Arc::new(clock.clone()));
+            Self {
+                clock,
+                index,
+                validator,
+            }
+        }
+
+        fn add(&self, adjust: impl FnOnce(&mut crate::model::KeyRecord)) -> MintedKey {
+            let minted = MintedKey::generate(&Prefix::default()).unwrap();
+            let mut record = record(&minted, &["deployer"]);
+            adjust(&mut record);
+            self.index
+                .apply([Change::KeyUpserted(Arc::new(IndexedKey::new(
+                    &record,
+                    minted.digest,
+                )))]);
+            minted
+        }
+    }
+
+    fn reason(outcome: Outcome) -> InvalidReason {
+        match outcome {
+            Outcome::Invalid(reason) => reason,
+            other => panic!("expected invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn pipeline_decides_in_rule_order() {
+        let fx = Fixture::new();
+        let live = fx.add(|_| {});
+        let text = live.plaintext.expose();
+
+        let Outcome::Valid(grant) = fx.validator.validate(text, &perms(&["deploy:prod:write"]))
+        else {
+            panic!("live key with a granted permission must be valid");
+        };
+        assert_eq!(grant.key.id, live.id);
+        assert_eq!(grant.permissions, perms(&["build:read", "deploy:*"]));
+
+        let Outcome::Forbidden { missing, .. } = fx
+            .validator
+            .validate(text, &perms(&["build:read", "build:write"]))
+        else {
+            panic!("missing permission must be forbidden");
+        };
+        assert_eq!(missing.as_str(), "build:write");
+
+        assert!(matches!(
+            reason(fx.validator.validate("kw_short", &[])),
+            InvalidReason::Malformed(FormatError::BadBody)
+        ));
+        let stranger = MintedKey::generate(&Prefix::default()).unwrap();
+        assert_eq!(
+            reason(fx.validator.validate(stranger.plaintext.expose(), &[])),
+            InvalidReason::UnknownKey(stranger.id)
+        );
+    }
+
+    #[test]
+    fn wrong_secret_for_a_known_id_is_invalid() {
+        let fx = Fixture::new();
+        let live = fx.add(|_| {});
+        let impostor = MintedKey::generate(&Prefix::default()).unwrap();
+        // Same id, impostor's digest in the index: the presented secret no
+        // longer matches.
+        let mut record = record(&live, &["deployer"]);
+        record.id = live.id;
+        fx.index
+            .apply([Change::KeyUpserted(Arc::new(IndexedKey::new(
+                &record,
+                impostor.digest,
+            )))]);
+        assert_eq!(
+            reason(fx.validator.validate(live.plaintext.expose(), &[])),
+            InvalidReason::WrongSecret(live.id)
+        );
+    }
+
+    #[test]
+    fn expiry_and_revocation_follow_the_clock() {
+        let fx = Fixture::new();
+        let now = fx.clock.now();
+        let expiring =
+            fx.add(|r| r.settings.expires_at = Some(now.saturating_add(Duration::from_secs(60))));
+        let revoked = fx.add(|r| r.revoked_at = Some(now));
+
+        assert!(matches!(
+            fx.validator.validate(expiring.plaintext.expose(), &[]),
+            Outcome::Valid(_)
+        ));
+        fx.clock.advance(Duration::from_secs(60));
+        assert_eq!(
+            reason(fx.validator.validate(expiring.plaintext.expose(), &[])),
+            InvalidReason::Expired(expiring.id)
+        );
+        assert_eq!(
+            reason(fx.validator.validate(revoked.plaintext.expose(), &[])),
+            InvalidReason::Revoked(revoked.id)
+        );
+    }
+
+    #[test]
+    fn authorize_table() {
+        type Case<'a> = (&'a [&'a str], &'a [&'a str], Result<(), &'a str>);
+        let cases: &[Case] = &[
+            (&[], &[], Ok(())),
+            (&[], &["a:b"], Err("a:b")),
+            (&["a:*"], &["a:b", "a:c:d"], Ok(())),
+            (&["a:b"], &["a:b", "a:c"], Err("a:c")),
+            (&["keyward:*"], &["keyward:validate"], Ok(())),
+            (&["*"], &["x", "y:z"], Ok(())),
+        ];
+        for (granted, required, expected) in cases {
+            let result = authorize(&perms(granted), &perms(required));
+            assert_eq!(
+                result.map_err(|p| p.to_string()),
+                expected.map_err(str::to_owned),
+                "{granted:?} ⊢ {required:?}"
+            );
+        }
+    }
+}
