@@ -20,6 +20,12 @@ use crate::{
     validate::Validator,
 };
 
+/// How long in-flight requests and open connections get to finish after a
+/// shutdown signal before the server stops anyway. HTTP/2 graceful shutdown
+/// waits for each client to acknowledge, and a stuck client must not keep a
+/// server from stopping.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// How often keys past their expiry are dropped from the index.
 const EXPIRY_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -157,8 +163,16 @@ impl Application {
             .expect("the embedded descriptor sets are valid");
 
         let sweeper = tokio::spawn(sweep_expired(self.index.clone(), self.clock.clone()));
+        let requested = Arc::new(tokio::sync::Notify::new());
+        let shutdown = {
+            let requested = requested.clone();
+            async move {
+                shutdown.await;
+                requested.notify_one();
+            }
+        };
         tracing::info!(addr = %self.local_addr, "keyward listening");
-        let served = Server::builder()
+        let serve = Server::builder()
             .add_service(health_service)
             .add_service(reflection)
             .add_service(pb::key_service_server::KeyServiceServer::new(
@@ -167,8 +181,17 @@ impl Application {
             .add_service(pb::admin_service_server::AdminServiceServer::new(
                 AdminService::new(self.lifecycle.clone(), self.validator.clone()),
             ))
-            .serve_with_incoming_shutdown(TcpIncoming::from(self.listener), shutdown)
-            .await;
+            .serve_with_incoming_shutdown(TcpIncoming::from(self.listener), shutdown);
+        let served = tokio::select! {
+            served = serve => served,
+            () = async {
+                requested.notified().await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => {
+                tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the shutdown grace period; stopping anyway");
+                Ok(())
+            }
+        };
         sweeper.abort();
         self.store.close().await;
         tracing::info!("keyward stopped");

@@ -17,7 +17,7 @@ use crate::{
 /// Mint, list, inspect, rotate and revoke API keys on a keyward server, and
 /// check a key the way a backend would.
 #[derive(Debug, Parser)]
-#[command(name = "keywardctl", version, propagate_version = true)]
+#[command(name = "keywardctl", version)]
 #[command(after_long_help = ADMIN_KEY_HELP)]
 pub struct Cli {
     #[command(flatten)]
@@ -40,6 +40,7 @@ Admin credential:
 
 /// Flags every verb accepts, before or after the verb's name.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// The keyward server: a URL, or `host:port` (taken as `http://host:port`)
     #[arg(
@@ -62,7 +63,13 @@ pub struct GlobalArgs {
     pub admin_key_file: Option<PathBuf>,
 
     /// Output format: `table` for people, `json` for scripts
-    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "FORMAT",
+        default_value_t = OutputFormat::Table
+    )]
     pub output: OutputFormat,
 }
 

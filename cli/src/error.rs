@@ -40,6 +40,9 @@ pub enum CliError {
     #[error("cannot reach keyward at {server}: {cause}")]
     Unreachable { server: ServerUrl, cause: String },
 
+    #[error("{server} does not offer this keyward API; is it a keyward server? ({message})")]
+    NotKeyward { server: ServerUrl, message: String },
+
     #[error("keyward at {server} did not answer in time")]
     TimedOut { server: ServerUrl },
 
@@ -116,7 +119,14 @@ impl CliError {
             Code::ResourceExhausted => "resource exhausted",
             Code::Aborted => "aborted",
             Code::Cancelled => "cancelled",
-            Code::Unimplemented => "not supported by this keyward server",
+            Code::Unimplemented => {
+                // Also what a web server or proxy that is not keyward at all
+                // looks like (HTTP 404 maps to UNIMPLEMENTED).
+                return Self::NotKeyward {
+                    server: server.clone(),
+                    message,
+                };
+            }
             Code::Internal | Code::DataLoss => "keyward internal error",
             Code::Ok | Code::Unknown => "unexpected response from keyward",
         };
@@ -210,6 +220,11 @@ mod tests {
                 Status::unauthenticated("invalid credentials"),
                 "the admin key was not accepted (invalid credentials); \
                  check KEYWARD_ADMIN_KEY or --admin-key-file",
+            ),
+            (
+                Status::unimplemented("HTTP status code 404"),
+                "http://127.0.0.1:1 does not offer this keyward API; \
+                 is it a keyward server? (HTTP status code 404)",
             ),
             (
                 Status::unavailable("tcp connect error"),

@@ -101,6 +101,17 @@ pub fn key_json(key: &pb::Key) -> serde_json::Map<String, Value> {
     }
 }
 
+/// A freshly minted (or rotated-to) key as JSON: `id` and `key` (the
+/// plaintext, shown this once) first, then the rest of the metadata.
+pub fn minted_key_json(key: &pb::Key, plaintext: String) -> serde_json::Map<String, Value> {
+    let mut object = serde_json::Map::new();
+    object.insert("id".into(), key.id.clone().into());
+    object.insert("key".into(), plaintext.into());
+    // `id` is inserted again here; the map keeps its first position.
+    object.extend(key_json(key));
+    object
+}
+
 /// A key's metadata as `name value` lines: empty optional fields are left
 /// out, except expiry, where "never" is worth saying.
 pub fn key_fields(key: &pb::Key) -> Vec<(&'static str, String)> {
@@ -240,6 +251,15 @@ mod tests {
         assert_eq!(json["expires_at"], Value::Null);
         assert_eq!(json["description"], Value::Null);
         assert_eq!(json["owner"], "ci");
+    }
+
+    #[test]
+    fn minted_key_json_starts_with_id_and_key() {
+        let json = minted_key_json(&sample_key(), "kw_plaintext".into());
+        let names: Vec<&str> = json.keys().map(String::as_str).take(3).collect();
+        assert_eq!(names, ["id", "key", "prefix"]);
+        assert_eq!(json["key"], "kw_plaintext");
+        assert_eq!(json["id"], "AbCdEfGhIjK");
     }
 
     #[test]

@@ -163,8 +163,7 @@ pub async fn mint(args: MintArgs, global: &GlobalArgs) -> Result<ExitCode, CliEr
         .ok_or(CliError::IncompleteResponse("no key metadata"))?;
     match global.output {
         OutputFormat::Json => {
-            let mut object = output::key_json(&key);
-            object.insert("key".into(), response.plaintext.into());
+            let object = output::minted_key_json(&key, response.plaintext);
             output::print_json(&Value::Object(object))?;
         }
         OutputFormat::Table => {
@@ -312,8 +311,7 @@ pub async fn rotate(args: RotateArgs, global: &GlobalArgs) -> Result<ExitCode, C
         .ok_or(CliError::IncompleteResponse("no previous key"))?;
     match global.output {
         OutputFormat::Json => {
-            let mut object = output::key_json(&key);
-            object.insert("key".into(), response.plaintext.into());
+            let mut object = output::minted_key_json(&key, response.plaintext);
             object.insert(
                 "previous".into(),
                 Value::Object(output::key_json(&previous)),

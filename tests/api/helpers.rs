@@ -1,0 +1,235 @@
+//! Test harness: the real server on port 0 with a fresh SQLite database,
+//! driven by the generated tonic clients as a user's backend would.
+//! Logs are quiet unless `TEST_LOG` is set.
+
+use std::{sync::Arc, sync::Once, time::Duration};
+
+use keyward::{
+    clock::{Clock, ManualClock},
+    pb::{self, admin_service_client::AdminServiceClient, key_service_client::KeyServiceClient},
+    server::{Application, Settings},
+    store::Store,
+};
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::{Request, Status, transport::Channel};
+
+static TRACING: Once = Once::new();
+
+fn init_test_logging() {
+    TRACING.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            tracing_subscriber::fmt()
+                .with_env_filter("debug")
+                .with_test_writer()
+                .init();
+        }
+    });
+}
+
+/// A running server and what tests need to drive it.
+pub struct TestApp {
+    pub addr: std::net::SocketAddr,
+    /// The first admin key, read from the bootstrap file.
+    pub admin_key: String,
+    pub clock: ManualClock,
+    pub store: Arc<Store>,
+    pub dir: Arc<tempfile::TempDir>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+}
+
+/// Starts a server on a new database.
+pub async fn spawn_app() -> TestApp {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    spawn_on(dir, ManualClock::starting_now()).await
+}
+
+async fn spawn_on(dir: Arc<tempfile::TempDir>, clock: ManualClock) -> TestApp {
+    init_test_logging();
+    let key_file = dir.path().join("admin.key");
+    let settings = Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: format!("sqlite://{}", dir.path().join("keyward.db").display()),
+        bootstrap_key_file: key_file.clone(),
+    };
+    let app = Application::build_with_clock(settings, Arc::new(clock.clone()))
+        .await
+        .expect("server starts");
+    let addr = app.local_addr();
+    let store = app.store();
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        app.run_until(async {
+            let _ = rx.await;
+        })
+        .await
+        .expect("server runs");
+    });
+    let admin_key = std::fs::read_to_string(&key_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    TestApp {
+        addr,
+        admin_key,
+        clock,
+        store,
+        dir,
+        shutdown: Some(tx),
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    /// The test clock's "now", in whole seconds since the epoch.
+    pub fn clock_seconds(&self) -> i64 {
+        self.clock.now().as_millis().div_euclid(1000)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connects to the test server")
+    }
+
+    pub async fn admin_client(&self) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(self.channel().await)
+    }
+
+    pub async fn key_client(&self) -> KeyServiceClient<Channel> {
+        KeyServiceClient::new(self.channel().await)
+    }
+
+    /// Mints a key with the admin key; returns (id, plaintext).
+    pub async fn mint(&self, request: pb::MintKeyRequest) -> Result<(String, String), Status> {
+        let response = self
+            .admin_client()
+            .await
+            .mint_key(authed(&self.admin_key, request))
+            .await?
+            .into_inner();
+        Ok((response.key.unwrap().id, response.plaintext))
+    }
+
+    /// Mints a key holding `roles`.
+    pub async fn mint_with_roles(&self, roles: &[&str]) -> (String, String) {
+        self.mint(pb::MintKeyRequest {
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            ..Default::default()
+        })
+        .await
+        .expect("mint succeeds")
+    }
+
+    /// Validates `key` with the admin key as the caller.
+    pub async fn validate(&self, key: &str, required: &[&str]) -> pb::ValidateResponse {
+        self.validate_as(&self.admin_key, key, required)
+            .await
+            .expect("Validate answers")
+    }
+
+    pub async fn validate_as(
+        &self,
+        caller: &str,
+        key: &str,
+        required: &[&str],
+    ) -> Result<pb::ValidateResponse, Status> {
+        let request = pb::ValidateRequest {
+            key: key.to_owned(),
+            required_permissions: required.iter().map(|p| p.to_string()).collect(),
+        };
+        Ok(self
+            .key_client()
+            .await
+            .validate(authed(caller, request))
+            .await?
+            .into_inner())
+    }
+
+    pub async fn get(&self, id: &str) -> Result<pb::Key, Status> {
+        let request = pb::GetKeyRequest { id: id.to_owned() };
+        Ok(self
+            .admin_client()
+            .await
+            .get_key(authed(&self.admin_key, request))
+            .await?
+            .into_inner())
+    }
+
+    pub async fn revoke(&self, id: &str, reason: &str) -> Result<pb::RevokeKeyResponse, Status> {
+        let request = pb::RevokeKeyRequest {
+            id: id.to_owned(),
+            reason: reason.to_owned(),
+        };
+        Ok(self
+            .admin_client()
+            .await
+            .revoke_key(authed(&self.admin_key, request))
+            .await?
+            .into_inner())
+    }
+
+    pub async fn rotate(&self, id: &str, grace: Duration) -> Result<pb::RotateKeyResponse, Status> {
+        let request = pb::RotateKeyRequest {
+            id: id.to_owned(),
+            grace: Some(grace.try_into().unwrap()),
+        };
+        Ok(self
+            .admin_client()
+            .await
+            .rotate_key(authed(&self.admin_key, request))
+            .await?
+            .into_inner())
+    }
+
+    pub async fn list(&self, request: pb::ListKeysRequest) -> Result<pb::ListKeysResponse, Status> {
+        Ok(self
+            .admin_client()
+            .await
+            .list_keys(authed(&self.admin_key, request))
+            .await?
+            .into_inner())
+    }
+
+    /// Stops the server gracefully and waits until it has stopped.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.expect("server task ends cleanly");
+        }
+    }
+
+    /// Stops the server and starts a new one on the same database and clock.
+    pub async fn restart(mut self) -> TestApp {
+        self.stop().await;
+        let admin_key = self.admin_key.clone();
+        let mut app = spawn_on(self.dir.clone(), self.clock.clone()).await;
+        app.admin_key = admin_key;
+        app
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Wraps `message` with `authorization: Bearer <key>`.
+pub fn authed<T>(key: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    request
+}
+
+pub fn denial(response: &pb::ValidateResponse) -> pb::Denial {
+    pb::Denial::try_from(response.denial).unwrap()
+}

@@ -1,0 +1,357 @@
+//! Mint, get, list, rotate, revoke over gRPC, with the failure paths.
+
+use std::time::Duration;
+
+use keyward::pb::{self, Denial, KeyState};
+use tonic::Code;
+
+use crate::helpers::{authed, denial, spawn_app};
+
+fn ttl(seconds: i64) -> Option<pb::mint_key_request::Expiry> {
+    Some(pb::mint_key_request::Expiry::Ttl(prost_types::Duration {
+        seconds,
+        nanos: 0,
+    }))
+}
+
+#[tokio::test]
+async fn bad_mint_input_names_the_field_and_writes_nothing() {
+    let app = spawn_app().await;
+    let past = prost_types::Timestamp {
+        seconds: app.clock_seconds() - 60,
+        nanos: 0,
+    };
+    let cases = [
+        (
+            "prefix",
+            pb::MintKeyRequest {
+                prefix: "Not_OK".into(),
+                ..Default::default()
+            },
+        ),
+        (
+            "roles",
+            pb::MintKeyRequest {
+                roles: vec!["ghost".into()],
+                ..Default::default()
+            },
+        ),
+        (
+            "ttl",
+            pb::MintKeyRequest {
+                expiry: ttl(0),
+                ..Default::default()
+            },
+        ),
+        (
+            "ttl",
+            pb::MintKeyRequest {
+                expiry: ttl(-30),
+                ..Default::default()
+            },
+        ),
+        (
+            "expires_at",
+            pb::MintKeyRequest {
+                expiry: Some(pb::mint_key_request::Expiry::ExpiresAt(past)),
+                ..Default::default()
+            },
+        ),
+        (
+            "labels",
+            pb::MintKeyRequest {
+                labels: [("no=equals".to_owned(), "x".to_owned())].into(),
+                ..Default::default()
+            },
+        ),
+        (
+            "labels",
+            pb::MintKeyRequest {
+                labels: [("k".to_owned(), "v".repeat(257))].into(),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (field, request) in cases {
+        let status = app.mint(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}");
+        assert!(
+            status.message().contains(field),
+            "{field}: {}",
+            status.message()
+        );
+    }
+    let all = app.list(pb::ListKeysRequest::default()).await.unwrap();
+    assert_eq!(all.keys.len(), 1, "only the first admin key exists");
+}
+
+#[tokio::test]
+async fn get_and_list_with_filters_and_pages() {
+    let app = spawn_app().await;
+    let mut minted = Vec::new();
+    for i in 0..5 {
+        // Distinct creation times, after the first admin key's, fix the order.
+        app.clock.advance(Duration::from_millis(5));
+        let (id, _) = app
+            .mint(pb::MintKeyRequest {
+                roles: if i % 2 == 0 {
+                    vec!["validator".into()]
+                } else {
+                    vec![]
+                },
+                labels: [("team".to_owned(), if i < 3 { "a" } else { "b" }.to_owned())].into(),
+                owner: format!("owner-{}", i % 2),
+                description: format!("key {i}"),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        minted.push(id);
+    }
+    let key = app.get(&minted[0]).await.unwrap();
+    assert_eq!(key.description, "key 0");
+    assert_eq!(key.state(), KeyState::Active);
+    assert_eq!(key.roles, ["validator"]);
+
+    let count = |request: pb::ListKeysRequest| {
+        let app = &app;
+        async move { app.list(request).await.unwrap().keys.len() }
+    };
+    let team_a = [("team".to_owned(), "a".to_owned())].into();
+    assert_eq!(
+        count(pb::ListKeysRequest {
+            labels: team_a,
+            ..Default::default()
+        })
+        .await,
+        3
+    );
+    assert_eq!(
+        count(pb::ListKeysRequest {
+            owner: "owner-1".into(),
+            ..Default::default()
+        })
+        .await,
+        2
+    );
+    // The first admin key holds `admin`, three minted keys hold `validator`.
+    assert_eq!(
+        count(pb::ListKeysRequest {
+            role: "validator".into(),
+            ..Default::default()
+        })
+        .await,
+        3
+    );
+    app.revoke(&minted[1], "").await.unwrap();
+    let revoked = pb::ListKeysRequest {
+        state: KeyState::Revoked.into(),
+        ..Default::default()
+    };
+    assert_eq!(count(revoked).await, 1);
+    let active = pb::ListKeysRequest {
+        state: KeyState::Active.into(),
+        ..Default::default()
+    };
+    assert_eq!(count(active).await, 5);
+
+    // Pages of two, newest first, cover every key exactly once.
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = app
+            .list(pb::ListKeysRequest {
+                page_size: 2,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(page.keys.len() <= 2);
+        seen.extend(page.keys.into_iter().map(|k| k.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen.len(), 6);
+    let newest_first: Vec<&String> = minted.iter().rev().collect();
+    assert_eq!(seen[..5].iter().collect::<Vec<_>>(), newest_first);
+
+    let bad = app
+        .list(pb::ListKeysRequest {
+            page_token: "nonsense".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(bad.message().contains("page_token"));
+}
+
+#[tokio::test]
+async fn rotation_keeps_the_old_key_for_the_grace_period() {
+    let app = spawn_app().await;
+    let (old_id, old_key) = app
+        .mint(pb::MintKeyRequest {
+            roles: vec!["validator".into()],
+            labels: [("env".to_owned(), "ci".to_owned())].into(),
+            owner: "builds".into(),
+            expiry: ttl(86_400),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    app.clock.advance(Duration::from_secs(600));
+
+    let rotated = app
+        .rotate(&old_id, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let new = rotated.key.unwrap();
+    let previous = rotated.previous.unwrap();
+    assert_ne!(new.id, old_id);
+    assert_eq!(
+        (new.roles.clone(), new.owner.clone()),
+        (vec!["validator".to_owned()], "builds".to_owned())
+    );
+    assert_eq!(new.labels.get("env").map(String::as_str), Some("ci"));
+    assert_eq!(
+        (new.rotated_from.as_str(), previous.rotated_to.as_str()),
+        (old_id.as_str(), new.id.as_str())
+    );
+    // The successor lives as long as the old key did: 24 h from its rotation.
+    assert_eq!(
+        new.expires_at.unwrap().seconds - app.clock_seconds(),
+        86_400
+    );
+    assert_eq!(
+        previous.expires_at.unwrap().seconds - app.clock_seconds(),
+        3600
+    );
+
+    assert!(
+        app.validate(&rotated.plaintext, &["keyward:validate"])
+            .await
+            .valid
+    );
+    assert!(
+        app.validate(&old_key, &[]).await.valid,
+        "old key works during the grace period"
+    );
+    app.clock.advance(Duration::from_secs(3600));
+    assert_eq!(denial(&app.validate(&old_key, &[]).await), Denial::Invalid);
+    assert!(app.validate(&rotated.plaintext, &[]).await.valid);
+
+    let again = app.rotate(&old_id, Duration::ZERO).await.unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition);
+    assert_eq!(app.get(&old_id).await.unwrap().state(), KeyState::Expired);
+}
+
+#[tokio::test]
+async fn rotation_without_grace_revokes_at_once() {
+    let app = spawn_app().await;
+    let (old_id, old_key) = app.mint_with_roles(&[]).await;
+    let rotated = app.rotate(&old_id, Duration::ZERO).await.unwrap();
+    assert_eq!(denial(&app.validate(&old_key, &[]).await), Denial::Invalid);
+    assert!(app.validate(&rotated.plaintext, &[]).await.valid);
+    let previous = app.get(&old_id).await.unwrap();
+    assert_eq!(previous.state(), KeyState::Revoked);
+    assert_eq!(previous.revoke_reason, "rotated");
+
+    let twice = app
+        .rotate(&old_id, Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert_eq!(twice.code(), Code::FailedPrecondition);
+    assert!(twice.message().contains("revoked"), "{}", twice.message());
+}
+
+#[tokio::test]
+async fn revoke_is_immediate_and_idempotent() {
+    let app = spawn_app().await;
+    let (id, key) = app.mint_with_roles(&["validator"]).await;
+    assert!(app.validate(&key, &[]).await.valid);
+
+    let first = app.revoke(&id, "leaked in a build log").await.unwrap();
+    assert!(!first.already_revoked);
+    let first_key = first.key.unwrap();
+    assert_eq!(first_key.state(), KeyState::Revoked);
+    assert_eq!(first_key.revoke_reason, "leaked in a build log");
+    assert_eq!(denial(&app.validate(&key, &[]).await), Denial::Invalid);
+
+    app.clock.advance(Duration::from_secs(30));
+    let second = app.revoke(&id, "again").await.unwrap();
+    assert!(second.already_revoked);
+    let second_key = second.key.unwrap();
+    assert_eq!(
+        second_key.revoked_at, first_key.revoked_at,
+        "reports the first revocation"
+    );
+    assert_eq!(second_key.revoke_reason, "leaked in a build log");
+}
+
+#[tokio::test]
+async fn unknown_and_malformed_ids() {
+    let app = spawn_app().await;
+    for status in [
+        app.revoke("0000000000A", "").await.unwrap_err(),
+        app.rotate("0000000000A", Duration::ZERO).await.unwrap_err(),
+        app.get("0000000000A").await.unwrap_err(),
+    ] {
+        assert_eq!(status.code(), Code::NotFound);
+        assert!(
+            status.message().contains("0000000000A"),
+            "{}",
+            status.message()
+        );
+    }
+    let malformed = app.get("not-an-id").await.unwrap_err();
+    assert_eq!(malformed.code(), Code::InvalidArgument);
+    assert!(malformed.message().contains("id"));
+}
+
+#[tokio::test]
+async fn admin_rpcs_need_keyward_admin() {
+    let app = spawn_app().await;
+    let (_, validator) = app.mint_with_roles(&["validator"]).await;
+    let mut client = app.admin_client().await;
+    let denied = client
+        .mint_key(authed(&validator, pb::MintKeyRequest::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    assert!(denied.message().contains("keyward:admin"));
+    let anonymous = client
+        .list_keys(tonic::Request::new(pb::ListKeysRequest::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(anonymous.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn state_survives_a_restart() {
+    let app = spawn_app().await;
+    let (_, kept) = app.mint_with_roles(&["validator"]).await;
+    let (revoked_id, revoked) = app.mint_with_roles(&["validator"]).await;
+    let (rotated_id, rotated_old) = app.mint_with_roles(&["validator"]).await;
+    app.revoke(&revoked_id, "").await.unwrap();
+    let rotation = app
+        .rotate(&rotated_id, Duration::from_secs(60))
+        .await
+        .unwrap();
+
+    let app = app.restart().await;
+    assert!(app.validate(&kept, &["keyward:validate"]).await.valid);
+    assert!(app.validate(&rotation.plaintext, &[]).await.valid);
+    assert!(
+        app.validate(&rotated_old, &[]).await.valid,
+        "grace period survives the restart"
+    );
+    assert_eq!(denial(&app.validate(&revoked, &[]).await), Denial::Invalid);
+    app.clock.advance(Duration::from_secs(60));
+    assert_eq!(
+        denial(&app.validate(&rotated_old, &[]).await),
+        Denial::Invalid
+    );
+}

@@ -1,0 +1,279 @@
+//! The real `keyward` binary: secrets never reach disk or logs, the audit
+//! log records every change, shutdown is graceful, and start-up failures are
+//! one clear line.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    time::Duration,
+};
+
+use keyward::pb::{
+    self, admin_service_client::AdminServiceClient, key_service_client::KeyServiceClient,
+};
+use sqlx::{Connection, Row, SqliteConnection};
+use tonic::transport::Channel;
+
+use crate::helpers::authed;
+
+/// A `keyward serve` child process whose stderr is captured.
+struct ServerProcess {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl ServerProcess {
+    fn start(dir: &Path) -> Self {
+        let mut child = serve_command(dir, "127.0.0.1:0")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("keyward binary starts");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (addr_tx, addr_rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let captured = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let line = line.unwrap();
+                if line.contains("keyward listening")
+                    && let Some(addr) = line.split("addr=").nth(1)
+                {
+                    let _ = addr_tx.send(addr.trim().parse::<SocketAddr>().unwrap());
+                }
+                captured.lock().unwrap().push_str(&line);
+                captured.lock().unwrap().push('\n');
+            }
+        });
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "server did not report its address; log:\n{}",
+                    log.lock().unwrap()
+                )
+            });
+        Self { child, addr, log }
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    fn terminate(mut self) -> String {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = self.child.wait().unwrap();
+        assert!(exit.success(), "graceful shutdown exits 0, got {exit}");
+        // The reader thread drains stderr until the pipe closes.
+        std::thread::sleep(Duration::from_millis(100));
+        self.log.lock().unwrap().clone()
+    }
+}
+
+fn serve_command(dir: &Path, listen: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_keyward"));
+    command
+        .arg("serve")
+        .args(["--listen", listen])
+        .args([
+            "--database-url",
+            &format!("sqlite://{}", dir.join("keyward.db").display()),
+        ])
+        .args([
+            "--bootstrap-key-file",
+            &dir.join("admin.key").display().to_string(),
+        ])
+        .env("RUST_LOG", "trace")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    command
+}
+
+async fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_the_database_or_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path());
+    let admin_key = std::fs::read_to_string(dir.path().join("admin.key"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let mut admin = AdminServiceClient::new(channel(server.addr).await);
+    let mut keys = KeyServiceClient::new(channel(server.addr).await);
+
+    let mut plaintexts = vec![admin_key.clone()];
+    let minted = admin
+        .mint_key(authed(
+            &admin_key,
+            pb::MintKeyRequest {
+                roles: vec!["validator".into()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    plaintexts.push(minted.plaintext.clone());
+    let id = minted.key.unwrap().id;
+    for presented in [
+        minted.plaintext.clone(),
+        format!("{}x", &minted.plaintext[..minted.plaintext.len() - 1]),
+    ] {
+        let request = pb::ValidateRequest {
+            key: presented,
+            required_permissions: vec!["keyward:validate".into()],
+        };
+        keys.validate(authed(&admin_key, request)).await.unwrap();
+    }
+    let rotated = admin
+        .rotate_key(authed(
+            &admin_key,
+            pb::RotateKeyRequest {
+                id: id.clone(),
+                grace: Some(Duration::from_secs(60).try_into().unwrap()),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    plaintexts.push(rotated.plaintext.clone());
+    let successor = rotated.key.unwrap().id;
+    admin
+        .revoke_key(authed(
+            &admin_key,
+            pb::RevokeKeyRequest {
+                id: successor.clone(),
+                reason: "test".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    let log = server.terminate();
+
+    assert!(
+        log.contains("admin.key"),
+        "the log names the bootstrap key file"
+    );
+    assert!(log.contains(&id), "the log identifies keys by id");
+    let mut files = vec![("log".to_owned(), log.into_bytes())];
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap() != "admin.key" {
+            files.push((path.display().to_string(), std::fs::read(&path).unwrap()));
+        }
+    }
+    assert!(files.len() >= 2, "the database file was read");
+    for plaintext in &plaintexts {
+        let secret = &plaintext[3 + 11..3 + 44];
+        for (name, bytes) in &files {
+            let text = String::from_utf8_lossy(bytes);
+            assert!(!text.contains(secret), "a secret leaked into {name}");
+        }
+    }
+
+    // Every change left one audit record, with its actor and no secret.
+    let url = format!("sqlite://{}", dir.path().join("keyward.db").display());
+    let mut db = SqliteConnection::connect(&url).await.unwrap();
+    let rows = sqlx::query("SELECT actor, action, target FROM audit_log ORDER BY seq")
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+    let admin_id = &admin_key[3..14];
+    let records: Vec<(Option<String>, String, String)> = rows
+        .iter()
+        .map(|row| (row.get("actor"), row.get("action"), row.get("target")))
+        .collect();
+    assert_eq!(
+        records,
+        [
+            (None, "initialize".to_owned(), admin_id.to_owned()),
+            (Some(admin_id.to_owned()), "key.mint".to_owned(), id.clone()),
+            (
+                Some(admin_id.to_owned()),
+                "key.rotate".to_owned(),
+                id.clone()
+            ),
+            (
+                Some(admin_id.to_owned()),
+                "key.revoke".to_owned(),
+                successor
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn bootstrap_key_file_is_private_and_never_logged() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path());
+    let key_file = dir.path().join("admin.key");
+    let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+    let db_mode = std::fs::metadata(dir.path().join("keyward.db"))
+        .unwrap()
+        .permissions()
+        .mode();
+    let admin_key = std::fs::read_to_string(&key_file).unwrap();
+    let log = server.terminate();
+    assert_eq!((mode & 0o777, db_mode & 0o777), (0o600, 0o600));
+    assert!(!log.contains(admin_key.trim()));
+
+    // A second start on the same database keeps the file and mints nothing.
+    let again = ServerProcess::start(dir.path());
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap(), admin_key);
+    let log = again.terminate();
+    assert!(!log.contains("initialised a new database"), "{log}");
+}
+
+#[test]
+fn a_port_in_use_is_one_clear_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let output = serve_command(dir.path(), &addr)
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_unwritable_database_path_is_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            "sqlite:///dev/null/keyward.db",
+        ])
+        .env("RUST_LOG", "off")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("cannot create database file /dev/null/keyward.db"),
+        "{stderr}"
+    );
+}
