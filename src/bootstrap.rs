@@ -28,7 +28,7 @@ pub const VALIDATOR_ROLE: &str = "validator";
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
     #[error(
-        "the database is already initialised; its first admin key was shown when it was initialised (mint a new admin key with an existing one)"
+        "the database is already initialised: its first admin key was printed by `keywardctl init` or written to the server's bootstrap key file (keyward-admin.key); mint further admin keys with an existing one"
     )]
     AlreadyInitialized,
     #[error("the OS random source failed: {0}")]
