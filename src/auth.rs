@@ -1,40 +1,123 @@
-//! Caller authentication: every RPC presents the caller's own key as
-//! `authorization: Bearer <key>`, checked by the same pipeline as Validate.
+//! Caller authentication and authorization for RPCs: every RPC presents the
+//! caller's own key as `authorization: Bearer <key>`, checked by the same
+//! pipeline as Validate, from the address the connection comes from.
 
-use tonic::metadata::MetadataMap;
+use std::net::IpAddr;
+
+use tonic::{Request, metadata::MetadataMap};
 
 use crate::{
     error::ServiceError,
     key::KeyId,
-    permission::Permission,
-    validate::{Outcome, Validator},
+    model::Actor,
+    permission::{self, Permission},
+    validate::{Checks, Denied, Outcome, Validator},
 };
 
-/// Checks the caller's key and that it holds `needed`. Returns the caller's
-/// key id, the actor of any change it makes.
+/// An authenticated caller and what it holds.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub id: KeyId,
+    /// The caller key's effective permissions.
+    pub permissions: Vec<Permission>,
+    /// Holds `keyward:admin`: may grant any permission.
+    pub is_root: bool,
+}
+
+impl Caller {
+    /// The caller as the actor of an audit record.
+    pub fn actor(&self) -> Actor {
+        Actor::Key(self.id)
+    }
+
+    /// Whether this caller may hand `permission` to a key or a role: only
+    /// what it holds itself, unless it holds `keyward:admin`. This is what
+    /// stops a narrowly scoped admin key from minting a broader one.
+    pub fn may_grant(&self, permission: &Permission) -> bool {
+        self.is_root || self.permissions.iter().any(|held| held.grants(permission))
+    }
+
+    /// The first of `permissions` this caller may not grant.
+    ///
+    /// # Errors
+    /// `PermissionDenied` naming that permission.
+    pub fn check_may_grant<'a>(
+        &self,
+        permissions: impl IntoIterator<Item = &'a Permission>,
+    ) -> Result<(), ServiceError> {
+        match permissions.into_iter().find(|p| !self.may_grant(p)) {
+            Some(p) => Err(ServiceError::PermissionDenied(format!(
+                "the caller's key cannot grant {p}: it does not hold it (no escalation)"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Checks the caller's key and that it holds `needed` or `keyward:admin`.
 ///
 /// # Errors
 /// `Unauthenticated` when the credential is missing or not a live key;
-/// `PermissionDenied` when it lacks `needed`. Neither echoes the key.
-pub fn authenticate(
-    metadata: &MetadataMap,
+/// `PermissionDenied` when it lacks the permission or its allow-list excludes
+/// the connection's address. Neither echoes the key.
+pub fn authenticate<T>(
+    request: &Request<T>,
     validator: &Validator,
     needed: &Permission,
-) -> Result<KeyId, ServiceError> {
-    let token = bearer_token(metadata)?;
-    match validator.validate(token, std::slice::from_ref(needed)) {
-        Outcome::Valid(grant) => Ok(grant.key.id),
-        Outcome::Forbidden { grant, missing } => {
-            tracing::info!(caller = %grant.key.id, %missing, "caller lacks permission");
-            Err(ServiceError::PermissionDenied(missing.to_string()))
+) -> Result<Caller, ServiceError> {
+    let token = bearer_token(request.metadata())?;
+    let checks = Checks {
+        required: &[],
+        client_ip: request.remote_addr().map(|addr| addr.ip()),
+    };
+    let grant = match validator.validate(token, checks) {
+        Outcome::Valid(grant) => grant,
+        Outcome::Forbidden { grant, denied } => {
+            tracing::info!(caller = %grant.key.id, %denied, "caller refused");
+            return Err(ServiceError::PermissionDenied(caller_denied(&denied)));
         }
         Outcome::Invalid(reason) => {
             tracing::info!(caller = ?reason.key_id(), %reason, "caller key refused");
-            Err(ServiceError::Unauthenticated(
+            return Err(ServiceError::Unauthenticated(
                 "the caller's key is not valid",
-            ))
+            ));
         }
+    };
+    let root: Permission = permission::ADMIN.parse().expect("built-in permission");
+    let is_root = grant.permissions.iter().any(|held| held.grants(&root));
+    if !is_root && !grant.permissions.iter().any(|held| held.grants(needed)) {
+        tracing::info!(caller = %grant.key.id, %needed, "caller lacks permission");
+        return Err(ServiceError::PermissionDenied(format!(
+            "the caller's key lacks the {needed} permission"
+        )));
     }
+    Ok(Caller {
+        id: grant.key.id,
+        permissions: grant.permissions,
+        is_root,
+    })
+}
+
+fn caller_denied(denied: &Denied) -> String {
+    match denied {
+        Denied::ClientIpNotAllowed(_) => {
+            "the caller's key is not allowed from this address".to_owned()
+        }
+        Denied::MissingPermission(p) => format!("the caller's key lacks the {p} permission"),
+    }
+}
+
+/// The client address a backend passed in a Validate request.
+///
+/// # Errors
+/// `InvalidArgument` naming `client_ip` when it is not an IP address.
+pub fn client_ip(text: &str) -> Result<Option<IpAddr>, ServiceError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| ServiceError::invalid("client_ip", "not an IPv4 or IPv6 address"))
 }
 
 fn bearer_token(metadata: &MetadataMap) -> Result<&str, ServiceError> {
@@ -85,5 +168,51 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn only_root_grants_beyond_its_own_permissions() {
+        let perms = |list: &[&str]| {
+            list.iter()
+                .map(|p| p.parse().unwrap())
+                .collect::<Vec<Permission>>()
+        };
+        let scoped = Caller {
+            id: "0000000000A".parse().unwrap(),
+            permissions: perms(&["keyward:keys:write", "deploy:*"]),
+            is_root: false,
+        };
+        assert!(
+            scoped
+                .check_may_grant(&perms(&[
+                    "deploy:write",
+                    "deploy:prod:*",
+                    "keyward:keys:write"
+                ]))
+                .is_ok()
+        );
+        for beyond in ["deploy", "build:read", "keyward:*", "keyward:admin", "*"] {
+            let error = scoped.check_may_grant(&perms(&[beyond])).unwrap_err();
+            assert!(error.to_string().contains(beyond), "{error}");
+        }
+        let root = Caller {
+            is_root: true,
+            ..scoped
+        };
+        assert!(
+            root.check_may_grant(&perms(&["*", "anything:else"]))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn client_ip_parsing() {
+        assert_eq!(client_ip("").unwrap(), None);
+        assert_eq!(client_ip("::1").unwrap(), Some("::1".parse().unwrap()));
+        let error = client_ip("10.0.0.300").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid client_ip: not an IPv4 or IPv6 address"
+        );
     }
 }

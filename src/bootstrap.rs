@@ -12,7 +12,7 @@ use std::{
 };
 
 use crate::{
-    clock::{Clock, SystemClock},
+    clock::{Clock, SystemClock, Timestamp},
     key::{KeyId, MintedKey, PlaintextKey, Prefix},
     model::{KeySettings, Labels, Role},
     permission::{self, RoleName},
@@ -58,13 +58,16 @@ pub struct Initialized {
     pub plaintext: PlaintextKey,
 }
 
-/// The roles every keyward database has.
-pub fn builtin_roles() -> Vec<Role> {
+/// The roles every keyward database has, as created at `now`.
+pub fn builtin_roles(now: Timestamp) -> Vec<Role> {
     let role = |name: &str, description: &str, permission: &str| Role {
         name: name.parse().expect("built-in role name"),
         description: description.to_owned(),
         permissions: [permission.parse().expect("built-in permission")].into(),
+        max_ttl: None,
         builtin: true,
+        created_at: now,
+        updated_at: now,
     };
     vec![
         role(ADMIN_ROLE, "Every keyward permission", "keyward:*"),
@@ -103,6 +106,8 @@ pub async fn initialize(
         settings: KeySettings {
             prefix: minted.prefix.clone(),
             roles: vec![ADMIN_ROLE.parse::<RoleName>().expect("built-in role name")],
+            permissions: Vec::new(),
+            allowed_cidrs: Vec::new(),
             labels: Labels::default(),
             owner: String::new(),
             description: "first admin key, created at initialisation".to_owned(),
@@ -111,7 +116,7 @@ pub async fn initialize(
         created_by: None,
     };
     store
-        .initialize(&builtin_roles(), admin, clock.now())
+        .initialize(&builtin_roles(clock.now()), admin, clock.now())
         .await?;
     Ok(Initialized {
         key_id: minted.id,

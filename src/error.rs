@@ -27,8 +27,8 @@ pub enum ServiceError {
     /// No (or no usable) caller credential.
     #[error("{0}")]
     Unauthenticated(&'static str),
-    /// The caller's key lacks a permission.
-    #[error("the caller's key lacks the {0} permission")]
+    /// The caller's key may not do this; the message says why.
+    #[error("{0}")]
     PermissionDenied(String),
     /// Admin RPCs may learn that a key id does not exist.
     #[error("{0}")]
@@ -55,9 +55,12 @@ impl From<StoreError> for ServiceError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::KeyNotFound(_) => Self::NotFound(error.to_string()),
-            StoreError::NotRotatable { .. } | StoreError::AlreadyInitialized => {
-                Self::FailedPrecondition(error.to_string())
-            }
+            StoreError::RoleNotFound(_) => Self::NotFound(error.to_string()),
+            StoreError::RoleExists(_) => Self::invalid("name", &error),
+            StoreError::NotRotatable { .. }
+            | StoreError::AlreadyInitialized
+            | StoreError::BuiltinRole(_)
+            | StoreError::RoleInUse { .. } => Self::FailedPrecondition(error.to_string()),
             other => Self::Internal(other.to_string()),
         }
     }
@@ -98,9 +101,9 @@ mod tests {
                 "no key",
             ),
             (
-                ServiceError::PermissionDenied("keyward:admin".into()),
+                ServiceError::PermissionDenied("no".into()),
                 Code::PermissionDenied,
-                "the caller's key lacks the keyward:admin permission",
+                "no",
             ),
             (
                 ServiceError::NotFound("key x not found".into()),

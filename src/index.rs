@@ -62,6 +62,9 @@ impl Index {
                 Change::RoleUpserted(role) => {
                     state.roles.insert(role.name.clone(), role);
                 }
+                Change::RoleRemoved(name) => {
+                    state.roles.remove(&name);
+                }
             }
         }
     }
@@ -71,24 +74,26 @@ impl Index {
         self.read().keys.get(&id).cloned()
     }
 
-    /// The union of the permissions of `key`'s roles, read at call time so a
-    /// role change applies to the very next validation.
+    /// The key's effective permissions: its own plus the union of its roles',
+    /// read at call time so a role change applies to the very next validation.
     pub fn permissions_of(&self, key: &IndexedKey) -> Vec<Permission> {
         let state = self.read();
         let mut permissions: Vec<Permission> = key
             .roles
             .iter()
             .filter_map(|name| state.roles.get(name))
-            .flat_map(|role| role.permissions.iter().cloned())
+            .flat_map(|role| role.permissions.iter())
+            .chain(key.permissions.iter())
+            .cloned()
             .collect();
         permissions.sort_unstable();
         permissions.dedup();
         permissions
     }
 
-    /// Whether a role with this name exists.
-    pub fn has_role(&self, name: &RoleName) -> bool {
-        self.read().roles.contains_key(name)
+    /// The role with this name, if it exists.
+    pub fn role(&self, name: &RoleName) -> Option<Role> {
+        self.read().roles.get(name).cloned()
     }
 
     /// How many keys the index holds.
@@ -143,6 +148,8 @@ pub(crate) mod tests {
             settings: KeySettings {
                 prefix: Prefix::default(),
                 roles: roles.iter().map(|r| r.parse().unwrap()).collect(),
+                permissions: vec![],
+                allowed_cidrs: vec![],
                 labels: Labels::default(),
                 owner: String::new(),
                 description: String::new(),
@@ -162,7 +169,10 @@ pub(crate) mod tests {
             name: name.parse().unwrap(),
             description: String::new(),
             permissions: permissions.iter().map(|p| p.parse().unwrap()).collect(),
+            max_ttl: None,
             builtin: false,
+            created_at: Timestamp::from_millis(0),
+            updated_at: Timestamp::from_millis(0),
         }
     }
 
@@ -190,9 +200,13 @@ pub(crate) mod tests {
             vec!["build:read".parse().unwrap()]
         );
 
-        index.apply([Change::KeyRemoved(minted.id)]);
+        index.apply([
+            Change::KeyRemoved(minted.id),
+            Change::RoleRemoved("ci".parse().unwrap()),
+        ]);
         assert!(index.get(minted.id).is_none());
         assert!(index.is_empty());
+        assert!(index.role(&"ci".parse().unwrap()).is_none());
     }
 
     #[test]

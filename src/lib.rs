@@ -10,13 +10,14 @@
 //! | --- | --- |
 //! | [`key`] | the key format: prefix, id, secret, checksum, digest |
 //! | [`permission`] | permission grammar and wildcard matching, role names |
+//! | [`cidr`] | CIDR allow-lists for keys |
 //! | [`model`] | domain types: key records, roles, changes, audit actions |
 //! | [`clock`] | time as a parameter (wall clock, manual clock for tests) |
 //! | [`store`] | SQLite persistence; every write is one transaction with its audit record |
 //! | [`index`] | the in-memory index of live keys and roles, changed only by [`model::Change`]s |
 //! | [`validate`] | the security core: parse → look up → verify → state → authorize |
-//! | [`auth`] | caller authentication from `authorization: Bearer` metadata |
-//! | [`lifecycle`] | mint, get, list, rotate, revoke |
+//! | [`auth`] | caller authentication from `authorization: Bearer` metadata; no-escalation rule |
+//! | [`lifecycle`] | mint, get, list, rotate, revoke; roles; audit queries |
 //! | [`bootstrap`] | first run: built-in roles and the first admin key |
 //! | [`service`] | the gRPC edge: wire ↔ domain conversions |
 //! | [`server`] | startup, serving, graceful shutdown |
@@ -26,6 +27,7 @@
 
 pub mod auth;
 pub mod bootstrap;
+pub mod cidr;
 pub mod clock;
 pub mod config;
 pub mod error;

@@ -1,19 +1,25 @@
-//! The key lifecycle behind the admin RPCs: mint, inspect, rotate, revoke.
+//! The operations behind the admin RPCs: the key lifecycle (mint, inspect,
+//! rotate, revoke), roles, and the audit log.
 //!
 //! Each operation checks its input against the current state, makes one
 //! store transaction (the change and its audit record), then applies the
 //! resulting [`Change`]s to the index, so the next Validate sees it.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use crate::{
+    auth::Caller,
+    cidr::Cidr,
     clock::{Clock, Timestamp},
     error::ServiceError,
     index::Index,
     key::{KeyId, MintedKey, PlaintextKey, Prefix},
-    model::{Actor, Change, IndexedKey, KeyRecord, KeySettings, Labels},
-    permission::RoleName,
-    store::{KeyPage, KeyQuery, NewKey, Revocation, Rotation, Store, StoreError},
+    model::{Change, IndexedKey, KeyRecord, KeySettings, Labels, Role},
+    permission::{Permission, RoleName},
+    store::{
+        AuditPage, AuditQuery, KeyPage, KeyQuery, NewKey, Revocation, RoleUpdate, Rotation, Store,
+        StoreError,
+    },
 };
 
 /// When a new key stops working.
@@ -30,10 +36,21 @@ pub enum Expiry {
 pub struct MintRequest {
     pub prefix: Prefix,
     pub roles: Vec<RoleName>,
+    pub permissions: Vec<Permission>,
+    pub allowed_cidrs: Vec<Cidr>,
     pub labels: Labels,
     pub owner: String,
     pub description: String,
     pub expiry: Expiry,
+}
+
+/// A checked request to create a role.
+#[derive(Debug, Clone)]
+pub struct NewRole {
+    pub name: RoleName,
+    pub description: String,
+    pub permissions: Vec<Permission>,
+    pub max_ttl: Option<Duration>,
 }
 
 /// A new key and its plaintext, shown once.
@@ -79,14 +96,20 @@ impl Lifecycle {
     /// Mints a key.
     ///
     /// # Errors
-    /// `InvalidArgument` for an unknown role or an expiry not in the future.
-    pub async fn mint(&self, actor: Actor, request: MintRequest) -> Result<Minted, ServiceError> {
-        if let Some(unknown) = request.roles.iter().find(|role| !self.index.has_role(role)) {
-            return Err(ServiceError::invalid(
-                "roles",
-                format!("role {unknown} does not exist"),
-            ));
-        }
+    /// `InvalidArgument` for an unknown role, an expiry not in the future or
+    /// beyond a role's max TTL; `PermissionDenied` when the key would hold a
+    /// permission the caller may not grant.
+    pub async fn mint(
+        &self,
+        caller: &Caller,
+        request: MintRequest,
+    ) -> Result<Minted, ServiceError> {
+        let roles = self.roles(&request.roles)?;
+        let granted = roles
+            .iter()
+            .flat_map(|role| role.permissions.iter())
+            .chain(&request.permissions);
+        caller.check_may_grant(granted)?;
         let now = self.now();
         let expires_at = match request.expiry {
             Expiry::Never => None,
@@ -99,9 +122,28 @@ impl Lifecycle {
             }
             Expiry::At(at) => Some(at),
         };
+        if let Some((cap, role)) = lifetime_cap(&roles) {
+            let within = expires_at.is_some_and(|at| now.until(at) <= cap);
+            if !within {
+                let field = if matches!(request.expiry, Expiry::At(_)) {
+                    "expires_at"
+                } else {
+                    "ttl"
+                };
+                return Err(ServiceError::invalid(
+                    field,
+                    format!(
+                        "role {role} caps key lifetime at {}; give a shorter expiry",
+                        humantime::format_duration(cap)
+                    ),
+                ));
+            }
+        }
         let settings = KeySettings {
             prefix: request.prefix,
             roles: request.roles,
+            permissions: request.permissions,
+            allowed_cidrs: request.allowed_cidrs,
             labels: request.labels,
             owner: request.owner,
             description: request.description,
@@ -113,12 +155,12 @@ impl Lifecycle {
                 id: minted.id,
                 digest: minted.digest,
                 settings: settings.clone(),
-                created_by: actor.key_id(),
+                created_by: Some(caller.id),
             };
-            match self.store.insert_key(new_key, actor, now).await {
+            match self.store.insert_key(new_key, caller.actor(), now).await {
                 Ok(key) => {
                     self.index.apply([upserted(&key, &minted)]);
-                    tracing::info!(key_id = %key.id, actor = ?actor.key_id(), "key minted");
+                    tracing::info!(key_id = %key.id, actor = %caller.id, "key minted");
                     return Ok(Minted {
                         key,
                         plaintext: minted.plaintext,
@@ -133,6 +175,18 @@ impl Lifecycle {
         Err(ServiceError::Internal(
             "could not draw an unused key id".to_owned(),
         ))
+    }
+
+    /// The roles named, each of which must exist.
+    fn roles(&self, names: &[RoleName]) -> Result<Vec<Role>, ServiceError> {
+        names
+            .iter()
+            .map(|name| {
+                self.index.role(name).ok_or_else(|| {
+                    ServiceError::invalid("roles", format!("role {name} does not exist"))
+                })
+            })
+            .collect()
     }
 
     /// One key's metadata.
@@ -156,20 +210,33 @@ impl Lifecycle {
     ///
     /// # Errors
     /// `NotFound` for an unknown id; `FailedPrecondition` for a revoked,
-    /// expired or already rotated key.
+    /// expired or already rotated key; `PermissionDenied` when the key holds
+    /// a permission the caller may not grant.
     pub async fn rotate(
         &self,
-        actor: Actor,
+        caller: &Caller,
         id: KeyId,
         grace: Duration,
     ) -> Result<Rotated, ServiceError> {
         // The prefix never changes, so the successor can be drawn before the
         // transaction that re-checks the old key's state.
-        let prefix = self.store.get_key(id).await?.settings.prefix;
-        let minted = generate(&prefix)?;
+        let current = self.store.get_key(id).await?;
+        let roles = self.roles(&current.settings.roles)?;
+        let granted = roles
+            .iter()
+            .flat_map(|role| role.permissions.iter())
+            .chain(&current.settings.permissions);
+        caller.check_may_grant(granted)?;
+        let minted = generate(&current.settings.prefix)?;
         let rotation = self
             .store
-            .rotate_key(id, (minted.id, minted.digest), grace, actor, self.now())
+            .rotate_key(
+                id,
+                (minted.id, minted.digest),
+                grace,
+                caller.actor(),
+                self.now(),
+            )
             .await?;
         let previous = &rotation.previous;
         let previous_change = match self.index.get(previous.id) {
@@ -192,17 +259,155 @@ impl Lifecycle {
     /// `NotFound` for an unknown id.
     pub async fn revoke(
         &self,
-        actor: Actor,
+        caller: &Caller,
         id: KeyId,
         reason: &str,
     ) -> Result<Revocation, ServiceError> {
-        let revocation = self.store.revoke_key(id, reason, actor, self.now()).await?;
+        let revocation = self
+            .store
+            .revoke_key(id, reason, caller.actor(), self.now())
+            .await?;
         self.index.apply([Change::KeyRemoved(id)]);
         if !revocation.already_revoked {
-            tracing::info!(key_id = %id, actor = ?actor.key_id(), "key revoked");
+            tracing::info!(key_id = %id, actor = %caller.id, "key revoked");
         }
         Ok(revocation)
     }
+
+    /// Revokes every unrevoked key with all `labels` (and `owner`), or with
+    /// `dry_run` only says which. Returns the ids.
+    ///
+    /// # Errors
+    /// `InvalidArgument` without labels (a bulk revoke must be targeted).
+    pub async fn revoke_matching(
+        &self,
+        caller: &Caller,
+        labels: &BTreeMap<String, String>,
+        owner: Option<&str>,
+        reason: &str,
+        dry_run: bool,
+    ) -> Result<Vec<KeyId>, ServiceError> {
+        if labels.is_empty() {
+            return Err(ServiceError::invalid(
+                "labels",
+                "at least one label is required",
+            ));
+        }
+        let ids = self
+            .store
+            .revoke_matching(labels, owner, reason, dry_run, caller.actor(), self.now())
+            .await?;
+        if !dry_run {
+            self.index
+                .apply(ids.iter().copied().map(Change::KeyRemoved));
+            tracing::info!(count = ids.len(), actor = %caller.id, "keys revoked in bulk");
+        }
+        Ok(ids)
+    }
+
+    /// Creates a role.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a taken name or `*`; `PermissionDenied` for a
+    /// permission the caller may not grant.
+    pub async fn create_role(&self, caller: &Caller, new: NewRole) -> Result<Role, ServiceError> {
+        refuse_global_wildcard(&new.permissions)?;
+        caller.check_may_grant(&new.permissions)?;
+        let now = self.now();
+        let role = Role {
+            name: new.name,
+            description: new.description,
+            permissions: new.permissions.into(),
+            max_ttl: new.max_ttl,
+            builtin: false,
+            created_at: now,
+            updated_at: now,
+        };
+        self.store.create_role(&role, caller.actor()).await?;
+        self.index.apply([Change::RoleUpserted(role.clone())]);
+        tracing::info!(role = %role.name, actor = %caller.id, "role created");
+        Ok(role)
+    }
+
+    /// The role with this name.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown role.
+    pub fn role(&self, name: &RoleName) -> Result<Role, ServiceError> {
+        self.index
+            .role(name)
+            .ok_or_else(|| ServiceError::NotFound(format!("role {name} not found")))
+    }
+
+    /// Every role, by name.
+    ///
+    /// # Errors
+    /// On a store failure.
+    pub async fn list_roles(&self) -> Result<Vec<Role>, ServiceError> {
+        Ok(self.store.list_roles().await?)
+    }
+
+    /// Changes a role; the next Validate of every key holding it sees the change.
+    ///
+    /// # Errors
+    /// `NotFound`, `FailedPrecondition` for a built-in role, `InvalidArgument`
+    /// for `*`, `PermissionDenied` for a permission the caller may not grant.
+    pub async fn update_role(
+        &self,
+        caller: &Caller,
+        name: &RoleName,
+        update: RoleUpdate,
+    ) -> Result<Role, ServiceError> {
+        refuse_global_wildcard(&update.add_permissions)?;
+        caller.check_may_grant(&update.add_permissions)?;
+        let role = self
+            .store
+            .update_role(name, &update, caller.actor(), self.now())
+            .await?;
+        self.index.apply([Change::RoleUpserted(role.clone())]);
+        tracing::info!(role = %name, actor = %caller.id, "role updated");
+        Ok(role)
+    }
+
+    /// Deletes a role that no key holds.
+    ///
+    /// # Errors
+    /// `NotFound`; `FailedPrecondition` for a built-in or held role.
+    pub async fn delete_role(&self, caller: &Caller, name: &RoleName) -> Result<(), ServiceError> {
+        self.store
+            .delete_role(name, caller.actor(), self.now())
+            .await?;
+        self.index.apply([Change::RoleRemoved(name.clone())]);
+        tracing::info!(role = %name, actor = %caller.id, "role deleted");
+        Ok(())
+    }
+
+    /// A page of the audit log.
+    ///
+    /// # Errors
+    /// On a store failure.
+    pub async fn audit(&self, query: &AuditQuery) -> Result<AuditPage, ServiceError> {
+        Ok(self.store.list_audit(query).await?)
+    }
+}
+
+/// The shortest max TTL among `roles`, and the role that sets it.
+fn lifetime_cap(roles: &[Role]) -> Option<(Duration, &RoleName)> {
+    roles
+        .iter()
+        .filter_map(|role| role.max_ttl.map(|cap| (cap, &role.name)))
+        .min_by_key(|(cap, _)| *cap)
+}
+
+/// `*` alone grants everything; only built-in roles may hold it.
+fn refuse_global_wildcard(permissions: &[Permission]) -> Result<(), ServiceError> {
+    if permissions.iter().any(Permission::is_global_wildcard) {
+        return Err(ServiceError::invalid(
+            "permissions",
+            "`*` alone is reserved for built-in roles",
+        ));
+    }
+    Ok(())
 }
 
 fn generate(prefix: &Prefix) -> Result<MintedKey, ServiceError> {

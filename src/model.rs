@@ -2,9 +2,10 @@
 //! the store, and what the audit log records. None of them holds a plaintext
 //! key: the read model of a key has no field for one.
 
-use std::{collections::BTreeMap, fmt, sync::Arc};
+use std::{collections::BTreeMap, fmt, sync::Arc, time::Duration};
 
 use crate::{
+    cidr::Cidr,
     clock::Timestamp,
     key::{KeyDigest, KeyId, Prefix},
     permission::{Permission, RoleName},
@@ -78,6 +79,10 @@ pub enum KeyState {
 pub struct KeySettings {
     pub prefix: Prefix,
     pub roles: Vec<RoleName>,
+    /// Granted directly, besides the roles' permissions.
+    pub permissions: Vec<Permission>,
+    /// Empty: any client address.
+    pub allowed_cidrs: Vec<Cidr>,
     pub labels: Labels,
     pub owner: String,
     pub description: String,
@@ -128,6 +133,8 @@ pub struct IndexedKey {
     pub id: KeyId,
     pub digest: KeyDigest,
     pub roles: Vec<RoleName>,
+    pub permissions: Vec<Permission>,
+    pub allowed_cidrs: Vec<Cidr>,
     pub labels: Labels,
     pub owner: String,
     pub expires_at: Option<Timestamp>,
@@ -141,6 +148,8 @@ impl IndexedKey {
             id: record.id,
             digest,
             roles: record.settings.roles.clone(),
+            permissions: record.settings.permissions.clone(),
+            allowed_cidrs: record.settings.allowed_cidrs.clone(),
             labels: record.settings.labels.clone(),
             owner: record.settings.owner.clone(),
             expires_at: record.settings.expires_at,
@@ -155,8 +164,12 @@ pub struct Role {
     pub name: RoleName,
     pub description: String,
     pub permissions: Arc<[Permission]>,
+    /// Longest lifetime a key holding this role may be minted with.
+    pub max_ttl: Option<Duration>,
     /// Built-in roles (`admin`, `validator`) cannot be changed or deleted.
     pub builtin: bool,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
 }
 
 /// A change to the state the validate path reads. Every write produces these,
@@ -170,6 +183,8 @@ pub enum Change {
     KeyRemoved(KeyId),
     /// A role was created or its permissions changed.
     RoleUpserted(Role),
+    /// A role was deleted (no key held it).
+    RoleRemoved(RoleName),
 }
 
 /// What an audit record says was done.
@@ -180,6 +195,9 @@ pub enum AuditAction {
     Mint,
     Rotate,
     Revoke,
+    RoleCreate,
+    RoleUpdate,
+    RoleDelete,
 }
 
 impl AuditAction {
@@ -190,6 +208,9 @@ impl AuditAction {
             Self::Mint => "key.mint",
             Self::Rotate => "key.rotate",
             Self::Revoke => "key.revoke",
+            Self::RoleCreate => "role.create",
+            Self::RoleUpdate => "role.update",
+            Self::RoleDelete => "role.delete",
         }
     }
 }
@@ -198,6 +219,20 @@ impl fmt::Display for AuditAction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// One audit log entry, as read back.
+#[derive(Debug, Clone)]
+pub struct AuditRecord {
+    /// Position in the log; increases with every record.
+    pub seq: i64,
+    pub at: Timestamp,
+    /// `None` for the local operator.
+    pub actor: Option<KeyId>,
+    pub action: String,
+    /// The key id or role name changed.
+    pub target: Option<String>,
+    pub reason: Option<String>,
 }
 
 /// Who made a change: the key id of an authenticated caller, or the local
@@ -254,6 +289,8 @@ mod tests {
             settings: KeySettings {
                 prefix: Prefix::default(),
                 roles: vec![],
+                permissions: vec![],
+                allowed_cidrs: vec![],
                 labels: Labels::default(),
                 owner: String::new(),
                 description: String::new(),

@@ -15,8 +15,20 @@ pub const MAX_ROLE_NAME_BYTES: usize = 64;
 
 /// The permission Validate callers need.
 pub const VALIDATE: &str = "keyward:validate";
-/// The permission admin RPCs need.
+/// Full administration: every admin RPC, and the right to grant any
+/// permission (the root of trust; the built-in `admin` role has it through
+/// `keyward:*`).
 pub const ADMIN: &str = "keyward:admin";
+/// GetKey, ListKeys.
+pub const KEYS_READ: &str = "keyward:keys:read";
+/// MintKey, RotateKey, RevokeKey, RevokeKeys (only keys within the caller's own permissions).
+pub const KEYS_WRITE: &str = "keyward:keys:write";
+/// GetRole, ListRoles.
+pub const ROLES_READ: &str = "keyward:roles:read";
+/// CreateRole, UpdateRole, DeleteRole (only permissions the caller holds).
+pub const ROLES_WRITE: &str = "keyward:roles:write";
+/// ListAuditRecords.
+pub const AUDIT_READ: &str = "keyward:audit:read";
 
 /// Why a string is not a permission. The message explains the grammar.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -28,9 +28,10 @@ use sqlx::{
 };
 
 use crate::{
+    cidr::Cidr,
     clock::Timestamp,
     key::{KeyDigest, KeyId, Prefix},
-    model::{Actor, AuditAction, KeyRecord, KeySettings, KeyState, Labels, Role},
+    model::{Actor, AuditAction, AuditRecord, KeyRecord, KeySettings, KeyState, Labels, Role},
     permission::{Permission, RoleName},
 };
 
@@ -58,6 +59,18 @@ pub enum StoreError {
     NotRotatable { id: KeyId, why: &'static str },
     #[error("a key with id {0} already exists")]
     IdCollision(KeyId),
+    #[error("role {0} already exists")]
+    RoleExists(RoleName),
+    #[error("role {0} not found")]
+    RoleNotFound(RoleName),
+    #[error("role {0} is built in and cannot be changed or deleted")]
+    BuiltinRole(RoleName),
+    #[error("role {name} is held by {keys} key(s) ({active} not revoked); take it from them first")]
+    RoleInUse {
+        name: RoleName,
+        keys: i64,
+        active: i64,
+    },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("corrupt row in {table}: {what}")]
@@ -123,6 +136,37 @@ pub struct Revocation {
     pub key: KeyRecord,
     /// True when the key was revoked before; nothing changed.
     pub already_revoked: bool,
+}
+
+/// A change to a role's settings; `None` fields stay as they are.
+#[derive(Debug, Clone, Default)]
+pub struct RoleUpdate {
+    pub add_permissions: Vec<Permission>,
+    pub remove_permissions: Vec<Permission>,
+    pub description: Option<String>,
+    /// `Some(None)` removes the cap.
+    pub max_ttl: Option<Option<Duration>>,
+}
+
+/// Filters and position for [`Store::list_audit`].
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub since: Option<Timestamp>,
+    pub until: Option<Timestamp>,
+    pub target: Option<String>,
+    pub actor: Option<KeyId>,
+    pub action: Option<String>,
+    /// Only records with a smaller sequence number (the next page).
+    pub before_seq: Option<i64>,
+    pub limit: u32,
+}
+
+/// One page of audit records, newest first.
+#[derive(Debug)]
+pub struct AuditPage {
+    pub records: Vec<AuditRecord>,
+    /// Set when more records may follow: pass as `before_seq`.
+    pub next_before_seq: Option<i64>,
 }
 
 /// The SQLite store.
@@ -214,7 +258,7 @@ impl Store {
             return Err(StoreError::AlreadyInitialized);
         }
         for role in roles {
-            insert_role(&mut tx, role, now).await?;
+            insert_role(&mut tx, role).await?;
         }
         let record = insert_key(&mut tx, admin, None, now).await?;
         append_audit(
@@ -243,7 +287,7 @@ impl Store {
         .bind(now.as_millis())
         .fetch_all(&mut *conn)
         .await?;
-        let keys = with_roles_and_labels(&mut conn, rows, true).await?;
+        let keys = with_details(&mut conn, rows, true).await?;
         let keys = keys
             .into_iter()
             .map(|(record, digest)| (record, digest.expect("digest requested")))
@@ -295,13 +339,7 @@ impl Store {
     pub async fn list_keys(&self, query: &KeyQuery, now: Timestamp) -> Result<KeyPage, StoreError> {
         self.count();
         let mut sql = QueryBuilder::<Sqlite>::new("SELECT * FROM api_keys k WHERE 1 = 1");
-        for (name, value) in &query.labels {
-            sql.push(" AND EXISTS (SELECT 1 FROM key_labels l WHERE l.key_id = k.id AND l.name = ")
-                .push_bind(name.clone())
-                .push(" AND l.value = ")
-                .push_bind(value.clone())
-                .push(")");
-        }
+        push_label_filters(&mut sql, &query.labels);
         if let Some(owner) = &query.owner {
             sql.push(" AND k.owner = ").push_bind(owner.clone());
         }
@@ -342,7 +380,7 @@ impl Store {
         let mut rows = sql.build().fetch_all(&mut *conn).await?;
         let more = rows.len() > query.limit as usize;
         rows.truncate(query.limit as usize);
-        let keys: Vec<KeyRecord> = with_roles_and_labels(&mut conn, rows, false)
+        let keys: Vec<KeyRecord> = with_details(&mut conn, rows, false)
             .await?
             .into_iter()
             .map(|(record, _)| record)
@@ -478,6 +516,294 @@ impl Store {
             already_revoked: false,
         })
     }
+
+    /// Revokes every unrevoked key carrying all `labels` (and `owner`, if
+    /// given), one audit record per key, in one transaction. With `dry_run`
+    /// it only returns which keys would be revoked.
+    ///
+    /// # Errors
+    /// On a database failure; nothing is revoked then.
+    pub async fn revoke_matching(
+        &self,
+        labels: &BTreeMap<String, String>,
+        owner: Option<&str>,
+        reason: &str,
+        dry_run: bool,
+        actor: Actor,
+        now: Timestamp,
+    ) -> Result<Vec<KeyId>, StoreError> {
+        self.count();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut sql =
+            QueryBuilder::<Sqlite>::new("SELECT k.id FROM api_keys k WHERE k.revoked_at IS NULL");
+        push_label_filters(&mut sql, labels);
+        if let Some(owner) = owner {
+            sql.push(" AND k.owner = ").push_bind(owner.to_owned());
+        }
+        sql.push(" ORDER BY k.id");
+        let ids: Vec<KeyId> = sql
+            .build()
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|row| parse_column(row, "id", "api_keys"))
+            .collect::<Result<_, _>>()?;
+        if dry_run {
+            return Ok(ids);
+        }
+        let reason = (!reason.is_empty()).then_some(reason);
+        for id in &ids {
+            sqlx::query("UPDATE api_keys SET revoked_at = ?, revoke_reason = ? WHERE id = ?")
+                .bind(now.as_millis())
+                .bind(reason.map(str::to_owned))
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+            append_audit(
+                &mut tx,
+                now,
+                actor,
+                AuditAction::Revoke,
+                Some(&id.to_string()),
+                reason,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    /// Every role, by name.
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub async fn list_roles(&self) -> Result<Vec<Role>, StoreError> {
+        self.count();
+        let mut conn = self.pool.acquire().await?;
+        load_roles(&mut conn).await
+    }
+
+    /// Creates `role` and its audit record.
+    ///
+    /// # Errors
+    /// [`StoreError::RoleExists`] for a taken name.
+    pub async fn create_role(&self, role: &Role, actor: Actor) -> Result<(), StoreError> {
+        self.count();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        if !insert_role(&mut tx, role).await? {
+            return Err(StoreError::RoleExists(role.name.clone()));
+        }
+        let detail = permission_list(&role.permissions);
+        append_audit(
+            &mut tx,
+            role.created_at,
+            actor,
+            AuditAction::RoleCreate,
+            Some(role.name.as_str()),
+            Some(&detail),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Applies `update` to role `name` and returns the role as it is now.
+    ///
+    /// # Errors
+    /// [`StoreError::RoleNotFound`], or [`StoreError::BuiltinRole`].
+    pub async fn update_role(
+        &self,
+        name: &RoleName,
+        update: &RoleUpdate,
+        actor: Actor,
+        now: Timestamp,
+    ) -> Result<Role, StoreError> {
+        self.count();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut role = load_roles(&mut tx)
+            .await?
+            .into_iter()
+            .find(|role| &role.name == name)
+            .ok_or_else(|| StoreError::RoleNotFound(name.clone()))?;
+        if role.builtin {
+            return Err(StoreError::BuiltinRole(name.clone()));
+        }
+        let mut permissions: Vec<Permission> = role
+            .permissions
+            .iter()
+            .filter(|p| !update.remove_permissions.contains(p))
+            .chain(update.add_permissions.iter())
+            .cloned()
+            .collect();
+        permissions.sort();
+        permissions.dedup();
+        role.permissions = permissions.into();
+        if let Some(description) = &update.description {
+            role.description.clone_from(description);
+        }
+        if let Some(max_ttl) = update.max_ttl {
+            role.max_ttl = max_ttl;
+        }
+        role.updated_at = now;
+        sqlx::query(
+            "UPDATE roles SET description = ?, max_ttl_ms = ?, updated_at = ? WHERE name = ?",
+        )
+        .bind(role.description.clone())
+        .bind(role.max_ttl.map(duration_millis))
+        .bind(now.as_millis())
+        .bind(name.as_str().to_owned())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM role_permissions WHERE role = ?")
+            .bind(name.as_str().to_owned())
+            .execute(&mut *tx)
+            .await?;
+        insert_role_permissions(&mut tx, &role).await?;
+        let detail = permission_list(&role.permissions);
+        append_audit(
+            &mut tx,
+            now,
+            actor,
+            AuditAction::RoleUpdate,
+            Some(name.as_str()),
+            Some(&detail),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(role)
+    }
+
+    /// Deletes role `name`, which no key may hold (revoked keys included:
+    /// their records keep naming the roles they had).
+    ///
+    /// # Errors
+    /// [`StoreError::RoleNotFound`], [`StoreError::BuiltinRole`] or
+    /// [`StoreError::RoleInUse`] with how many keys hold it.
+    pub async fn delete_role(
+        &self,
+        name: &RoleName,
+        actor: Actor,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.count();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let builtin: Option<i64> = sqlx::query("SELECT builtin FROM roles WHERE name = ?")
+            .bind(name.as_str().to_owned())
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|row| row.try_get("builtin"))
+            .transpose()?;
+        match builtin {
+            None => return Err(StoreError::RoleNotFound(name.clone())),
+            Some(1) => return Err(StoreError::BuiltinRole(name.clone())),
+            Some(_) => {}
+        }
+        let holders = sqlx::query(
+            "SELECT COUNT(*) AS keys, COALESCE(SUM(k.revoked_at IS NULL), 0) AS active
+             FROM key_roles r JOIN api_keys k ON k.id = r.key_id WHERE r.role = ?",
+        )
+        .bind(name.as_str().to_owned())
+        .fetch_one(&mut *tx)
+        .await?;
+        let keys: i64 = holders.try_get("keys")?;
+        if keys > 0 {
+            return Err(StoreError::RoleInUse {
+                name: name.clone(),
+                keys,
+                active: holders.try_get("active")?,
+            });
+        }
+        sqlx::query("DELETE FROM roles WHERE name = ?")
+            .bind(name.as_str().to_owned())
+            .execute(&mut *tx)
+            .await?;
+        append_audit(
+            &mut tx,
+            now,
+            actor,
+            AuditAction::RoleDelete,
+            Some(name.as_str()),
+            None,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A page of audit records, newest first.
+    ///
+    /// # Errors
+    /// On a database failure or a row keyward could not have written.
+    pub async fn list_audit(&self, query: &AuditQuery) -> Result<AuditPage, StoreError> {
+        self.count();
+        let mut sql = QueryBuilder::<Sqlite>::new("SELECT * FROM audit_log WHERE 1 = 1");
+        if let Some(since) = query.since {
+            sql.push(" AND at >= ").push_bind(since.as_millis());
+        }
+        if let Some(until) = query.until {
+            sql.push(" AND at < ").push_bind(until.as_millis());
+        }
+        if let Some(target) = &query.target {
+            sql.push(" AND target = ").push_bind(target.clone());
+        }
+        if let Some(actor) = query.actor {
+            sql.push(" AND actor = ").push_bind(actor.to_string());
+        }
+        if let Some(action) = &query.action {
+            sql.push(" AND action = ").push_bind(action.clone());
+        }
+        if let Some(before) = query.before_seq {
+            sql.push(" AND seq < ").push_bind(before);
+        }
+        sql.push(" ORDER BY seq DESC LIMIT ")
+            .push_bind(i64::from(query.limit) + 1);
+        let mut rows = sql.build().fetch_all(&self.pool).await?;
+        let more = rows.len() > query.limit as usize;
+        rows.truncate(query.limit as usize);
+        let records: Vec<AuditRecord> = rows
+            .iter()
+            .map(|row| {
+                Ok(AuditRecord {
+                    seq: row.try_get("seq")?,
+                    at: Timestamp::from_millis(row.try_get("at")?),
+                    actor: row
+                        .try_get::<Option<String>, _>("actor")?
+                        .map(|actor| {
+                            actor.parse().map_err(|_| StoreError::Corrupt {
+                                table: "audit_log",
+                                what: "actor",
+                            })
+                        })
+                        .transpose()?,
+                    action: row.try_get("action")?,
+                    target: row.try_get("target")?,
+                    reason: row.try_get("reason")?,
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        let next_before_seq = more.then(|| records.last().map(|r| r.seq)).flatten();
+        Ok(AuditPage {
+            records,
+            next_before_seq,
+        })
+    }
+}
+
+/// Adds `AND` clauses matching keys (aliased `k`) that carry every label.
+fn push_label_filters(sql: &mut QueryBuilder<Sqlite>, labels: &BTreeMap<String, String>) {
+    for (name, value) in labels {
+        sql.push(" AND EXISTS (SELECT 1 FROM key_labels l WHERE l.key_id = k.id AND l.name = ")
+            .push_bind(name.clone())
+            .push(" AND l.value = ")
+            .push_bind(value.clone())
+            .push(")");
+    }
+}
+
+/// `permissions: a, b` for audit records of role changes.
+fn permission_list(permissions: &[Permission]) -> String {
+    let names: Vec<&str> = permissions.iter().map(Permission::as_str).collect();
+    format!("permissions: {}", names.join(", "))
 }
 
 /// The file behind `sqlite://PATH` (also `sqlite:PATH`).
@@ -508,19 +834,31 @@ fn create_private_file(path: &Path) -> Result<(), StoreError> {
         })
 }
 
-async fn insert_role(
+/// Inserts `role`; `Ok(false)` when a role of that name exists.
+async fn insert_role(conn: &mut SqliteConnection, role: &Role) -> Result<bool, StoreError> {
+    let inserted = sqlx::query(
+        "INSERT INTO roles (name, description, builtin, max_ttl_ms, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(role.name.as_str().to_owned())
+    .bind(role.description.clone())
+    .bind(i64::from(role.builtin))
+    .bind(role.max_ttl.map(duration_millis))
+    .bind(role.created_at.as_millis())
+    .bind(role.updated_at.as_millis())
+    .execute(&mut *conn)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Ok(false);
+    }
+    insert_role_permissions(conn, role).await?;
+    Ok(true)
+}
+
+async fn insert_role_permissions(
     conn: &mut SqliteConnection,
     role: &Role,
-    now: Timestamp,
 ) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO roles (name, description, builtin, created_at, updated_at) VALUES (?, ?, ?, ?, ?)")
-        .bind(role.name.as_str().to_owned())
-        .bind(role.description.clone())
-        .bind(i64::from(role.builtin))
-        .bind(now.as_millis())
-        .bind(now.as_millis())
-        .execute(&mut *conn)
-        .await?;
     for permission in role.permissions.iter() {
         sqlx::query("INSERT INTO role_permissions (role, permission) VALUES (?, ?)")
             .bind(role.name.as_str().to_owned())
@@ -529,6 +867,10 @@ async fn insert_role(
             .await?;
     }
     Ok(())
+}
+
+fn duration_millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 async fn insert_key(
@@ -556,12 +898,40 @@ async fn insert_key(
     if inserted.rows_affected() == 0 {
         return Err(StoreError::IdCollision(key.id));
     }
-    for role in &key.settings.roles {
-        sqlx::query("INSERT INTO key_roles (key_id, role) VALUES (?, ?)")
-            .bind(id.clone())
-            .bind(role.as_str().to_owned())
-            .execute(&mut *conn)
-            .await?;
+    let children = [
+        (
+            "INSERT INTO key_roles (key_id, role) VALUES (?, ?)",
+            key.settings
+                .roles
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "INSERT INTO key_permissions (key_id, permission) VALUES (?, ?)",
+            key.settings
+                .permissions
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        ),
+        (
+            "INSERT INTO key_cidrs (key_id, cidr) VALUES (?, ?)",
+            key.settings
+                .allowed_cidrs
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        ),
+    ];
+    for (insert, values) in children {
+        for value in values {
+            sqlx::query(insert)
+                .bind(id.clone())
+                .bind(value)
+                .execute(&mut *conn)
+                .await?;
+        }
     }
     for (name, value) in key.settings.labels.as_map() {
         sqlx::query("INSERT INTO key_labels (key_id, name, value) VALUES (?, ?, ?)")
@@ -608,13 +978,13 @@ async fn fetch_key(conn: &mut SqliteConnection, id: KeyId) -> Result<KeyRecord, 
         .fetch_optional(&mut *conn)
         .await?
         .ok_or(StoreError::KeyNotFound(id))?;
-    let mut records = with_roles_and_labels(conn, vec![row], false).await?;
+    let mut records = with_details(conn, vec![row], false).await?;
     Ok(records.pop().expect("one row in, one record out").0)
 }
 
-/// Turns `api_keys` rows into records, loading their roles and labels with
-/// one query each. Keeps the order of `rows`.
-async fn with_roles_and_labels(
+/// Turns `api_keys` rows into records, loading their roles, permissions,
+/// CIDRs and labels with one query each. Keeps the order of `rows`.
+async fn with_details(
     conn: &mut SqliteConnection,
     rows: Vec<SqliteRow>,
     with_digest: bool,
@@ -626,11 +996,23 @@ async fn with_roles_and_labels(
         .iter()
         .map(|row| row.try_get::<String, _>("id"))
         .collect::<Result<_, _>>()?;
-    let mut roles: HashMap<String, Vec<RoleName>> = HashMap::new();
-    for row in fetch_for_ids(conn, "SELECT key_id, role FROM key_roles", &ids).await? {
-        let role = parse_column(&row, "role", "key_roles")?;
-        roles.entry(row.try_get("key_id")?).or_default().push(role);
-    }
+    let mut roles: HashMap<String, Vec<RoleName>> = group_by_key(
+        fetch_for_ids(conn, "SELECT key_id, role AS item FROM key_roles", &ids).await?,
+        "key_roles",
+    )?;
+    let mut permissions: HashMap<String, Vec<Permission>> = group_by_key(
+        fetch_for_ids(
+            conn,
+            "SELECT key_id, permission AS item FROM key_permissions",
+            &ids,
+        )
+        .await?,
+        "key_permissions",
+    )?;
+    let mut cidrs: HashMap<String, Vec<Cidr>> = group_by_key(
+        fetch_for_ids(conn, "SELECT key_id, cidr AS item FROM key_cidrs", &ids).await?,
+        "key_cidrs",
+    )?;
     let mut labels: HashMap<String, BTreeMap<String, String>> = HashMap::new();
     for row in fetch_for_ids(conn, "SELECT key_id, name, value FROM key_labels", &ids).await? {
         labels
@@ -647,7 +1029,9 @@ async fn with_roles_and_labels(
                     what: "label",
                 }
             })?;
-            let record = key_record(row, roles.remove(&id).unwrap_or_default(), labels)?;
+            let mut record = key_record(row, roles.remove(&id).unwrap_or_default(), labels)?;
+            record.settings.permissions = permissions.remove(&id).unwrap_or_default();
+            record.settings.allowed_cidrs = cidrs.remove(&id).unwrap_or_default();
             let digest = if with_digest {
                 Some(key_digest(row)?)
             } else {
@@ -656,6 +1040,22 @@ async fn with_roles_and_labels(
             Ok((record, digest))
         })
         .collect()
+}
+
+/// Groups `(key_id, item)` rows by key id, parsing each item.
+fn group_by_key<T: FromStr>(
+    rows: Vec<SqliteRow>,
+    table: &'static str,
+) -> Result<HashMap<String, Vec<T>>, StoreError> {
+    let mut grouped: HashMap<String, Vec<T>> = HashMap::new();
+    for row in rows {
+        let item = parse_column(&row, "item", table)?;
+        grouped
+            .entry(row.try_get("key_id")?)
+            .or_default()
+            .push(item);
+    }
+    Ok(grouped)
 }
 
 /// Runs `select` restricted to `key_id IN ids`, in chunks that stay below
@@ -691,7 +1091,7 @@ async fn load_roles(conn: &mut SqliteConnection) -> Result<Vec<Role>, StoreError
             .or_default()
             .push(permission);
     }
-    sqlx::query("SELECT name, description, builtin FROM roles ORDER BY name")
+    sqlx::query("SELECT * FROM roles ORDER BY name")
         .fetch_all(&mut *conn)
         .await?
         .iter()
@@ -701,7 +1101,12 @@ async fn load_roles(conn: &mut SqliteConnection) -> Result<Vec<Role>, StoreError
                 permissions: permissions.remove(&name).unwrap_or_default().into(),
                 name: parse_column(row, "name", "roles")?,
                 description: row.try_get("description")?,
+                max_ttl: row
+                    .try_get::<Option<i64>, _>("max_ttl_ms")?
+                    .map(|ms| Duration::from_millis(ms.unsigned_abs())),
                 builtin: row.try_get::<i64, _>("builtin")? != 0,
+                created_at: Timestamp::from_millis(row.try_get("created_at")?),
+                updated_at: Timestamp::from_millis(row.try_get("updated_at")?),
             })
         })
         .collect()
@@ -732,6 +1137,8 @@ fn key_record(
         settings: KeySettings {
             prefix: parse_column::<Prefix>(row, "prefix", "api_keys")?,
             roles,
+            permissions: Vec::new(),
+            allowed_cidrs: Vec::new(),
             labels,
             owner: row.try_get("owner")?,
             description: row.try_get("description")?,

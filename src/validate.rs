@@ -10,12 +10,13 @@
 //! 4. **check state**: revoked or expired (time from the injected clock);
 //! 5. *(rate limiting will sit here: after the key is proven, so invalid
 //!    traffic cannot spend a real key's quota)*;
-//! 6. **authorize**: every required permission must be granted.
+//! 6. **authorize**: the client address must be in the key's CIDR allow-list
+//!    (if it has one), and every required permission must be granted.
 //!
 //! The caller of the service learns only "invalid" for every failure of
 //! stages 1 to 4; [`InvalidReason`] carries the detail for the server log.
 
-use std::{fmt, sync::Arc};
+use std::{fmt, net::IpAddr, sync::Arc};
 
 use crate::{
     clock::{Clock, Timestamp},
@@ -32,8 +33,40 @@ pub enum Outcome {
     Valid(Grant),
     /// Not a live key with this secret. Shown to callers as `INVALID` only.
     Invalid(InvalidReason),
-    /// A live key that lacks `missing`.
-    Forbidden { grant: Grant, missing: Permission },
+    /// A live key that may not do this.
+    Forbidden { grant: Grant, denied: Denied },
+}
+
+/// What a validation asks besides "is this key live?".
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Checks<'a> {
+    /// Every one must be granted.
+    pub required: &'a [Permission],
+    /// The original caller's address, for keys with a CIDR allow-list.
+    pub client_ip: Option<IpAddr>,
+}
+
+/// Why a live key is forbidden: for logs, and for `PERMISSION_DENIED`
+/// messages to authenticated callers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denied {
+    MissingPermission(Permission),
+    /// The key has an allow-list and the address is outside it (or unknown).
+    ClientIpNotAllowed(Option<IpAddr>),
+}
+
+impl fmt::Display for Denied {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::MissingPermission(permission) => write!(f, "lacks the {permission} permission"),
+            Self::ClientIpNotAllowed(Some(ip)) => {
+                write!(f, "client address {ip} is outside the key's allow-list")
+            }
+            Self::ClientIpNotAllowed(None) => {
+                f.write_str("the key has a CIDR allow-list and no client address was given")
+            }
+        }
+    }
 }
 
 /// A key proven live, with its effective permissions.
@@ -92,10 +125,9 @@ impl Validator {
         Self { index, clock }
     }
 
-    /// Validates `presented` and checks it is granted every permission in
-    /// `required`. Never touches the database, never fails: every problem
-    /// with the key is an [`Outcome`].
-    pub fn validate(&self, presented: &str, required: &[Permission]) -> Outcome {
+    /// Validates `presented` and runs `checks` on it. Never touches the
+    /// database, never fails: every problem with the key is an [`Outcome`].
+    pub fn validate(&self, presented: &str, checks: Checks<'_>) -> Outcome {
         let parsed = match ParsedKey::parse(presented) {
             Ok(parsed) => parsed,
             Err(error) => return Outcome::Invalid(InvalidReason::Malformed(error)),
@@ -111,9 +143,12 @@ impl Validator {
             permissions: self.index.permissions_of(&key),
             key,
         };
-        match authorize(&grant.permissions, required) {
+        let authorized = check_client_ip(&grant.key, checks.client_ip).and_then(|()| {
+            authorize(&grant.permissions, checks.required).map_err(Denied::MissingPermission)
+        });
+        match authorized {
             Ok(()) => Outcome::Valid(grant),
-            Err(missing) => Outcome::Forbidden { grant, missing },
+            Err(denied) => Outcome::Forbidden { grant, denied },
         }
     }
 }
@@ -145,7 +180,18 @@ fn check_state(key: &IndexedKey, now: Timestamp) -> Result<(), InvalidReason> {
     }
 }
 
-/// Stage 6: the first required permission that nothing in `granted` grants.
+/// Stage 6a: a key with an allow-list needs a client address inside it.
+fn check_client_ip(key: &IndexedKey, client_ip: Option<IpAddr>) -> Result<(), Denied> {
+    if key.allowed_cidrs.is_empty() {
+        return Ok(());
+    }
+    match client_ip {
+        Some(ip) if key.allowed_cidrs.iter().any(|range| range.contains(ip)) => Ok(()),
+        other => Err(Denied::ClientIpNotAllowed(other)),
+    }
+}
+
+/// Stage 6b: the first required permission that nothing in `granted` grants.
 fn authorize(granted: &[Permission], required: &[Permission]) -> Result<(), Permission> {
     match required
         .iter()
@@ -170,6 +216,13 @@ mod tests {
 
     fn perms(list: &[&str]) -> Vec<Permission> {
         list.iter().map(|p| p.parse().unwrap()).collect()
+    }
+
+    fn need(required: &[Permission]) -> Checks<'_> {
+        Checks {
+            required,
+            client_ip: None,
+        }
     }
 
     struct Fixture {
@@ -220,28 +273,36 @@ mod tests {
         let live = fx.add(|_| {});
         let text = live.plaintext.expose();
 
-        let Outcome::Valid(grant) = fx.validator.validate(text, &perms(&["deploy:prod:write"]))
+        let Outcome::Valid(grant) = fx
+            .validator
+            .validate(text, need(&perms(&["deploy:prod:write"])))
         else {
             panic!("live key with a granted permission must be valid");
         };
         assert_eq!(grant.key.id, live.id);
         assert_eq!(grant.permissions, perms(&["build:read", "deploy:*"]));
 
-        let Outcome::Forbidden { missing, .. } = fx
+        let Outcome::Forbidden { denied, .. } = fx
             .validator
-            .validate(text, &perms(&["build:read", "build:write"]))
+            .validate(text, need(&perms(&["build:read", "build:write"])))
         else {
             panic!("missing permission must be forbidden");
         };
-        assert_eq!(missing.as_str(), "build:write");
+        assert_eq!(
+            denied,
+            Denied::MissingPermission("build:write".parse().unwrap())
+        );
 
         assert!(matches!(
-            reason(fx.validator.validate("kw_short", &[])),
+            reason(fx.validator.validate("kw_short", Checks::default())),
             InvalidReason::Malformed(FormatError::BadBody)
         ));
         let stranger = MintedKey::generate(&Prefix::default()).unwrap();
         assert_eq!(
-            reason(fx.validator.validate(stranger.plaintext.expose(), &[])),
+            reason(
+                fx.validator
+                    .validate(stranger.plaintext.expose(), Checks::default())
+            ),
             InvalidReason::UnknownKey(stranger.id)
         );
     }
@@ -261,7 +322,10 @@ mod tests {
                 impostor.digest,
             )))]);
         assert_eq!(
-            reason(fx.validator.validate(live.plaintext.expose(), &[])),
+            reason(
+                fx.validator
+                    .validate(live.plaintext.expose(), Checks::default())
+            ),
             InvalidReason::WrongSecret(live.id)
         );
     }
@@ -275,18 +339,63 @@ mod tests {
         let revoked = fx.add(|r| r.revoked_at = Some(now));
 
         assert!(matches!(
-            fx.validator.validate(expiring.plaintext.expose(), &[]),
+            fx.validator
+                .validate(expiring.plaintext.expose(), Checks::default()),
             Outcome::Valid(_)
         ));
         fx.clock.advance(Duration::from_secs(60));
         assert_eq!(
-            reason(fx.validator.validate(expiring.plaintext.expose(), &[])),
+            reason(
+                fx.validator
+                    .validate(expiring.plaintext.expose(), Checks::default())
+            ),
             InvalidReason::Expired(expiring.id)
         );
         assert_eq!(
-            reason(fx.validator.validate(revoked.plaintext.expose(), &[])),
+            reason(
+                fx.validator
+                    .validate(revoked.plaintext.expose(), Checks::default())
+            ),
             InvalidReason::Revoked(revoked.id)
         );
+    }
+
+    #[test]
+    fn allow_lists_need_a_client_address_inside_them() {
+        let fx = Fixture::new();
+        let open = fx.add(|_| {});
+        let fenced = fx.add(|r| {
+            r.settings.allowed_cidrs = vec![
+                "10.0.0.0/8".parse().unwrap(),
+                "2001:db8::/32".parse().unwrap(),
+            ]
+        });
+        let at = |ip: Option<&str>| Checks {
+            required: &[],
+            client_ip: ip.map(|ip| ip.parse().unwrap()),
+        };
+        assert!(matches!(
+            fx.validator.validate(open.plaintext.expose(), at(None)),
+            Outcome::Valid(_)
+        ));
+        for inside in ["10.1.2.3", "2001:db8::7", "::ffff:10.0.0.1"] {
+            let outcome = fx
+                .validator
+                .validate(fenced.plaintext.expose(), at(Some(inside)));
+            assert!(matches!(outcome, Outcome::Valid(_)), "{inside}");
+        }
+        for outside in [None, Some("192.0.2.1"), Some("2001:db9::1")] {
+            let Outcome::Forbidden { denied, .. } = fx
+                .validator
+                .validate(fenced.plaintext.expose(), at(outside))
+            else {
+                panic!("{outside:?} must be forbidden");
+            };
+            assert_eq!(
+                denied,
+                Denied::ClientIpNotAllowed(outside.map(|ip| ip.parse().unwrap()))
+            );
+        }
     }
 
     #[test]

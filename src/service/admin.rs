@@ -1,4 +1,4 @@
-//! `keyward.v1.AdminService`: the key lifecycle for operators.
+//! `keyward.v1.AdminService`: keys, roles and the audit log, for operators.
 
 use std::sync::Arc;
 
@@ -6,38 +6,49 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use crate::{
-    auth::authenticate,
-    lifecycle::{Lifecycle, MintRequest},
-    model::Actor,
+    auth::{Caller, authenticate},
+    lifecycle::{Lifecycle, MintRequest, NewRole},
     pb,
     permission::{self, Permission},
-    store::KeyQuery,
+    store::{AuditQuery, KeyQuery, RoleUpdate},
     validate::Validator,
 };
 
-/// Admin RPCs; each needs `keyward:admin`.
+/// The fine permissions admin RPCs need, parsed once.
+struct Needs {
+    keys_read: Permission,
+    keys_write: Permission,
+    roles_read: Permission,
+    roles_write: Permission,
+    audit_read: Permission,
+}
+
+/// Admin RPCs; each needs its fine permission or `keyward:admin`.
 pub struct AdminService {
     lifecycle: Arc<Lifecycle>,
     validator: Arc<Validator>,
-    admin_permission: Permission,
+    needs: Needs,
 }
 
 impl AdminService {
     /// The admin API over `lifecycle`, authenticating callers with `validator`.
     pub fn new(lifecycle: Arc<Lifecycle>, validator: Arc<Validator>) -> Self {
+        let parse = |p: &str| p.parse().expect("built-in permission");
         Self {
             lifecycle,
             validator,
-            admin_permission: permission::ADMIN.parse().expect("built-in permission"),
+            needs: Needs {
+                keys_read: parse(permission::KEYS_READ),
+                keys_write: parse(permission::KEYS_WRITE),
+                roles_read: parse(permission::ROLES_READ),
+                roles_write: parse(permission::ROLES_WRITE),
+                audit_read: parse(permission::AUDIT_READ),
+            },
         }
     }
 
-    fn caller<T>(&self, request: &Request<T>) -> Result<Actor, Status> {
-        Ok(Actor::Key(authenticate(
-            request.metadata(),
-            &self.validator,
-            &self.admin_permission,
-        )?))
+    fn caller<T>(&self, request: &Request<T>, needed: &Permission) -> Result<Caller, Status> {
+        Ok(authenticate(request, &self.validator, needed)?)
     }
 }
 
@@ -47,9 +58,9 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::MintKeyRequest>,
     ) -> Result<Response<pb::MintKeyResponse>, Status> {
-        let actor = self.caller(&request)?;
+        let caller = self.caller(&request, &self.needs.keys_write)?;
         let mint = MintRequest::try_from(request.into_inner())?;
-        let minted = self.lifecycle.mint(actor, mint).await?;
+        let minted = self.lifecycle.mint(&caller, mint).await?;
         Ok(Response::new(pb::MintKeyResponse {
             key: Some(convert::key(&minted.key, self.lifecycle.now())),
             plaintext: minted.plaintext.expose().to_owned(),
@@ -60,7 +71,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::GetKeyRequest>,
     ) -> Result<Response<pb::Key>, Status> {
-        self.caller(&request)?;
+        self.caller(&request, &self.needs.keys_read)?;
         let id = convert::key_id("id", &request.get_ref().id)?;
         let record = self.lifecycle.get(id).await?;
         Ok(Response::new(convert::key(&record, self.lifecycle.now())))
@@ -70,7 +81,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::ListKeysRequest>,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
-        self.caller(&request)?;
+        self.caller(&request, &self.needs.keys_read)?;
         let query = KeyQuery::try_from(request.into_inner())?;
         let page = self.lifecycle.list(&query).await?;
         let now = self.lifecycle.now();
@@ -88,11 +99,11 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::RotateKeyRequest>,
     ) -> Result<Response<pb::RotateKeyResponse>, Status> {
-        let actor = self.caller(&request)?;
+        let caller = self.caller(&request, &self.needs.keys_write)?;
         let request = request.into_inner();
         let id = convert::key_id("id", &request.id)?;
         let grace = convert::grace(request.grace.as_ref())?;
-        let rotated = self.lifecycle.rotate(actor, id, grace).await?;
+        let rotated = self.lifecycle.rotate(&caller, id, grace).await?;
         let now = self.lifecycle.now();
         Ok(Response::new(pb::RotateKeyResponse {
             key: Some(convert::key(&rotated.rotation.successor, now)),
@@ -105,14 +116,100 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::RevokeKeyRequest>,
     ) -> Result<Response<pb::RevokeKeyResponse>, Status> {
-        let actor = self.caller(&request)?;
+        let caller = self.caller(&request, &self.needs.keys_write)?;
         let request = request.into_inner();
         let id = convert::key_id("id", &request.id)?;
         let reason = convert::reason(request.reason)?;
-        let revocation = self.lifecycle.revoke(actor, id, &reason).await?;
+        let revocation = self.lifecycle.revoke(&caller, id, &reason).await?;
         Ok(Response::new(pb::RevokeKeyResponse {
             key: Some(convert::key(&revocation.key, self.lifecycle.now())),
             already_revoked: revocation.already_revoked,
+        }))
+    }
+
+    async fn revoke_keys(
+        &self,
+        request: Request<pb::RevokeKeysRequest>,
+    ) -> Result<Response<pb::RevokeKeysResponse>, Status> {
+        let caller = self.caller(&request, &self.needs.keys_write)?;
+        let request = request.into_inner();
+        let labels = convert::labels(request.labels)?;
+        let owner = (!request.owner.is_empty()).then_some(request.owner.as_str());
+        let reason = convert::reason(request.reason)?;
+        let ids = self
+            .lifecycle
+            .revoke_matching(&caller, &labels, owner, &reason, request.dry_run)
+            .await?;
+        Ok(Response::new(pb::RevokeKeysResponse {
+            key_ids: ids.iter().map(ToString::to_string).collect(),
+        }))
+    }
+
+    async fn create_role(
+        &self,
+        request: Request<pb::CreateRoleRequest>,
+    ) -> Result<Response<pb::Role>, Status> {
+        let caller = self.caller(&request, &self.needs.roles_write)?;
+        let new = NewRole::try_from(request.into_inner())?;
+        let role = self.lifecycle.create_role(&caller, new).await?;
+        Ok(Response::new(convert::role(&role)))
+    }
+
+    async fn get_role(
+        &self,
+        request: Request<pb::GetRoleRequest>,
+    ) -> Result<Response<pb::Role>, Status> {
+        self.caller(&request, &self.needs.roles_read)?;
+        let name = convert::role_name(&request.get_ref().name)?;
+        Ok(Response::new(convert::role(&self.lifecycle.role(&name)?)))
+    }
+
+    async fn list_roles(
+        &self,
+        request: Request<pb::ListRolesRequest>,
+    ) -> Result<Response<pb::ListRolesResponse>, Status> {
+        self.caller(&request, &self.needs.roles_read)?;
+        let roles = self.lifecycle.list_roles().await?;
+        Ok(Response::new(pb::ListRolesResponse {
+            roles: roles.iter().map(convert::role).collect(),
+        }))
+    }
+
+    async fn update_role(
+        &self,
+        request: Request<pb::UpdateRoleRequest>,
+    ) -> Result<Response<pb::Role>, Status> {
+        let caller = self.caller(&request, &self.needs.roles_write)?;
+        let request = request.into_inner();
+        let name = convert::role_name(&request.name)?;
+        let update = RoleUpdate::try_from(request)?;
+        let role = self.lifecycle.update_role(&caller, &name, update).await?;
+        Ok(Response::new(convert::role(&role)))
+    }
+
+    async fn delete_role(
+        &self,
+        request: Request<pb::DeleteRoleRequest>,
+    ) -> Result<Response<pb::DeleteRoleResponse>, Status> {
+        let caller = self.caller(&request, &self.needs.roles_write)?;
+        let name = convert::role_name(&request.get_ref().name)?;
+        self.lifecycle.delete_role(&caller, &name).await?;
+        Ok(Response::new(pb::DeleteRoleResponse {}))
+    }
+
+    async fn list_audit_records(
+        &self,
+        request: Request<pb::ListAuditRecordsRequest>,
+    ) -> Result<Response<pb::ListAuditRecordsResponse>, Status> {
+        self.caller(&request, &self.needs.audit_read)?;
+        let query = AuditQuery::try_from(request.into_inner())?;
+        let page = self.lifecycle.audit(&query).await?;
+        Ok(Response::new(pb::ListAuditRecordsResponse {
+            records: page.records.iter().map(convert::audit_record).collect(),
+            next_page_token: page
+                .next_before_seq
+                .map(|seq| seq.to_string())
+                .unwrap_or_default(),
         }))
     }
 }

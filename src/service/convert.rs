@@ -7,18 +7,23 @@ use crate::{
     clock::Timestamp,
     error::ServiceError,
     key::{KeyId, Prefix},
-    lifecycle::{Expiry, MintRequest},
-    model::{KeyRecord, KeyState, Labels, MAX_OWNER_BYTES, MAX_TEXT_BYTES},
+    lifecycle::{Expiry, MintRequest, NewRole},
+    model::{AuditRecord, KeyRecord, KeyState, Labels, MAX_OWNER_BYTES, MAX_TEXT_BYTES, Role},
     pb,
-    store::{KeyQuery, PageCursor},
+    permission::{Permission, RoleName},
+    store::{AuditQuery, KeyQuery, PageCursor, RoleUpdate},
 };
 
 /// Most keys one ListKeys page returns.
 pub const MAX_PAGE_SIZE: u32 = 1000;
 /// Page size when the request names none.
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
-/// Most roles one key may hold.
+/// Most roles one key may hold, and most permissions or CIDRs one request
+/// may list.
 pub const MAX_ROLES: usize = 64;
+const MAX_LIST: usize = 64;
+/// Longest audit action filter accepted.
+const MAX_ACTION_BYTES: usize = 64;
 
 pub fn timestamp(at: Timestamp) -> prost_types::Timestamp {
     let millis = at.as_millis();
@@ -51,6 +56,60 @@ fn duration_from(
         return Err(ServiceError::invalid(field, "must not be negative"));
     }
     Duration::try_from(*duration).map_err(|_| ServiceError::invalid(field, "out of range"))
+}
+
+/// Parses each entry of a repeated field, naming the field and the entry in
+/// errors; at most 64 entries, sorted and without duplicates.
+fn parse_list<T: std::str::FromStr + Ord>(
+    field: &'static str,
+    items: &[String],
+) -> Result<Vec<T>, ServiceError>
+where
+    T::Err: std::fmt::Display,
+{
+    if items.len() > MAX_LIST {
+        return Err(ServiceError::invalid(
+            field,
+            format!("at most {MAX_LIST} entries"),
+        ));
+    }
+    let mut parsed = items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            item.parse()
+                .map_err(|error| ServiceError::invalid(field, format!("entry {i}: {error}")))
+        })
+        .collect::<Result<Vec<T>, _>>()?;
+    parsed.sort();
+    parsed.dedup();
+    Ok(parsed)
+}
+
+/// Checked labels, e.g. the filter of a bulk revoke.
+pub fn labels(
+    labels: std::collections::HashMap<String, String>,
+) -> Result<BTreeMap<String, String>, ServiceError> {
+    let labels: BTreeMap<String, String> = labels.into_iter().collect();
+    Labels::new(labels.clone()).map_err(|error| ServiceError::invalid("labels", error))?;
+    Ok(labels)
+}
+
+pub fn role_name(text: &str) -> Result<RoleName, ServiceError> {
+    text.parse()
+        .map_err(|error| ServiceError::invalid("name", error))
+}
+
+fn optional_duration(
+    field: &'static str,
+    duration: Option<&prost_types::Duration>,
+) -> Result<Option<Duration>, ServiceError> {
+    duration
+        .map(|d| match duration_from(field, d)? {
+            d if d.is_zero() => Err(ServiceError::invalid(field, "must be positive")),
+            d => Ok(d),
+        })
+        .transpose()
 }
 
 pub fn key_id(field: &'static str, text: &str) -> Result<KeyId, ServiceError> {
@@ -97,16 +156,15 @@ impl TryFrom<pb::MintKeyRequest> for MintRequest {
                 format!("at most {MAX_ROLES} roles"),
             ));
         }
-        let mut roles = request
-            .roles
-            .iter()
-            .map(|role| {
-                role.parse()
-                    .map_err(|error| ServiceError::invalid("roles", error))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        roles.sort();
-        roles.dedup();
+        let roles = parse_list("roles", &request.roles)?;
+        let permissions: Vec<Permission> = parse_list("permissions", &request.permissions)?;
+        if permissions.iter().any(Permission::is_global_wildcard) {
+            return Err(ServiceError::invalid(
+                "permissions",
+                "`*` alone is reserved for built-in roles",
+            ));
+        }
+        let allowed_cidrs = parse_list("allowed_cidrs", &request.allowed_cidrs)?;
         let labels = Labels::new(request.labels.into_iter().collect())
             .map_err(|error| ServiceError::invalid("labels", error))?;
         let expiry = match &request.expiry {
@@ -119,6 +177,8 @@ impl TryFrom<pb::MintKeyRequest> for MintRequest {
         Ok(Self {
             prefix,
             roles,
+            permissions,
+            allowed_cidrs,
             labels,
             owner: bounded("owner", request.owner, MAX_OWNER_BYTES)?,
             description: bounded("description", request.description, MAX_TEXT_BYTES)?,
@@ -131,16 +191,7 @@ impl TryFrom<pb::ListKeysRequest> for KeyQuery {
     type Error = ServiceError;
 
     fn try_from(request: pb::ListKeysRequest) -> Result<Self, Self::Error> {
-        let limit = match request.page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            n if n > MAX_PAGE_SIZE => {
-                return Err(ServiceError::invalid(
-                    "page_size",
-                    format!("at most {MAX_PAGE_SIZE}"),
-                ));
-            }
-            n => n,
-        };
+        let limit = page_size(request.page_size)?;
         let state = match pb::KeyState::try_from(request.state) {
             Ok(pb::KeyState::Unspecified) => None,
             Ok(pb::KeyState::Active) => Some(KeyState::Active),
@@ -156,8 +207,7 @@ impl TryFrom<pb::ListKeysRequest> for KeyQuery {
                     .map_err(|error| ServiceError::invalid("role", error))
             })
             .transpose()?;
-        let labels: BTreeMap<String, String> = request.labels.into_iter().collect();
-        Labels::new(labels.clone()).map_err(|error| ServiceError::invalid("labels", error))?;
+        let labels = labels(request.labels)?;
         Ok(Self {
             labels,
             owner: (!request.owner.is_empty()).then_some(request.owner),
@@ -220,6 +270,138 @@ pub fn key(record: &KeyRecord, now: Timestamp) -> pb::Key {
         rotated_from: id_text(record.rotated_from),
         rotated_to: id_text(record.rotated_to),
         created_by: id_text(record.created_by),
+        permissions: record
+            .settings
+            .permissions
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        allowed_cidrs: record
+            .settings
+            .allowed_cidrs
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+    }
+}
+
+pub fn role(role: &Role) -> pb::Role {
+    pb::Role {
+        name: role.name.to_string(),
+        description: role.description.clone(),
+        permissions: role.permissions.iter().map(ToString::to_string).collect(),
+        max_ttl: role.max_ttl.and_then(|ttl| ttl.try_into().ok()),
+        builtin: role.builtin,
+        created_at: Some(timestamp(role.created_at)),
+        updated_at: Some(timestamp(role.updated_at)),
+    }
+}
+
+pub fn audit_record(record: &AuditRecord) -> pb::AuditRecord {
+    pb::AuditRecord {
+        seq: u64::try_from(record.seq).unwrap_or_default(),
+        at: Some(timestamp(record.at)),
+        actor: record.actor.map(|id| id.to_string()).unwrap_or_default(),
+        action: record.action.clone(),
+        target: record.target.clone().unwrap_or_default(),
+        reason: record.reason.clone().unwrap_or_default(),
+    }
+}
+
+impl TryFrom<pb::CreateRoleRequest> for NewRole {
+    type Error = ServiceError;
+
+    fn try_from(request: pb::CreateRoleRequest) -> Result<Self, Self::Error> {
+        let permissions = parse_list("permissions", &request.permissions)?;
+        if permissions.is_empty() {
+            return Err(ServiceError::invalid(
+                "permissions",
+                "a role needs at least one permission",
+            ));
+        }
+        Ok(Self {
+            name: role_name(&request.name)?,
+            description: bounded("description", request.description, MAX_TEXT_BYTES)?,
+            permissions,
+            max_ttl: optional_duration("max_ttl", request.max_ttl.as_ref())?,
+        })
+    }
+}
+
+impl TryFrom<pb::UpdateRoleRequest> for RoleUpdate {
+    type Error = ServiceError;
+
+    fn try_from(request: pb::UpdateRoleRequest) -> Result<Self, Self::Error> {
+        let max_ttl = match (request.clear_max_ttl, request.max_ttl.as_ref()) {
+            (true, Some(_)) => {
+                return Err(ServiceError::invalid(
+                    "max_ttl",
+                    "give max_ttl or clear_max_ttl, not both",
+                ));
+            }
+            (true, None) => Some(None),
+            (false, ttl) => optional_duration("max_ttl", ttl)?.map(Some),
+        };
+        Ok(Self {
+            add_permissions: parse_list("add_permissions", &request.add_permissions)?,
+            remove_permissions: parse_list("remove_permissions", &request.remove_permissions)?,
+            description: request
+                .description
+                .map(|d| bounded("description", d, MAX_TEXT_BYTES))
+                .transpose()?,
+            max_ttl,
+        })
+    }
+}
+
+impl TryFrom<pb::ListAuditRecordsRequest> for AuditQuery {
+    type Error = ServiceError;
+
+    fn try_from(request: pb::ListAuditRecordsRequest) -> Result<Self, Self::Error> {
+        let optional_text = |text: String| (!text.is_empty()).then_some(text);
+        let before_seq = optional_text(request.page_token)
+            .map(|token| {
+                token.parse::<i64>().map_err(|_| {
+                    ServiceError::invalid("page_token", "not a token returned by ListAuditRecords")
+                })
+            })
+            .transpose()?;
+        let action = optional_text(request.action)
+            .map(|action| bounded("action", action, MAX_ACTION_BYTES))
+            .transpose()?;
+        Ok(Self {
+            since: request
+                .since
+                .as_ref()
+                .map(|at| timestamp_from("since", at))
+                .transpose()?,
+            until: request
+                .until
+                .as_ref()
+                .map(|at| timestamp_from("until", at))
+                .transpose()?,
+            target: optional_text(request.key_id)
+                .map(|id| key_id("key_id", &id))
+                .transpose()?
+                .map(|id| id.to_string()),
+            actor: optional_text(request.actor)
+                .map(|id| key_id("actor", &id))
+                .transpose()?,
+            action,
+            before_seq,
+            limit: page_size(request.page_size)?,
+        })
+    }
+}
+
+fn page_size(requested: u32) -> Result<u32, ServiceError> {
+    match requested {
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        n if n > MAX_PAGE_SIZE => Err(ServiceError::invalid(
+            "page_size",
+            format!("at most {MAX_PAGE_SIZE}"),
+        )),
+        n => Ok(n),
     }
 }
 

@@ -6,11 +6,11 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use crate::{
-    auth::authenticate,
+    auth::{authenticate, client_ip},
     error::ServiceError,
     pb,
     permission::{self, Permission},
-    validate::{Outcome, Validator},
+    validate::{Checks, Outcome, Validator},
 };
 
 /// Most permissions one Validate request may require.
@@ -38,14 +38,14 @@ impl pb::key_service_server::KeyService for KeyService {
         &self,
         request: Request<pb::ValidateRequest>,
     ) -> Result<Response<pb::ValidateResponse>, Status> {
-        let caller = authenticate(
-            request.metadata(),
-            &self.validator,
-            &self.validate_permission,
-        )?;
+        let caller = authenticate(&request, &self.validator, &self.validate_permission)?.id;
         let request = request.into_inner();
         let required = required_permissions(&request.required_permissions)?;
-        let outcome = self.validator.validate(&request.key, &required);
+        let checks = Checks {
+            required: &required,
+            client_ip: client_ip(&request.client_ip)?,
+        };
+        let outcome = self.validator.validate(&request.key, checks);
         Ok(Response::new(response(outcome, caller)))
     }
 }
@@ -75,8 +75,8 @@ fn required_permissions(raw: &[String]) -> Result<Vec<Permission>, ServiceError>
 fn response(outcome: Outcome, caller: crate::key::KeyId) -> pb::ValidateResponse {
     let (grant, denial) = match outcome {
         Outcome::Valid(grant) => (grant, pb::Denial::Unspecified),
-        Outcome::Forbidden { grant, missing } => {
-            tracing::info!(key_id = %grant.key.id, %caller, %missing, "validate: forbidden");
+        Outcome::Forbidden { grant, denied } => {
+            tracing::info!(key_id = %grant.key.id, %caller, %denied, "validate: forbidden");
             (grant, pb::Denial::Forbidden)
         }
         Outcome::Invalid(reason) => {

@@ -113,6 +113,42 @@ impl TestApp {
         Ok((response.key.unwrap().id, response.plaintext))
     }
 
+    /// Mints a key with `caller` as the credential.
+    pub async fn mint_as(
+        &self,
+        caller: &str,
+        request: pb::MintKeyRequest,
+    ) -> Result<(String, String), Status> {
+        let response = self
+            .admin_client()
+            .await
+            .mint_key(authed(caller, request))
+            .await?
+            .into_inner();
+        Ok((response.key.unwrap().id, response.plaintext))
+    }
+
+    /// Creates a role with the admin key.
+    pub async fn create_role(
+        &self,
+        name: &str,
+        permissions: &[&str],
+        max_ttl: Option<Duration>,
+    ) -> Result<pb::Role, Status> {
+        let request = pb::CreateRoleRequest {
+            name: name.to_owned(),
+            description: String::new(),
+            permissions: permissions.iter().map(|p| p.to_string()).collect(),
+            max_ttl: max_ttl.map(|ttl| ttl.try_into().unwrap()),
+        };
+        Ok(self
+            .admin_client()
+            .await
+            .create_role(authed(&self.admin_key, request))
+            .await?
+            .into_inner())
+    }
+
     /// Mints a key holding `roles`.
     pub async fn mint_with_roles(&self, roles: &[&str]) -> (String, String) {
         self.mint(pb::MintKeyRequest {
@@ -139,6 +175,7 @@ impl TestApp {
         let request = pb::ValidateRequest {
             key: key.to_owned(),
             required_permissions: required.iter().map(|p| p.to_string()).collect(),
+            ..Default::default()
         };
         Ok(self
             .key_client()

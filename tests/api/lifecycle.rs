@@ -321,7 +321,11 @@ async fn admin_rpcs_need_keyward_admin() {
         .await
         .unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied);
-    assert!(denied.message().contains("keyward:admin"));
+    assert!(
+        denied.message().contains("keyward:keys:write"),
+        "{}",
+        denied.message()
+    );
     let anonymous = client
         .list_keys(tonic::Request::new(pb::ListKeysRequest::default()))
         .await

@@ -1,6 +1,9 @@
 //! Integration tests: the real server over gRPC. One binary, one module per area.
 
+mod audit;
 mod helpers;
 mod lifecycle;
+mod roles;
+mod scoped;
 mod secrets;
 mod validate;

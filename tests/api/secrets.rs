@@ -133,6 +133,7 @@ async fn secrets_never_reach_the_database_or_the_logs() {
         let request = pb::ValidateRequest {
             key: presented,
             required_permissions: vec!["keyward:validate".into()],
+            ..Default::default()
         };
         keys.validate(authed(&admin_key, request)).await.unwrap();
     }

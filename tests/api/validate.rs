@@ -194,6 +194,7 @@ async fn callers_must_present_a_key_with_keyward_validate() {
     let request = || pb::ValidateRequest {
         key: key.clone(),
         required_permissions: vec![],
+        ..Default::default()
     };
     let mut client: KeyServiceClient<_> = app.key_client().await;
 

@@ -1,0 +1,145 @@
+//! CIDR allow-lists for keys: `10.0.0.0/8`, `2001:db8::/32`, or a bare
+//! address meaning that one host.
+
+use std::{fmt, net::IpAddr, str::FromStr};
+
+/// Why a string is not a CIDR range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected an IPv4 or IPv6 range such as 10.0.0.0/8 or 2001:db8::/32")]
+pub struct InvalidCidr;
+
+/// An IP range. The address is stored with its host bits cleared, so
+/// `10.1.2.3/8` and `10.0.0.0/8` are the same range.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Cidr {
+    network: IpAddr,
+    prefix_len: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` lies in this range. IPv4-mapped IPv6 addresses
+    /// (`::ffff:10.0.0.1`) match IPv4 ranges, as a dual-stack socket reports them.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.network, ip.to_canonical()) {
+            (IpAddr::V4(network), IpAddr::V4(ip)) => {
+                let mask = mask32(self.prefix_len);
+                u32::from(ip) & mask == u32::from(network)
+            }
+            (IpAddr::V6(network), IpAddr::V6(ip)) => {
+                let mask = mask128(self.prefix_len);
+                u128::from(ip) & mask == u128::from(network)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn mask32(prefix_len: u8) -> u32 {
+    u32::MAX
+        .checked_shl(32 - u32::from(prefix_len))
+        .unwrap_or(0)
+}
+
+fn mask128(prefix_len: u8) -> u128 {
+    u128::MAX
+        .checked_shl(128 - u32::from(prefix_len))
+        .unwrap_or(0)
+}
+
+impl FromStr for Cidr {
+    type Err = InvalidCidr;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (address, prefix_len) = match s.split_once('/') {
+            Some((address, len)) => (address, Some(len)),
+            None => (s, None),
+        };
+        let address: IpAddr = address.parse().map_err(|_| InvalidCidr)?;
+        let max = if address.is_ipv4() { 32 } else { 128 };
+        let prefix_len = match prefix_len {
+            None => max,
+            Some(len) if !len.is_empty() && len.bytes().all(|b| b.is_ascii_digit()) => len
+                .parse::<u8>()
+                .ok()
+                .filter(|&len| len <= max)
+                .ok_or(InvalidCidr)?,
+            Some(_) => return Err(InvalidCidr),
+        };
+        let network = match address {
+            IpAddr::V4(ip) => IpAddr::V4((u32::from(ip) & mask32(prefix_len)).into()),
+            IpAddr::V6(ip) => IpAddr::V6((u128::from(ip) & mask128(prefix_len)).into()),
+        };
+        Ok(Self {
+            network,
+            prefix_len,
+        })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix_len)
+    }
+}
+
+impl fmt::Debug for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Cidr({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cidr(s: &str) -> Cidr {
+        s.parse().unwrap_or_else(|_| panic!("{s}"))
+    }
+
+    #[test]
+    fn parsing_normalises_and_refuses_garbage() {
+        assert_eq!(cidr("10.1.2.3/8").to_string(), "10.0.0.0/8");
+        assert_eq!(cidr("192.0.2.7").to_string(), "192.0.2.7/32");
+        assert_eq!(cidr("2001:db8::1/32").to_string(), "2001:db8::/32");
+        assert_eq!(cidr("::1").to_string(), "::1/128");
+        assert_eq!(cidr("0.0.0.0/0").to_string(), "0.0.0.0/0");
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0.0/",
+            "10.0.0.0/-1",
+            "10.0.0/8",
+            "10.0.0.0/+8",
+            "host/8",
+            "10.0.0.0/8/8",
+        ] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn membership() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("10.0.0.0/8", "10.255.1.2", true),
+            ("10.0.0.0/8", "11.0.0.1", false),
+            ("192.0.2.7/32", "192.0.2.7", true),
+            ("192.0.2.7/32", "192.0.2.8", false),
+            ("0.0.0.0/0", "203.0.113.9", true),
+            ("0.0.0.0/0", "2001:db8::1", false),
+            ("2001:db8::/32", "2001:db8:ffff::1", true),
+            ("2001:db8::/32", "2001:db9::1", false),
+            ("::/0", "::1", true),
+            ("::/0", "127.0.0.1", false),
+            ("10.0.0.0/8", "::ffff:10.0.0.1", true),
+            ("::1/128", "::1", true),
+        ];
+        for (range, ip, expected) in cases {
+            assert_eq!(
+                cidr(range).contains(ip.parse().unwrap()),
+                *expected,
+                "{ip} in {range}"
+            );
+        }
+    }
+}
