@@ -8,13 +8,14 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     client::ServerUrl,
-    commands::{init::InitArgs, keys, verify::VerifyArgs},
+    commands::{audit::AuditArgs, init::InitArgs, keys, roles::RoleCommand, verify::VerifyArgs},
     output::OutputFormat,
 };
 
 /// Operator CLI for keyward, the API-key service.
 ///
-/// Mint, list, inspect, rotate and revoke API keys on a keyward server, and
+/// Mint, list, inspect, rotate and revoke API keys on a keyward server,
+/// manage the roles that grant them permissions, read the audit log, and
 /// check a key the way a backend would.
 #[derive(Debug, Parser)]
 #[command(name = "keywardctl", version)]
@@ -31,8 +32,8 @@ pub struct Cli {
 /// is deliberately not a flag.
 const ADMIN_KEY_HELP: &str = "\
 Admin credential:
-  Every command except `init` needs a key holding `keyward:admin` (for `verify`:
-  `keyward:validate`). Give it in the environment variable KEYWARD_ADMIN_KEY, or
+  Every command except `init` needs a key holding `keyward:admin`, or the finer
+  permission it needs (e.g. `keyward:roles:write`; for `verify`: `keyward:validate`). Give it in the environment variable KEYWARD_ADMIN_KEY, or
   in a file with --admin-key-file PATH (env KEYWARD_ADMIN_KEY_FILE); the file wins
   when both are set. The server writes the first admin key to keyward-admin.key.
   The key is never accepted as an argument: arguments end up in shell history
@@ -93,9 +94,16 @@ pub enum Command {
     /// The old key keeps working for the grace period, then expires; without
     /// --grace it is revoked at once.
     Rotate(keys::RotateArgs),
-    /// Revoke a key: it stops working at once
+    /// Revoke a key, or every key with some labels: they stop working at once
     ///
-    /// Revoking a revoked key changes nothing and reports the first revocation.
+    /// `revoke ID` revokes one key; revoking a revoked key changes nothing and
+    /// reports the first revocation.
+    ///
+    /// `revoke --label K=V [--label ...] [--owner O]` revokes every unrevoked
+    /// key that carries all those labels (and has that owner). Because that can
+    /// stop many services at once, it first says how many keys match and which;
+    /// with --dry-run it stops there, without --yes it refuses (exit 1), and
+    /// only with --yes does it revoke them.
     Revoke(keys::RevokeArgs),
     /// Check a key read from stdin, the way a backend server would
     ///
@@ -104,6 +112,21 @@ pub enum Command {
     /// credential (it needs `keyward:validate`). Exits 0 when the key is valid
     /// and 1 when it is not.
     Verify(VerifyArgs),
+    /// Manage roles: named sets of permissions that keys hold
+    ///
+    /// A change to a role applies to every key holding it from the very next
+    /// validation, which is why roles, not per-key permissions, are the way to
+    /// manage many keys alike. The built-in roles `admin` and `validator`
+    /// cannot be changed or deleted.
+    #[command(subcommand)]
+    Role(RoleCommand),
+    /// Read the audit log: who minted, rotated or revoked which key, and who
+    /// changed which role, newest first
+    ///
+    /// Every change is recorded in the same transaction as the change itself,
+    /// with the id of the key that made it (`local` for `init` and the
+    /// server's first start, which need no key). Records never hold a secret.
+    Audit(AuditArgs),
 }
 
 /// Parses `KEY=VALUE` for `--label`.
@@ -136,6 +159,22 @@ pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
 pub fn parse_rfc3339(s: &str) -> Result<SystemTime, String> {
     humantime::parse_rfc3339(s)
         .map_err(|e| format!("{e} (expected an RFC 3339 time in UTC, e.g. 2027-01-31T12:00:00Z)"))
+}
+
+/// Parses `--since`: a duration meaning "that long ago" (`1h`, `7d`), or an
+/// RFC 3339 time in UTC. The duration is turned into a time here, on the
+/// client, so "the last hour" means the operator's last hour.
+pub fn parse_since(s: &str) -> Result<SystemTime, String> {
+    if let Ok(ago) = humantime::parse_duration(s) {
+        return SystemTime::now()
+            .checked_sub(ago)
+            .ok_or_else(|| "reaches back further than this system's clock can".to_owned());
+    }
+    humantime::parse_rfc3339(s).map_err(|_| {
+        "expected a duration meaning that long ago (e.g. 30m, 1h, 7d) \
+         or an RFC 3339 time in UTC (e.g. 2027-01-31T12:00:00Z)"
+            .to_owned()
+    })
 }
 
 #[cfg(test)]
@@ -186,6 +225,70 @@ mod tests {
         assert!(parse_rfc3339("tomorrow").is_err());
         assert!(parse_rfc3339("2027-01-31T12:00:00").is_err(), "no zone");
         assert!(parse_rfc3339("2027-13-01T00:00:00Z").is_err());
+    }
+
+    #[test]
+    fn since_is_a_duration_ago_or_a_time() {
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        let since = parse_since("1h").unwrap();
+        let off = since
+            .duration_since(hour_ago)
+            .unwrap_or_else(|e| e.duration());
+        assert!(off < Duration::from_secs(5), "{off:?}");
+        assert_eq!(
+            parse_since("2027-01-31T12:00:00Z"),
+            parse_rfc3339("2027-01-31T12:00:00Z")
+        );
+        for bad in ["5x", "yesterday", "", "2027-01-31T12:00:00"] {
+            assert!(parse_since(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn revoke_takes_an_id_or_labels_not_both_nor_neither() {
+        use clap::error::ErrorKind;
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(["keywardctl", "revoke"].iter().chain(args))
+                .map(|_| ())
+                .map_err(|e| e.kind())
+        };
+        assert_eq!(parse(&["AbCdEfGhIjK"]), Ok(()));
+        assert_eq!(
+            parse(&["--label", "env=dev", "--owner", "ci", "--yes"]),
+            Ok(())
+        );
+        assert_eq!(parse(&[]), Err(ErrorKind::MissingRequiredArgument));
+        assert_eq!(
+            parse(&["AbCdEfGhIjK", "--label", "env=dev"]),
+            Err(ErrorKind::ArgumentConflict)
+        );
+        // Bulk-only flags make no sense with one id.
+        for flag in ["--dry-run", "--yes"] {
+            assert!(parse(&["AbCdEfGhIjK", flag]).is_err(), "{flag}");
+        }
+        assert!(parse(&["AbCdEfGhIjK", "--owner", "ci"]).is_err());
+    }
+
+    #[test]
+    fn role_update_needs_a_change_and_one_max_ttl_choice() {
+        use clap::error::ErrorKind;
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(
+                ["keywardctl", "role", "update", "deployer"]
+                    .iter()
+                    .chain(args),
+            )
+            .map(|_| ())
+            .map_err(|e| e.kind())
+        };
+        assert_eq!(parse(&[]), Err(ErrorKind::MissingRequiredArgument));
+        assert_eq!(parse(&["--add-permission", "deploy:read"]), Ok(()));
+        assert_eq!(parse(&["--description", ""]), Ok(()));
+        assert_eq!(parse(&["--clear-max-ttl"]), Ok(()));
+        assert_eq!(
+            parse(&["--max-ttl", "1h", "--clear-max-ttl"]),
+            Err(ErrorKind::ArgumentConflict)
+        );
     }
 
     #[test]

@@ -65,6 +65,16 @@ pub enum CliError {
     #[error("{0}")]
     Init(String),
 
+    /// `revoke --label` without `--yes`: bulk revoking can stop many
+    /// services at once, so it needs to be asked for explicitly.
+    #[error(
+        "{} would be revoked; pass --yes to revoke {} (or --dry-run to only list {})",
+        crate::output::count_keys(*.count),
+        if *.count == 1 { "it" } else { "them" },
+        if *.count == 1 { "it" } else { "them" }
+    )]
+    RevokeNotConfirmed { count: usize },
+
     #[error("no key on stdin: pipe the key to check into `keywardctl verify`")]
     EmptyStdin,
 
@@ -237,6 +247,18 @@ mod tests {
                 expected
             );
         }
+    }
+
+    #[test]
+    fn an_unconfirmed_bulk_revoke_says_how_many_and_what_to_pass() {
+        assert_eq!(
+            CliError::RevokeNotConfirmed { count: 3 }.to_string(),
+            "3 keys would be revoked; pass --yes to revoke them (or --dry-run to only list them)"
+        );
+        assert_eq!(
+            CliError::RevokeNotConfirmed { count: 1 }.to_string(),
+            "1 key would be revoked; pass --yes to revoke it (or --dry-run to only list it)"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! # Layout
 //! - [`cli`]: the command line (global flags, verbs, argument parsers).
 //! - [`commands`]: one module per group of verbs (`init`, the key verbs,
-//!   `verify`), each with its arguments and what it does.
+//!   `role`, `audit`, `verify`), each with its arguments and what it does.
 //! - [`client`]: the connection to a keyward server and the admin credential.
 //! - [`output`]: human tables and `--output json`.
 //! - [`error`]: every way a command can fail, as one line for stderr.

@@ -7,12 +7,15 @@
 //!
 //! JSON conventions: timestamps are RFC 3339 strings in UTC, an absent
 //! optional value (no expiry, no owner, not revoked) is `null`, labels are an
-//! object, and the key state is `active`, `expired` or `revoked`.
+//! object, lists (roles, permissions, CIDRs) are arrays even when empty, and
+//! the key state is `active`, `expired` or `revoked`. Durations (a role's max
+//! TTL) appear twice: as text the CLI's own flags accept (`1h`) and as whole
+//! seconds, so a script needs no duration parser.
 
 use std::{
     collections::BTreeMap,
     io::{self, Write as _},
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use keyward::pb;
@@ -33,6 +36,22 @@ pub enum OutputFormat {
 pub fn timestamp(ts: Option<&prost_types::Timestamp>) -> Option<String> {
     let time = SystemTime::try_from(*ts?).ok()?;
     Some(humantime::format_rfc3339_seconds(time).to_string())
+}
+
+/// Formats a protobuf duration like `1h 30m`, as `--ttl` and `--max-ttl`
+/// take it; `None` for an unset or negative one (never a valid max TTL).
+pub fn duration_text(duration: Option<&prost_types::Duration>) -> Option<String> {
+    let duration = Duration::try_from(*duration?).ok()?;
+    Some(humantime::format_duration(duration).to_string())
+}
+
+/// `1 key`, `2 keys`: counts in messages read as sentences.
+pub fn count_keys(count: usize) -> String {
+    if count == 1 {
+        "1 key".to_owned()
+    } else {
+        format!("{count} keys")
+    }
 }
 
 /// The name of a key state, as `list --state` takes it.
@@ -73,6 +92,15 @@ pub fn labels_text<'a>(labels: impl IntoIterator<Item = (&'a String, &'a String)
         .join(", ")
 }
 
+/// An empty allow-list admits every address; a dash would read as "none".
+pub fn cidrs_text(cidrs: &[String], separator: &str) -> String {
+    if cidrs.is_empty() {
+        "any".to_owned()
+    } else {
+        cidrs.join(separator)
+    }
+}
+
 fn non_empty(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
 }
@@ -84,6 +112,8 @@ pub fn key_json(key: &pb::Key) -> serde_json::Map<String, Value> {
         "prefix": key.prefix,
         "state": state_name(key.state),
         "roles": key.roles,
+        "permissions": key.permissions,
+        "allowed_cidrs": key.allowed_cidrs,
         "labels": sorted_labels(&key.labels),
         "owner": non_empty(&key.owner),
         "description": non_empty(&key.description),
@@ -120,6 +150,8 @@ pub fn key_fields(key: &pb::Key) -> Vec<(&'static str, String)> {
         ("prefix", key.prefix.clone()),
         ("state", state_name(key.state)),
         ("roles", or_dash(key.roles.join(", "))),
+        ("permissions", or_dash(key.permissions.join(", "))),
+        ("allowed cidrs", cidrs_text(&key.allowed_cidrs, ", ")),
         ("labels", or_dash(labels_text(&key.labels))),
         ("owner", or_dash(key.owner.clone())),
     ];
@@ -152,7 +184,67 @@ pub fn key_fields(key: &pb::Key) -> Vec<(&'static str, String)> {
     fields
 }
 
-fn or_dash(s: String) -> String {
+/// A role as a JSON object; `max_ttl` and `max_ttl_seconds` are `null`
+/// when the role sets no cap.
+pub fn role_json(role: &pb::Role) -> Value {
+    json!({
+        "name": role.name,
+        "description": non_empty(&role.description),
+        "permissions": role.permissions,
+        "max_ttl": duration_text(role.max_ttl.as_ref()),
+        "max_ttl_seconds": role
+            .max_ttl
+            .and_then(|d| Duration::try_from(d).ok())
+            .map(|d| d.as_secs()),
+        "builtin": role.builtin,
+        "created_at": timestamp(role.created_at.as_ref()),
+        "updated_at": timestamp(role.updated_at.as_ref()),
+    })
+}
+
+/// A role as `name value` lines.
+pub fn role_fields(role: &pb::Role) -> Vec<(&'static str, String)> {
+    vec![
+        ("name", role.name.clone()),
+        ("description", or_dash(role.description.clone())),
+        ("permissions", or_dash(role.permissions.join(", "))),
+        (
+            "max ttl",
+            duration_text(role.max_ttl.as_ref()).unwrap_or_else(|| "none".into()),
+        ),
+        ("builtin", yes_no(role.builtin)),
+        (
+            "created",
+            timestamp(role.created_at.as_ref()).unwrap_or_else(|| "-".into()),
+        ),
+        (
+            "updated",
+            timestamp(role.updated_at.as_ref()).unwrap_or_else(|| "-".into()),
+        ),
+    ]
+}
+
+/// An audit record as a JSON object. `actor` is `null` for the local
+/// operator (init, first start), where the table says `local`.
+pub fn audit_json(record: &pb::AuditRecord) -> Value {
+    json!({
+        "seq": record.seq,
+        "at": timestamp(record.at.as_ref()),
+        "actor": non_empty(&record.actor),
+        "action": record.action,
+        "target": non_empty(&record.target),
+        "reason": non_empty(&record.reason),
+    })
+}
+
+/// `yes` or `no`, for flags in tables.
+pub fn yes_no(value: bool) -> String {
+    if value { "yes" } else { "no" }.to_owned()
+}
+
+/// A dash for an empty cell, so columns and `name value` lines never look
+/// cut off.
+pub fn or_dash(s: String) -> String {
     if s.is_empty() { "-".into() } else { s }
 }
 
@@ -251,6 +343,82 @@ mod tests {
         assert_eq!(json["expires_at"], Value::Null);
         assert_eq!(json["description"], Value::Null);
         assert_eq!(json["owner"], "ci");
+        assert_eq!(json["permissions"], json!([]), "an array even when empty");
+        assert_eq!(json["allowed_cidrs"], json!([]));
+    }
+
+    #[test]
+    fn key_fields_show_direct_permissions_and_the_allow_list() {
+        let mut key = sample_key();
+        let get = |key: &pb::Key, name| {
+            key_fields(key)
+                .into_iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v)
+        };
+        assert_eq!(get(&key, "permissions").as_deref(), Some("-"));
+        assert_eq!(get(&key, "allowed cidrs").as_deref(), Some("any"));
+        key.permissions = vec!["deploy:write".into(), "deploy:read".into()];
+        key.allowed_cidrs = vec!["10.0.0.0/8".into(), "2001:db8::/32".into()];
+        assert_eq!(
+            get(&key, "permissions").as_deref(),
+            Some("deploy:write, deploy:read")
+        );
+        assert_eq!(
+            get(&key, "allowed cidrs").as_deref(),
+            Some("10.0.0.0/8, 2001:db8::/32")
+        );
+        let json = Value::Object(key_json(&key));
+        assert_eq!(
+            json["allowed_cidrs"],
+            json!(["10.0.0.0/8", "2001:db8::/32"])
+        );
+    }
+
+    #[test]
+    fn roles_show_their_max_ttl_as_text_and_seconds() {
+        let mut role = pb::Role {
+            name: "ci".into(),
+            permissions: vec!["deploy:write".into()],
+            max_ttl: Some(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        let json = role_json(&role);
+        assert_eq!(json["max_ttl"], "1h");
+        assert_eq!(json["max_ttl_seconds"], 3600);
+        assert_eq!(json["description"], Value::Null);
+        assert_eq!(json["builtin"], false);
+        let text = fields_text(&role_fields(&role));
+        assert!(text.contains("max ttl      1h\n"), "{text}");
+        assert!(text.contains("builtin      no\n"), "{text}");
+
+        role.max_ttl = None;
+        assert_eq!(role_json(&role)["max_ttl"], Value::Null);
+        let text = fields_text(&role_fields(&role));
+        assert!(text.contains("max ttl      none\n"), "{text}");
+    }
+
+    #[test]
+    fn audit_json_nulls_what_is_empty() {
+        let record = pb::AuditRecord {
+            seq: 7,
+            action: "initialize".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            audit_json(&record),
+            json!({
+                "seq": 7,
+                "at": null,
+                "actor": null,
+                "action": "initialize",
+                "target": null,
+                "reason": null,
+            })
+        );
     }
 
     #[test]

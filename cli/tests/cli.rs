@@ -8,17 +8,8 @@ mod helpers;
 
 use std::collections::BTreeSet;
 
-use helpers::{TestServer, keywardctl, run};
-use serde_json::Value;
-
-/// The value of `name` in `name  value` output, if present.
-fn field<'a>(stdout: &'a str, name: &str) -> Option<&'a str> {
-    let prefix = format!("{name}  ");
-    stdout
-        .lines()
-        .find_map(|line| line.strip_prefix(prefix.as_str()))
-        .map(str::trim)
-}
+use helpers::{TestServer, field, keywardctl, run, table_rows};
+use serde_json::{Value, json};
 
 /// The `id`s of a JSON array of keys.
 fn ids(json: &Value) -> BTreeSet<String> {
@@ -180,17 +171,26 @@ fn list_filters_by_label_owner_role_and_state() {
     assert_eq!(
         lines[0].split_whitespace().collect::<Vec<_>>(),
         [
-            "ID", "PREFIX", "STATE", "ROLES", "OWNER", "LABELS", "CREATED", "EXPIRES"
+            "ID",
+            "PREFIX",
+            "STATE",
+            "ROLES",
+            "PERMISSIONS",
+            "OWNER",
+            "LABELS",
+            "CIDRS",
+            "CREATED",
+            "EXPIRES"
         ]
     );
     assert_eq!(lines.len(), 3, "{lines:#?}");
     let row_b = lines.iter().find(|l| l.starts_with(&b)).expect("row for b");
     let cells: Vec<&str> = row_b.split_whitespace().collect();
     assert_eq!(
-        &cells[1..6],
-        ["kw", "revoked", "validator", "bob", "env=dev"]
+        &cells[1..8],
+        ["kw", "revoked", "validator", "-", "bob", "env=dev", "any"]
     );
-    assert_eq!(cells[7], "never");
+    assert_eq!(cells[9], "never");
     let row_c = lines.iter().find(|l| l.starts_with(&c)).expect("row for c");
     assert!(row_c.contains("env=prod,team=x"), "{row_c}");
 
@@ -405,6 +405,255 @@ fn verify_reports_forbidden_for_a_missing_permission() {
     );
 }
 
+/// The elements of a JSON array of strings, sorted (the server may keep
+/// permissions and CIDRs in any order).
+fn sorted_strings(json: &Value) -> Vec<String> {
+    let mut items: Vec<String> = json
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {json}"))
+        .iter()
+        .map(|item| item.as_str().expect("a string").to_owned())
+        .collect();
+    items.sort();
+    items
+}
+
+#[test]
+fn mint_with_permissions_and_cidrs_then_verify_by_client_ip() {
+    let server = TestServer::start();
+    // Permissions the bootstrap admin key holds itself (`keyward:*`), so no
+    // escalation check can get in the way of what this test is about.
+    let json = server
+        .run(&[
+            "mint",
+            "--output",
+            "json",
+            "--permission",
+            "keyward:validate",
+            "--permission",
+            "keyward:keys:read",
+            "--allow-cidr",
+            "10.0.0.0/8",
+            "--allow-cidr",
+            "2001:db8::/32",
+        ])
+        .json();
+    let id = json["id"].as_str().unwrap().to_owned();
+    let key = json["key"].as_str().unwrap().to_owned();
+    server.forbid_printing(&key);
+    assert_eq!(
+        sorted_strings(&json["permissions"]),
+        ["keyward:keys:read", "keyward:validate"]
+    );
+    assert_eq!(
+        sorted_strings(&json["allowed_cidrs"]),
+        ["10.0.0.0/8", "2001:db8::/32"]
+    );
+    assert_eq!(json["roles"], json!([]));
+
+    // `show` and `list` carry them too.
+    let shown = server.run(&["show", &id]);
+    let permissions = field(shown.ok(), "permissions").expect("permissions line");
+    assert!(permissions.contains("keyward:validate"), "{shown:#?}");
+    assert!(permissions.contains("keyward:keys:read"), "{shown:#?}");
+    let cidrs = field(&shown.stdout, "allowed cidrs").expect("allowed cidrs line");
+    assert!(cidrs.contains("10.0.0.0/8") && cidrs.contains("2001:db8::/32"));
+    let json = server.run(&["show", &id, "--output", "json"]).json();
+    assert_eq!(
+        sorted_strings(&json["allowed_cidrs"]),
+        ["10.0.0.0/8", "2001:db8::/32"]
+    );
+    let list = server.run(&["list"]);
+    let row = table_rows(list.ok())
+        .into_iter()
+        .find(|row| row[0] == id)
+        .expect("a row for the key");
+    assert!(row[4].contains("keyward:validate"), "{row:?}");
+    assert!(row[7].contains("10.0.0.0/8"), "{row:?}");
+    let (plain_id, _) = server.mint(&["--role", "validator"]);
+    assert_eq!(
+        field(server.run(&["show", &plain_id]).ok(), "allowed cidrs"),
+        Some("any"),
+        "no allow-list: any address"
+    );
+
+    let verify = |args: &[&str]| {
+        let mut full = vec!["verify"];
+        full.extend_from_slice(args);
+        server.run_with_stdin(&full, &format!("{key}\n"))
+    };
+    for inside in ["10.1.2.3", "2001:db8::1"] {
+        let ok = verify(&["--client-ip", inside, "--permission", "keyward:validate"]);
+        assert_eq!(field(ok.ok(), "valid"), Some("yes"), "{inside}");
+        assert_eq!(field(&ok.stdout, "key id"), Some(id.as_str()));
+    }
+    for outside in [
+        &["--client-ip", "192.168.0.1"][..],
+        &["--client-ip", "2001:db9::1"],
+        &[],
+    ] {
+        let refused = verify(outside);
+        assert_eq!(refused.code, 1, "{outside:?}: {refused:#?}");
+        assert!(refused.stderr.is_empty(), "{refused:#?}");
+        assert_eq!(field(&refused.stdout, "denial"), Some("FORBIDDEN"));
+        assert_eq!(field(&refused.stdout, "key id"), Some(id.as_str()));
+    }
+    let refused = verify(&["--client-ip", "192.168.0.1", "--output", "json"]);
+    assert_eq!(refused.code, 1, "{refused:#?}");
+    let json: Value = serde_json::from_str(&refused.stdout).unwrap();
+    assert_eq!(json["denial"], "FORBIDDEN");
+
+    // A rotated key keeps its direct permissions and its allow-list.
+    let json = server.run(&["rotate", &id, "--output", "json"]).json();
+    assert_eq!(
+        sorted_strings(&json["permissions"]),
+        ["keyward:keys:read", "keyward:validate"]
+    );
+    assert_eq!(
+        sorted_strings(&json["allowed_cidrs"]),
+        ["10.0.0.0/8", "2001:db8::/32"]
+    );
+    let rotated = server.run(&["rotate", json["id"].as_str().unwrap()]);
+    assert!(
+        field(rotated.ok(), "allowed cidrs").is_some_and(|c| c.contains("10.0.0.0/8")),
+        "{rotated:#?}"
+    );
+}
+
+#[test]
+fn the_server_names_a_bad_permission_or_cidr() {
+    let server = TestServer::start();
+    server
+        .run(&["mint", "--allow-cidr", "10.0.0.0/33"])
+        .error(&["invalid argument", "allowed_cidrs"]);
+    server
+        .run(&["mint", "--permission", "Not A Permission"])
+        .error(&["invalid argument", "permissions"]);
+}
+
+#[test]
+fn bulk_revoke_lists_first_and_needs_yes() {
+    let server = TestServer::start();
+    let (a, key_a) = server.mint(&[
+        "--role",
+        "validator",
+        "--label",
+        "env=dev",
+        "--owner",
+        "alice",
+    ]);
+    let (b, key_b) = server.mint(&[
+        "--role",
+        "validator",
+        "--label",
+        "env=dev",
+        "--owner",
+        "bob",
+    ]);
+    let (c, key_c) = server.mint(&["--role", "validator", "--label", "env=prod"]);
+    for key in [&key_a, &key_b, &key_c] {
+        server.forbid_printing(key);
+    }
+    let valid = |key: &str| {
+        let outcome = server.run_with_stdin(&["verify"], &format!("{key}\n"));
+        field(&outcome.stdout, "valid") == Some("yes")
+    };
+
+    // --dry-run: how many and which, and nothing changes.
+    let dry = server.run(&["revoke", "--label", "env=dev", "--dry-run"]);
+    let stdout = dry.ok();
+    assert!(
+        stdout.starts_with("2 keys would be revoked (dry run, nothing changed):\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&format!("  {a}\n")) && stdout.contains(&format!("  {b}\n")));
+    assert!(!stdout.contains(&c), "{stdout}");
+    let json = server
+        .run(&[
+            "revoke",
+            "--label",
+            "env=dev",
+            "--dry-run",
+            "--output",
+            "json",
+        ])
+        .json();
+    assert_eq!(json["dry_run"], true);
+    assert_eq!(json["count"], 2);
+    assert_eq!(ids_of(&json["key_ids"]), set(&[&a, &b]));
+    assert!(valid(&key_a) && valid(&key_b), "a dry run revokes nothing");
+
+    // Without --yes: the matches are listed, then a refusal with the count.
+    let refused = server.run(&["revoke", "--label", "env=dev", "--reason", "cleanup"]);
+    assert_eq!(refused.code, 1, "{refused:#?}");
+    assert_eq!(
+        refused.stderr,
+        "error: 2 keys would be revoked; pass --yes to revoke them \
+         (or --dry-run to only list them)\n"
+    );
+    assert!(
+        refused.stdout.starts_with("2 keys match:\n"),
+        "{refused:#?}"
+    );
+    assert!(refused.stdout.contains(&a) && refused.stdout.contains(&b));
+    server
+        .run(&["revoke", "--label", "env=dev", "--output", "json"])
+        .error(&["2 keys would be revoked", "--yes"]);
+    assert!(valid(&key_a) && valid(&key_b), "a refusal revokes nothing");
+
+    // --yes, narrowed by owner.
+    let revoked = server.run(&[
+        "revoke", "--label", "env=dev", "--owner", "alice", "--reason", "left", "--yes",
+    ]);
+    assert_eq!(
+        revoked.ok(),
+        format!("Revoked 1 key:\n  {a}\n"),
+        "{revoked:#?}"
+    );
+    assert!(!valid(&key_a), "revoked");
+    assert!(valid(&key_b), "another owner");
+    assert_eq!(
+        server.run(&["show", &a, "--output", "json"]).json()["revoke_reason"],
+        "left"
+    );
+
+    let json = server
+        .run(&["revoke", "--label", "env=dev", "--yes", "--output", "json"])
+        .json();
+    assert_eq!(json, json!({"dry_run": false, "count": 1, "key_ids": [b]}));
+    assert!(!valid(&key_b));
+    assert!(valid(&key_c), "other labels are untouched");
+
+    // Nothing left to match: a no-op, not an error.
+    for args in [
+        &["revoke", "--label", "env=dev", "--yes"][..],
+        &["revoke", "--label", "env=dev"],
+        &["revoke", "--label", "env=staging", "--dry-run"],
+    ] {
+        let outcome = server.run(args);
+        assert!(
+            outcome.ok().contains("no keys match"),
+            "{args:?}: {outcome:#?}"
+        );
+    }
+    let json = server
+        .run(&[
+            "revoke",
+            "--label",
+            "env=dev",
+            "--dry-run",
+            "--output",
+            "json",
+        ])
+        .json();
+    assert_eq!(json, json!({"dry_run": true, "count": 0, "key_ids": []}));
+}
+
+/// The strings of a JSON array, as a set.
+fn ids_of(json: &Value) -> BTreeSet<String> {
+    sorted_strings(json).into_iter().collect()
+}
+
 #[test]
 fn verify_needs_exactly_one_key_on_stdin() {
     let server = TestServer::start();
@@ -513,6 +762,44 @@ fn usage_errors_exit_2_and_name_the_flag() {
         ),
         (&["show"], "<ID>"),
         (&["--server", "http://bad host", "list"], "--server"),
+        (&["verify", "--client-ip", "10.0.0.300"], "--client-ip"),
+        (&["revoke"], "--label"),
+        (&["revoke", "AbCdEfGhIjK", "--label", "env=dev"], "--label"),
+        (&["revoke", "AbCdEfGhIjK", "--yes"], "--yes"),
+        (
+            &["revoke", "--label", "env=a", "--label", "env=b"],
+            "--label env",
+        ),
+        (&["role", "create", "deployer"], "--permission"),
+        (
+            &[
+                "role",
+                "create",
+                "deployer",
+                "--permission",
+                "a:b",
+                "--max-ttl",
+                "0s",
+            ],
+            "--max-ttl",
+        ),
+        (&["role", "update", "deployer"], "--add-permission"),
+        (
+            &[
+                "role",
+                "update",
+                "deployer",
+                "--max-ttl",
+                "1h",
+                "--clear-max-ttl",
+            ],
+            "--clear-max-ttl",
+        ),
+        (&["role", "show"], "<NAME>"),
+        (&["role", "rename", "a", "b"], "rename"),
+        (&["audit", "--since", "5x"], "--since"),
+        (&["audit", "--until", "1h"], "--until"),
+        (&["audit", "--limit", "0"], "--limit"),
     ];
     for (args, flag) in cases {
         let outcome = run(
@@ -672,6 +959,8 @@ fn help_explains_commands_flags_and_environment() {
         "rotate",
         "revoke",
         "verify",
+        "role",
+        "audit",
         "KEYWARD_SERVER",
         "KEYWARD_ADMIN_KEY",
         "KEYWARD_ADMIN_KEY_FILE",
@@ -685,9 +974,54 @@ fn help_explains_commands_flags_and_environment() {
         "--expires-at",
         "--label <KEY=VALUE>",
         "--role",
+        "--permission <PERMISSION>",
+        "--allow-cidr <CIDR>",
         "KEYWARD_SERVER",
     ] {
         assert!(mint.contains(needle), "mint --help lacks {needle}:\n{mint}");
+    }
+    let revoke = help(&["revoke", "--help"]);
+    for needle in [
+        "--label <KEY=VALUE>",
+        "--owner",
+        "--dry-run",
+        "--yes",
+        "--reason",
+    ] {
+        assert!(
+            revoke.contains(needle),
+            "revoke --help lacks {needle}:\n{revoke}"
+        );
+    }
+    let role = help(&["role", "--help"]);
+    for needle in ["create", "list", "show", "update", "delete", "built-in"] {
+        assert!(role.contains(needle), "role --help lacks {needle}:\n{role}");
+    }
+    let update = help(&["role", "update", "--help"]);
+    for needle in [
+        "--add-permission",
+        "--remove-permission",
+        "--description",
+        "--max-ttl",
+        "--clear-max-ttl",
+    ] {
+        assert!(
+            update.contains(needle),
+            "role update --help lacks {needle}:\n{update}"
+        );
+    }
+    for verb in ["create", "list", "show", "delete"] {
+        let text = help(&["role", verb, "--help"]);
+        assert!(text.contains("role"), "role {verb} --help:\n{text}");
+    }
+    let audit = help(&["audit", "--help"]);
+    for needle in [
+        "--since", "--until", "--key", "--actor", "--action", "--limit", "local",
+    ] {
+        assert!(
+            audit.contains(needle),
+            "audit --help lacks {needle}:\n{audit}"
+        );
     }
     let init = help(&["init", "--help"]);
     for needle in ["KEYWARD_DATABASE_URL", "sqlite://keyward.db"] {
@@ -695,4 +1029,5 @@ fn help_explains_commands_flags_and_environment() {
     }
     let verify = help(&["verify", "--help"]);
     assert!(verify.contains("stdin"), "{verify}");
+    assert!(verify.contains("--client-ip"), "{verify}");
 }

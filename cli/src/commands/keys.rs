@@ -1,5 +1,6 @@
 //! The key lifecycle verbs, over the admin API: `mint`, `list`, `show`,
-//! `rotate` and `revoke`. Each needs an admin key holding `keyward:admin`.
+//! `rotate` and `revoke` (one key by id, or every key with some labels).
+//! Each needs an admin key holding `keyward:admin`.
 
 use std::{
     collections::HashMap,
@@ -7,7 +8,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use clap::{Args, ValueEnum};
+use clap::{ArgGroup, Args, ValueEnum};
 use keyward::pb;
 use serde_json::Value;
 
@@ -29,6 +30,19 @@ pub struct MintArgs {
     /// Role to grant, e.g. `validator` (repeatable; each must exist)
     #[arg(long = "role", value_name = "ROLE")]
     pub roles: Vec<String>,
+
+    /// Permission to grant directly, besides the roles', e.g. `deploy:write`
+    /// or `deploy:*` (repeatable). Handy for a one-off key; for many keys
+    /// alike a role is easier to change later. An admin key without
+    /// `keyward:admin` can grant only permissions it holds itself
+    #[arg(long = "permission", value_name = "PERMISSION")]
+    pub permissions: Vec<String>,
+
+    /// Only accept the key from addresses in this range, e.g. `10.0.0.0/8`
+    /// or `2001:db8::/32` (repeatable) [default: any address]. Backends must
+    /// then pass the caller's address to Validate, or the key is refused
+    #[arg(long = "allow-cidr", value_name = "CIDR")]
+    pub allowed_cidrs: Vec<String>,
 
     /// Label to attach, used to find and manage keys later (repeatable)
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
@@ -119,15 +133,37 @@ pub struct RotateArgs {
     pub grace: Option<Duration>,
 }
 
-/// Arguments of `revoke`.
+/// Arguments of `revoke`: one key by id, or in bulk by labels. Bulk revoking
+/// can stop many services at once, so it lists what matches first and acts
+/// only with `--yes`.
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("target").required(true).args(["id", "labels"])))]
 pub struct RevokeArgs {
     /// The id of the key to revoke
-    pub id: String,
+    #[arg(conflicts_with = "labels")]
+    pub id: Option<String>,
+
+    /// Revoke every unrevoked key carrying this label (repeatable: all must
+    /// match) instead of one key by id
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+
+    /// With --label: only keys with this owner (exact match)
+    #[arg(long, value_name = "OWNER", conflicts_with = "id")]
+    pub owner: Option<String>,
 
     /// Why, for the audit log
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
+
+    /// With --label: list the keys that match and revoke nothing
+    #[arg(long, conflicts_with = "id")]
+    pub dry_run: bool,
+
+    /// With --label: really revoke the matching keys (without it, revoke
+    /// only says how many match and refuses)
+    #[arg(long, conflicts_with = "id")]
+    pub yes: bool,
 }
 
 /// Mints a key and prints it with its metadata.
@@ -151,6 +187,8 @@ pub async fn mint(args: MintArgs, global: &GlobalArgs) -> Result<ExitCode, CliEr
         owner: args.owner.unwrap_or_default(),
         description: args.description.unwrap_or_default(),
         expiry,
+        permissions: args.permissions,
+        allowed_cidrs: args.allowed_cidrs,
     };
     let mut client = admin_client(global).await?;
     let response = client
@@ -245,8 +283,10 @@ fn list_table(keys: &[pb::Key]) -> String {
                 key.prefix.clone(),
                 output::state_name(key.state),
                 dash(key.roles.join(",")),
+                dash(key.permissions.join(",")),
                 dash(key.owner.clone()),
                 dash(output::labels_text(&key.labels).replace(", ", ",")),
+                output::cidrs_text(&key.allowed_cidrs, ","),
                 output::timestamp(key.created_at.as_ref()).unwrap_or_else(|| "-".into()),
                 output::timestamp(key.expires_at.as_ref()).unwrap_or_else(|| "never".into()),
             ]
@@ -254,7 +294,16 @@ fn list_table(keys: &[pb::Key]) -> String {
         .collect();
     output::table_text(
         &[
-            "ID", "PREFIX", "STATE", "ROLES", "OWNER", "LABELS", "CREATED", "EXPIRES",
+            "ID",
+            "PREFIX",
+            "STATE",
+            "ROLES",
+            "PERMISSIONS",
+            "OWNER",
+            "LABELS",
+            "CIDRS",
+            "CREATED",
+            "EXPIRES",
         ],
         &rows,
     )
@@ -348,16 +397,29 @@ fn previous_fate(previous: &pb::Key) -> String {
     }
 }
 
-/// Revokes a key and reports when, including when it already was.
+/// Revokes one key by id, or every key matching `--label` (and `--owner`).
 ///
 /// # Errors
-/// As [`show`].
+/// As [`show`]; for bulk revoking also a repeated label with two values
+/// (usage) and [`CliError::RevokeNotConfirmed`] without `--yes`.
 pub async fn revoke(args: RevokeArgs, global: &GlobalArgs) -> Result<ExitCode, CliError> {
+    match args.id {
+        Some(id) => revoke_one(id, args.reason, global).await,
+        None => revoke_bulk(args, global).await,
+    }
+}
+
+/// Revokes a key and reports when, including when it already was.
+async fn revoke_one(
+    id: String,
+    reason: Option<String>,
+    global: &GlobalArgs,
+) -> Result<ExitCode, CliError> {
     let mut client = admin_client(global).await?;
     let response = client
         .revoke_key(pb::RevokeKeyRequest {
-            id: args.id,
-            reason: args.reason.unwrap_or_default(),
+            id,
+            reason: reason.unwrap_or_default(),
         })
         .await
         .map_err(|status| CliError::from_status(status, &global.server))?
@@ -390,6 +452,116 @@ pub async fn revoke(args: RevokeArgs, global: &GlobalArgs) -> Result<ExitCode, C
     Ok(ExitCode::SUCCESS)
 }
 
+/// Revokes every key matching the labels (and owner), in three steps that
+/// make a slip hard: a dry run first, which says how many keys match; then
+/// nothing more unless `--yes` (and not `--dry-run`) was given; then the real
+/// revocation, which reports the keys it revoked (a key minted or revoked in
+/// between may make that differ from the dry run).
+async fn revoke_bulk(args: RevokeArgs, global: &GlobalArgs) -> Result<ExitCode, CliError> {
+    let labels = label_map(args.labels)?;
+    let request = pb::RevokeKeysRequest {
+        labels: labels.into_iter().collect(),
+        owner: args.owner.unwrap_or_default(),
+        reason: args.reason.unwrap_or_default(),
+        dry_run: true,
+    };
+    let mut client = admin_client(global).await?;
+
+    let matching = revoke_keys(&mut client, request.clone(), global).await?;
+    let table = global.output == OutputFormat::Table;
+    if matching.is_empty() {
+        if table {
+            output::print("Nothing to revoke: no keys match.\n")?;
+        } else {
+            output::print_json(&bulk_revoke_json(args.dry_run, &[]))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.dry_run {
+        if table {
+            output::print(&format!(
+                "{} would be revoked (dry run, nothing changed):\n{}",
+                output::count_keys(matching.len()),
+                id_lines(&matching)
+            ))?;
+        } else {
+            output::print_json(&bulk_revoke_json(true, &matching))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !args.yes {
+        if table {
+            // Which keys, so the operator can check before passing --yes.
+            output::print(&format!(
+                "{} {}:\n{}",
+                output::count_keys(matching.len()),
+                if matching.len() == 1 {
+                    "matches"
+                } else {
+                    "match"
+                },
+                id_lines(&matching)
+            ))?;
+        }
+        return Err(CliError::RevokeNotConfirmed {
+            count: matching.len(),
+        });
+    }
+
+    let revoked = revoke_keys(
+        &mut client,
+        pb::RevokeKeysRequest {
+            dry_run: false,
+            ..request
+        },
+        global,
+    )
+    .await?;
+    if table {
+        output::print(&if revoked.is_empty() {
+            // Every match was revoked by someone else in between.
+            "Revoked no keys: none match any more.\n".to_owned()
+        } else {
+            format!(
+                "Revoked {}:\n{}",
+                output::count_keys(revoked.len()),
+                id_lines(&revoked)
+            )
+        })?;
+    } else {
+        output::print_json(&bulk_revoke_json(false, &revoked))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn revoke_keys(
+    client: &mut AdminClient,
+    request: pb::RevokeKeysRequest,
+    global: &GlobalArgs,
+) -> Result<Vec<String>, CliError> {
+    Ok(client
+        .revoke_keys(request)
+        .await
+        .map_err(|status| CliError::from_status(status, &global.server))?
+        .into_inner()
+        .key_ids)
+}
+
+/// The JSON report of a bulk revoke: `key_ids` are the keys revoked, or
+/// with `dry_run` the keys that would be.
+fn bulk_revoke_json(dry_run: bool, key_ids: &[String]) -> Value {
+    serde_json::json!({
+        "dry_run": dry_run,
+        "count": key_ids.len(),
+        "key_ids": key_ids,
+    })
+}
+
+/// Key ids, one indented line each.
+fn id_lines(ids: &[String]) -> String {
+    ids.iter().map(|id| format!("  {id}\n")).collect()
+}
+
 /// Collects `--label` values, refusing one key given with two values (which
 /// one was meant cannot be guessed).
 fn label_map(labels: Vec<(String, String)>) -> Result<HashMap<String, String>, CliError> {
@@ -406,7 +578,9 @@ fn label_map(labels: Vec<(String, String)>) -> Result<HashMap<String, String>, C
     Ok(map)
 }
 
-fn proto_duration(duration: Duration, flag: &str) -> Result<prost_types::Duration, CliError> {
+/// `duration` for the wire; one too long for protobuf is a usage error
+/// naming `flag`.
+pub fn proto_duration(duration: Duration, flag: &str) -> Result<prost_types::Duration, CliError> {
     prost_types::Duration::try_from(duration)
         .map_err(|_| CliError::Usage(format!("{flag} is too long")))
 }
@@ -458,26 +632,69 @@ mod tests {
             state: pb::KeyState::Active as i32,
             ..Default::default()
         };
-        let text = list_table(&[key]);
-        let mut lines = text.lines();
+        let ci = pb::Key {
+            id: "ZyXwVuTsRqP".into(),
+            prefix: "ci".into(),
+            permissions: vec!["deploy:read".into(), "deploy:write".into()],
+            allowed_cidrs: vec!["10.0.0.0/8".into(), "2001:db8::/32".into()],
+            state: pb::KeyState::Active as i32,
+            ..Default::default()
+        };
+        let text = list_table(&[key, ci]);
+        let rows: Vec<Vec<&str>> = text
+            .lines()
+            .map(|line| line.split_whitespace().collect())
+            .collect();
         assert_eq!(
-            lines.next().unwrap().split_whitespace().collect::<Vec<_>>(),
+            rows,
             [
-                "ID", "PREFIX", "STATE", "ROLES", "OWNER", "LABELS", "CREATED", "EXPIRES"
+                &[
+                    "ID",
+                    "PREFIX",
+                    "STATE",
+                    "ROLES",
+                    "PERMISSIONS",
+                    "OWNER",
+                    "LABELS",
+                    "CIDRS",
+                    "CREATED",
+                    "EXPIRES"
+                ][..],
+                &[
+                    "AbCdEfGhIjK",
+                    "kw",
+                    "active",
+                    "admin",
+                    "-",
+                    "-",
+                    "-",
+                    "any",
+                    "-",
+                    "never"
+                ],
+                &[
+                    "ZyXwVuTsRqP",
+                    "ci",
+                    "active",
+                    "-",
+                    "deploy:read,deploy:write",
+                    "-",
+                    "-",
+                    "10.0.0.0/8,2001:db8::/32",
+                    "-",
+                    "never"
+                ],
             ]
         );
+    }
+
+    #[test]
+    fn bulk_revoke_json_and_id_lines() {
+        let ids = vec!["AbCdEfGhIjK".to_owned(), "ZyXwVuTsRqP".to_owned()];
         assert_eq!(
-            lines.next().unwrap().split_whitespace().collect::<Vec<_>>(),
-            [
-                "AbCdEfGhIjK",
-                "kw",
-                "active",
-                "admin",
-                "-",
-                "-",
-                "-",
-                "never"
-            ]
+            bulk_revoke_json(true, &ids),
+            serde_json::json!({"dry_run": true, "count": 2, "key_ids": ids})
         );
+        assert_eq!(id_lines(&ids), "  AbCdEfGhIjK\n  ZyXwVuTsRqP\n");
     }
 }

@@ -1,9 +1,12 @@
 //! The verbs, one module per group: [`init`] works on the database directly;
-//! [`keys`] (mint, list, show, rotate, revoke) uses the admin API; [`verify`]
-//! uses the data plane, as a backend server would.
+//! [`keys`] (mint, list, show, rotate, revoke), [`roles`] (`role ...`) and
+//! [`audit`] use the admin API; [`verify`] uses the data plane, as a backend
+//! server would.
 
+pub mod audit;
 pub mod init;
 pub mod keys;
+pub mod roles;
 pub mod verify;
 
 use std::process::ExitCode;
@@ -28,5 +31,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Rotate(args) => keys::rotate(args, global).await,
         Command::Revoke(args) => keys::revoke(args, global).await,
         Command::Verify(args) => verify::run(args, global).await,
+        Command::Role(command) => roles::run(command, global).await,
+        Command::Audit(args) => audit::run(args, global).await,
     }
 }

@@ -7,6 +7,7 @@
 
 use std::{
     io::{self, IsTerminal as _, Read as _},
+    net::IpAddr,
     process::ExitCode,
 };
 
@@ -32,6 +33,12 @@ pub struct VerifyArgs {
     /// (repeatable); one it lacks makes the answer FORBIDDEN
     #[arg(long = "permission", value_name = "PERMISSION")]
     pub permissions: Vec<String>,
+
+    /// The address the request came from, as a backend would pass it, e.g.
+    /// `10.1.2.3` or `2001:db8::1`. A key minted with --allow-cidr is
+    /// FORBIDDEN without it or from outside its ranges
+    #[arg(long, value_name = "IP")]
+    pub client_ip: Option<IpAddr>,
 }
 
 /// Validates the key on stdin; exit code 0 when it is valid, 1 when not.
@@ -46,6 +53,7 @@ pub async fn run(args: VerifyArgs, global: &GlobalArgs) -> Result<ExitCode, CliE
         .validate(pb::ValidateRequest {
             key,
             required_permissions: args.permissions,
+            client_ip: args.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
         })
         .await
         .map_err(|status| CliError::from_status(status, &global.server))?

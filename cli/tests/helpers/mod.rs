@@ -1,6 +1,9 @@
 //! Test harness: the real keyward server in-process on port 0 with a fresh
 //! SQLite database, and the real `keywardctl` binary run against it.
 
+// Each test file is its own crate and uses only part of this module.
+#![allow(dead_code)]
+
 use std::{
     path::{Path, PathBuf},
     time::Duration,
@@ -232,6 +235,23 @@ impl Drop for TestServer {
                 .block_on(async { tokio::time::timeout(Duration::from_secs(5), task).await });
         }
     }
+}
+
+/// The value of `name` in `name  value` output, if present.
+pub fn field<'a>(stdout: &'a str, name: &str) -> Option<&'a str> {
+    let prefix = format!("{name}  ");
+    stdout
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .map(str::trim)
+}
+
+/// The cells of each line of a table (cells hold no spaces in these tests).
+pub fn table_rows(stdout: &str) -> Vec<Vec<&str>> {
+    stdout
+        .lines()
+        .map(|line| line.split_whitespace().collect())
+        .collect()
 }
 
 /// The key in a bootstrap file (key text and a newline), or "" if none.
