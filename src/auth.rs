@@ -2,7 +2,7 @@
 //! caller's own key as `authorization: Bearer <key>`, checked by the same
 //! pipeline as Validate, from the address the connection comes from.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, time::Duration};
 
 use tonic::{Request, metadata::MetadataMap};
 
@@ -59,8 +59,9 @@ impl Caller {
 /// # Errors
 /// `Unauthenticated` when the credential is missing or not a live key;
 /// `PermissionDenied` when it lacks the permission or its allow-list excludes
-/// the connection's address. Neither echoes the key.
-pub fn authenticate<T>(
+/// the connection's address; `ResourceExhausted` when the caller's key is
+/// over its rate limit. None echoes the key.
+pub async fn authenticate<T: Sync>(
     request: &Request<T>,
     validator: &Validator,
     needed: &Permission,
@@ -69,9 +70,23 @@ pub fn authenticate<T>(
     let checks = Checks {
         required: &[],
         client_ip: request.remote_addr().map(|addr| addr.ip()),
+        skip_rate_limit: true,
     };
-    let grant = match validator.validate(token, checks) {
+    let outcome = validator
+        .validate(token, checks)
+        .await
+        .map_err(ServiceError::from)?;
+    let grant = match outcome {
         Outcome::Valid(grant) => grant,
+        Outcome::RateLimited { grant, retry_after } => {
+            tracing::info!(caller = %grant.key.id, ?retry_after, "caller rate limited");
+            return Err(ServiceError::ResourceExhausted(format!(
+                "the caller's key is over its rate limit; retry in {}",
+                humantime::format_duration(Duration::from_millis(
+                    u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX)
+                ))
+            )));
+        }
         Outcome::Forbidden { grant, denied } => {
             tracing::info!(caller = %grant.key.id, %denied, "caller refused");
             return Err(ServiceError::PermissionDenied(caller_denied(&denied)));

@@ -65,6 +65,7 @@ pub fn builtin_roles(now: Timestamp) -> Vec<Role> {
         description: description.to_owned(),
         permissions: [permission.parse().expect("built-in permission")].into(),
         max_ttl: None,
+        rate_limit: None,
         builtin: true,
         created_at: now,
         updated_at: now,
@@ -112,6 +113,8 @@ pub async fn initialize(
             owner: String::new(),
             description: "first admin key, created at initialisation".to_owned(),
             expires_at: None,
+            rate_limit: None,
+            max_uses: None,
         },
         created_by: None,
     };

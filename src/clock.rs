@@ -4,10 +4,10 @@
 use std::{
     fmt,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicI64, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 /// A point in time: milliseconds since the Unix epoch, UTC. Stored as a
@@ -74,8 +74,12 @@ impl fmt::Display for Timestamp {
 
 /// A source of "now".
 pub trait Clock: Send + Sync + 'static {
-    /// The current time.
+    /// The current wall-clock time: for expiry, grace periods, records.
     fn now(&self) -> Timestamp;
+
+    /// Time elapsed since a fixed point, never going back: for rate limits,
+    /// which a wall-clock step must not refill or drain.
+    fn monotonic(&self) -> Duration;
 }
 
 /// The wall clock.
@@ -86,29 +90,45 @@ impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
         Timestamp::from_system_time(SystemTime::now())
     }
+
+    fn monotonic(&self) -> Duration {
+        static ORIGIN: OnceLock<Instant> = OnceLock::new();
+        ORIGIN.get_or_init(Instant::now).elapsed()
+    }
 }
 
-/// A clock that moves only when told to, for tests of expiry and grace
-/// periods. Clones share the same time.
+/// A clock that moves only when told to, for tests of expiry, grace periods
+/// and rate limits. Clones share the same time.
 #[derive(Debug, Clone)]
-pub struct ManualClock(Arc<AtomicI64>);
+pub struct ManualClock {
+    now: Arc<AtomicI64>,
+    start: i64,
+}
 
 impl ManualClock {
     /// A clock stopped at the current wall-clock time.
     pub fn starting_now() -> Self {
-        Self(Arc::new(AtomicI64::new(SystemClock.now().as_millis())))
+        let start = SystemClock.now().as_millis();
+        Self {
+            now: Arc::new(AtomicI64::new(start)),
+            start,
+        }
     }
 
     /// Moves the clock forward.
     pub fn advance(&self, by: Duration) {
         let millis = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
-        self.0.fetch_add(millis, Ordering::SeqCst);
+        self.now.fetch_add(millis, Ordering::SeqCst);
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> Timestamp {
-        Timestamp(self.0.load(Ordering::SeqCst))
+        Timestamp(self.now.load(Ordering::SeqCst))
+    }
+
+    fn monotonic(&self) -> Duration {
+        Timestamp(self.start).until(self.now())
     }
 }
 

@@ -1,11 +1,14 @@
 //! Command-line and environment configuration of the `keyward` binary.
 //! Precedence: built-in defaults < `KEYWARD_*` environment < flags.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 
-use crate::server::Settings;
+use crate::{
+    rate_limit::{InvalidRateLimit, RateLimit},
+    server::Settings,
+};
 
 /// keyward: an API-key service for machine-to-machine access.
 ///
@@ -59,14 +62,48 @@ pub struct ServeArgs {
         value_name = "PATH"
     )]
     pub bootstrap_key_file: PathBuf,
+
+    /// Rate limit for keys with none of their own and none from a role:
+    /// N/s, N/m or N/h. Default: no limit.
+    #[arg(long, env = "KEYWARD_DEFAULT_RATE", value_name = "RATE", value_parser = parse_rate)]
+    pub default_rate: Option<RateLimit>,
+
+    /// Burst allowed by --default-rate (default: N, the rate's count).
+    #[arg(long, env = "KEYWARD_DEFAULT_BURST", value_name = "B", requires = "default_rate", value_parser = clap::value_parser!(u32).range(1..))]
+    pub default_burst: Option<u32>,
+
+    /// How often last-used times and use counts are written to the database
+    /// (each key at most once per interval; also on shutdown), e.g. 10s.
+    #[arg(long, env = "KEYWARD_USAGE_FLUSH_INTERVAL", value_name = "DURATION", default_value = "10s", value_parser = parse_interval)]
+    pub usage_flush_interval: Duration,
+}
+
+fn parse_rate(text: &str) -> Result<RateLimit, InvalidRateLimit> {
+    text.parse()
+}
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(interval) if interval.is_zero() => Err("must be longer than zero".to_owned()),
+        Ok(interval) => Ok(interval),
+        Err(error) => Err(format!("{error} (expected e.g. 10s or 1m)")),
+    }
 }
 
 impl From<ServeArgs> for Settings {
     fn from(args: ServeArgs) -> Self {
+        let default_rate_limit = args.default_rate.map(|rate| match args.default_burst {
+            Some(burst) => {
+                RateLimit::new(rate.requests(), rate.per(), burst).expect("burst checked by clap")
+            }
+            None => rate,
+        });
         Self {
             listen: args.listen,
             database_url: args.database_url,
             bootstrap_key_file: args.bootstrap_key_file,
+            default_rate_limit,
+            usage_flush_interval: args.usage_flush_interval,
         }
     }
 }
@@ -87,5 +124,36 @@ mod tests {
         let Command::Serve(args) = Cli::try_parse_from(["keyward", "serve"]).unwrap().command;
         assert_eq!(args.listen, "127.0.0.1:50051".parse().unwrap());
         assert_eq!(args.database_url, "sqlite://keyward.db");
+        let settings = Settings::from(args);
+        assert!(settings.default_rate_limit.is_none());
+        assert_eq!(settings.usage_flush_interval, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn rates_are_parsed_with_their_burst() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["keyward", "serve"];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv).map(|cli| {
+                let Command::Serve(args) = cli.command;
+                Settings::from(args).default_rate_limit
+            })
+        };
+        assert_eq!(
+            parse(&["--default-rate", "100/s"]).unwrap(),
+            "100/s".parse().ok()
+        );
+        assert_eq!(
+            parse(&["--default-rate", "100/s", "--default-burst", "10"]).unwrap(),
+            RateLimit::new(100, Duration::from_secs(1), 10).ok()
+        );
+        for bad in [
+            &["--default-rate", "0/s"][..],
+            &["--default-rate", "5/fortnight"],
+            &["--default-rate", "5/s", "--default-burst", "0"],
+            &["--default-burst", "5"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -36,6 +36,12 @@ pub enum ServiceError {
     /// The target's state forbids the change.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The caller's own key is over its rate limit.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// The database cannot be reached; retrying later may succeed.
+    #[error("the database is unavailable; try again: {0}")]
+    Unavailable(String),
     /// Anything keyward did not expect; details go to the log only.
     #[error("internal error")]
     Internal(String),
@@ -61,6 +67,9 @@ impl From<StoreError> for ServiceError {
             | StoreError::AlreadyInitialized
             | StoreError::BuiltinRole(_)
             | StoreError::RoleInUse { .. } => Self::FailedPrecondition(error.to_string()),
+            StoreError::Database(
+                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_),
+            ) => Self::Unavailable(error.to_string()),
             other => Self::Internal(other.to_string()),
         }
     }
@@ -74,6 +83,8 @@ impl From<ServiceError> for Status {
             ServiceError::PermissionDenied(_) => Code::PermissionDenied,
             ServiceError::NotFound(_) => Code::NotFound,
             ServiceError::FailedPrecondition(_) => Code::FailedPrecondition,
+            ServiceError::ResourceExhausted(_) => Code::ResourceExhausted,
+            ServiceError::Unavailable(_) => Code::Unavailable,
             ServiceError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 Code::Internal
@@ -114,6 +125,16 @@ mod tests {
                 ServiceError::FailedPrecondition("no".into()),
                 Code::FailedPrecondition,
                 "no",
+            ),
+            (
+                ServiceError::ResourceExhausted("slow down".into()),
+                Code::ResourceExhausted,
+                "slow down",
+            ),
+            (
+                ServiceError::Unavailable("pool timed out".into()),
+                Code::Unavailable,
+                "the database is unavailable; try again: pool timed out",
             ),
             (
                 ServiceError::Internal("disk on fire".into()),

@@ -14,13 +14,26 @@ use crate::{
     key::KeyId,
     model::{Change, IndexedKey, Role},
     permission::{Permission, RoleName},
+    rate_limit::RateLimit,
     store::Snapshot,
+    usage::UsageDelta,
 };
 
 #[derive(Debug, Default)]
 struct State {
     keys: HashMap<KeyId, Arc<IndexedKey>>,
     roles: HashMap<RoleName, Role>,
+    /// Usage counted for keys since removed, waiting for the next flush.
+    retired_usage: Vec<UsageDelta>,
+}
+
+/// What a key's roles give it, read in one go.
+#[derive(Debug)]
+pub struct Entitlements {
+    /// The key's own permissions plus its roles', sorted, without duplicates.
+    pub permissions: Vec<Permission>,
+    /// The strictest default rate limit among its roles.
+    pub role_rate_limit: Option<RateLimit>,
 }
 
 /// Keys by id and roles by name, behind one reader-writer lock: validations
@@ -44,7 +57,11 @@ impl Index {
             .map(|role| (role.name.clone(), role))
             .collect();
         Self {
-            state: RwLock::new(State { keys, roles }),
+            state: RwLock::new(State {
+                keys,
+                roles,
+                retired_usage: Vec::new(),
+            }),
         }
     }
 
@@ -54,10 +71,18 @@ impl Index {
         for change in changes {
             match change {
                 Change::KeyUpserted(key) => {
-                    state.keys.insert(key.id, key);
+                    if let Some(previous) = state.keys.insert(key.id, key.clone())
+                        && let Some(pending) = previous.usage.take(key.id)
+                    {
+                        key.usage.restore(&pending);
+                    }
                 }
                 Change::KeyRemoved(id) => {
-                    state.keys.remove(&id);
+                    if let Some(removed) = state.keys.remove(&id)
+                        && let Some(pending) = removed.usage.take(id)
+                    {
+                        state.retired_usage.push(pending);
+                    }
                 }
                 Change::RoleUpserted(role) => {
                     state.roles.insert(role.name.clone(), role);
@@ -74,21 +99,50 @@ impl Index {
         self.read().keys.get(&id).cloned()
     }
 
-    /// The key's effective permissions: its own plus the union of its roles',
-    /// read at call time so a role change applies to the very next validation.
-    pub fn permissions_of(&self, key: &IndexedKey) -> Vec<Permission> {
+    /// The key's effective permissions (its own plus the union of its
+    /// roles') and its roles' rate limit, read at call time so a role change
+    /// applies to the very next validation.
+    pub fn entitlements(&self, key: &IndexedKey) -> Entitlements {
         let state = self.read();
-        let mut permissions: Vec<Permission> = key
-            .roles
-            .iter()
-            .filter_map(|name| state.roles.get(name))
+        let roles = || key.roles.iter().filter_map(|name| state.roles.get(name));
+        let mut permissions: Vec<Permission> = roles()
             .flat_map(|role| role.permissions.iter())
             .chain(key.permissions.iter())
             .cloned()
             .collect();
         permissions.sort_unstable();
         permissions.dedup();
-        permissions
+        let role_rate_limit = roles()
+            .filter_map(|role| role.rate_limit)
+            .min_by(|a, b| a.per_second().total_cmp(&b.per_second()));
+        Entitlements {
+            permissions,
+            role_rate_limit,
+        }
+    }
+
+    /// Takes the usage counted since the last call, for the store.
+    pub fn take_usage(&self) -> Vec<UsageDelta> {
+        let mut state = self.write();
+        let mut deltas = std::mem::take(&mut state.retired_usage);
+        deltas.extend(
+            state
+                .keys
+                .iter()
+                .filter_map(|(id, key)| key.usage.take(*id)),
+        );
+        deltas
+    }
+
+    /// Gives back usage the store could not take, for the next flush.
+    pub fn restore_usage(&self, deltas: Vec<UsageDelta>) {
+        let mut state = self.write();
+        for delta in deltas {
+            match state.keys.get(&delta.key) {
+                Some(key) => key.usage.restore(&delta),
+                None => state.retired_usage.push(delta),
+            }
+        }
     }
 
     /// The role with this name, if it exists.
@@ -154,6 +208,8 @@ pub(crate) mod tests {
                 owner: String::new(),
                 description: String::new(),
                 expires_at: None,
+                rate_limit: None,
+                max_uses: None,
             },
             created_at: Timestamp::from_millis(0),
             created_by: None,
@@ -161,6 +217,9 @@ pub(crate) mod tests {
             revoke_reason: None,
             rotated_from: None,
             rotated_to: None,
+            uses_remaining: None,
+            last_used_at: None,
+            use_count: 0,
         }
     }
 
@@ -170,6 +229,7 @@ pub(crate) mod tests {
             description: String::new(),
             permissions: permissions.iter().map(|p| p.parse().unwrap()).collect(),
             max_ttl: None,
+            rate_limit: None,
             builtin: false,
             created_at: Timestamp::from_millis(0),
             updated_at: Timestamp::from_millis(0),
@@ -187,7 +247,7 @@ pub(crate) mod tests {
         ]);
         let key = index.get(minted.id).unwrap();
         assert_eq!(
-            index.permissions_of(&key),
+            index.entitlements(&key).permissions,
             vec!["deploy:*".parse().unwrap()]
         );
 
@@ -196,7 +256,7 @@ pub(crate) mod tests {
             &["build:read", "build:read"],
         ))]);
         assert_eq!(
-            index.permissions_of(&key),
+            index.entitlements(&key).permissions,
             vec!["build:read".parse().unwrap()]
         );
 
@@ -207,6 +267,58 @@ pub(crate) mod tests {
         assert!(index.get(minted.id).is_none());
         assert!(index.is_empty());
         assert!(index.role(&"ci".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn usage_survives_replacement_and_removal() {
+        let minted = MintedKey::generate(&Prefix::default()).unwrap();
+        let index = Index::default();
+        let entry = || Arc::new(IndexedKey::new(&record(&minted, &[]), minted.digest));
+        index.apply([Change::KeyUpserted(entry())]);
+        index
+            .get(minted.id)
+            .unwrap()
+            .usage
+            .record(Timestamp::from_millis(5));
+        index.apply([Change::KeyUpserted(entry())]);
+        index
+            .get(minted.id)
+            .unwrap()
+            .usage
+            .record(Timestamp::from_millis(6));
+        index.apply([Change::KeyRemoved(minted.id)]);
+        let deltas = index.take_usage();
+        assert_eq!(deltas.len(), 1);
+        assert_eq!(
+            (deltas[0].uses, deltas[0].last_used_at),
+            (2, Timestamp::from_millis(6))
+        );
+        assert!(index.take_usage().is_empty());
+        index.restore_usage(deltas.clone());
+        assert_eq!(index.take_usage(), deltas);
+    }
+
+    #[test]
+    fn roles_give_their_strictest_rate_limit() {
+        let minted = MintedKey::generate(&Prefix::default()).unwrap();
+        let index = Index::default();
+        let mut fast = role("fast", &["a:b"]);
+        fast.rate_limit = Some("100/s".parse().unwrap());
+        let mut slow = role("slow", &["c:d"]);
+        slow.rate_limit = Some("60/m".parse().unwrap());
+        let key = Arc::new(IndexedKey::new(
+            &record(&minted, &["fast", "slow"]),
+            minted.digest,
+        ));
+        index.apply([
+            Change::RoleUpserted(fast),
+            Change::RoleUpserted(slow),
+            Change::KeyUpserted(key.clone()),
+        ]);
+        assert_eq!(
+            index.entitlements(&key).role_rate_limit,
+            Some("60/m".parse().unwrap())
+        );
     }
 
     #[test]

@@ -138,6 +138,11 @@ impl KeyId {
         getrandom::u64().map(Self)
     }
 
+    /// An id from its numeric value (for tests and benchmarks).
+    pub const fn from_u64(value: u64) -> Self {
+        Self(value)
+    }
+
     fn to_chars(self) -> [u8; WORD_CHARS] {
         encode_word(self.0)
     }

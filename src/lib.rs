@@ -15,7 +15,9 @@
 //! | [`clock`] | time as a parameter (wall clock, manual clock for tests) |
 //! | [`store`] | SQLite persistence; every write is one transaction with its audit record |
 //! | [`index`] | the in-memory index of live keys and roles, changed only by [`model::Change`]s |
-//! | [`validate`] | the security core: parse → look up → verify → state → authorize |
+//! | [`validate`] | the security core: parse → look up → verify → state → rate-limit → authorize → use cap |
+//! | [`rate_limit`] | per-key GCRA limits (governor), idle state reclaimed |
+//! | [`usage`] | last-used and use counts, batched off the hot path |
 //! | [`auth`] | caller authentication from `authorization: Bearer` metadata; no-escalation rule |
 //! | [`lifecycle`] | mint, get, list, rotate, revoke; roles; audit queries |
 //! | [`bootstrap`] | first run: built-in roles and the first admin key |
@@ -36,10 +38,12 @@ pub mod key;
 pub mod lifecycle;
 pub mod model;
 pub mod permission;
+pub mod rate_limit;
 pub mod server;
 pub mod service;
 pub mod store;
 pub mod telemetry;
+pub mod usage;
 pub mod validate;
 
 /// Generated code for the `keyward.v1` protobuf package (`proto/keyward/v1`).

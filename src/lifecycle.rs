@@ -16,6 +16,7 @@ use crate::{
     key::{KeyId, MintedKey, PlaintextKey, Prefix},
     model::{Change, IndexedKey, KeyRecord, KeySettings, Labels, Role},
     permission::{Permission, RoleName},
+    rate_limit::RateLimit,
     store::{
         AuditPage, AuditQuery, KeyPage, KeyQuery, NewKey, Revocation, RoleUpdate, Rotation, Store,
         StoreError,
@@ -42,6 +43,8 @@ pub struct MintRequest {
     pub owner: String,
     pub description: String,
     pub expiry: Expiry,
+    pub rate_limit: Option<RateLimit>,
+    pub max_uses: Option<u64>,
 }
 
 /// A checked request to create a role.
@@ -51,6 +54,7 @@ pub struct NewRole {
     pub description: String,
     pub permissions: Vec<Permission>,
     pub max_ttl: Option<Duration>,
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// A new key and its plaintext, shown once.
@@ -148,6 +152,8 @@ impl Lifecycle {
             owner: request.owner,
             description: request.description,
             expires_at,
+            rate_limit: request.rate_limit,
+            max_uses: request.max_uses,
         };
         for _ in 0..MINT_ATTEMPTS {
             let minted = generate(&settings.prefix)?;
@@ -253,6 +259,29 @@ impl Lifecycle {
         })
     }
 
+    /// Sets or removes key `id`'s own rate limit; the next Validate applies it.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown id.
+    pub async fn update_rate_limit(
+        &self,
+        caller: &Caller,
+        id: KeyId,
+        rate_limit: Option<RateLimit>,
+    ) -> Result<KeyRecord, ServiceError> {
+        let key = self
+            .store
+            .update_rate_limit(id, rate_limit, caller.actor(), self.now())
+            .await?;
+        if let Some(entry) = self.index.get(id) {
+            let mut updated = IndexedKey::new(&key, entry.digest);
+            updated.usage = entry.usage.clone();
+            self.index.apply([Change::KeyUpserted(Arc::new(updated))]);
+        }
+        tracing::info!(key_id = %id, actor = %caller.id, "key rate limit changed");
+        Ok(key)
+    }
+
     /// Revokes key `id`; idempotent.
     ///
     /// # Errors
@@ -319,6 +348,7 @@ impl Lifecycle {
             description: new.description,
             permissions: new.permissions.into(),
             max_ttl: new.max_ttl,
+            rate_limit: new.rate_limit,
             builtin: false,
             created_at: now,
             updated_at: now,

@@ -9,6 +9,8 @@ use crate::{
     clock::Timestamp,
     key::{KeyDigest, KeyId, Prefix},
     permission::{Permission, RoleName},
+    rate_limit::RateLimit,
+    usage::KeyUsage,
 };
 
 /// Most labels one key may carry.
@@ -87,6 +89,10 @@ pub struct KeySettings {
     pub owner: String,
     pub description: String,
     pub expires_at: Option<Timestamp>,
+    /// The key's own limit; `None`: its roles' default, else the server's.
+    pub rate_limit: Option<RateLimit>,
+    /// Most validations the key may pass; `None`: no cap.
+    pub max_uses: Option<u64>,
 }
 
 /// The read model of a key: everything but the secret.
@@ -101,6 +107,11 @@ pub struct KeyRecord {
     pub revoke_reason: Option<String>,
     pub rotated_from: Option<KeyId>,
     pub rotated_to: Option<KeyId>,
+    /// Validations left, for a capped key.
+    pub uses_remaining: Option<u64>,
+    /// As last flushed from memory.
+    pub last_used_at: Option<Timestamp>,
+    pub use_count: u64,
 }
 
 impl KeyRecord {
@@ -139,6 +150,10 @@ pub struct IndexedKey {
     pub owner: String,
     pub expires_at: Option<Timestamp>,
     pub revoked_at: Option<Timestamp>,
+    pub rate_limit: Option<RateLimit>,
+    /// A capped key's validations each cost a durable decrement.
+    pub capped: bool,
+    pub usage: Arc<KeyUsage>,
 }
 
 impl IndexedKey {
@@ -154,6 +169,9 @@ impl IndexedKey {
             owner: record.settings.owner.clone(),
             expires_at: record.settings.expires_at,
             revoked_at: record.revoked_at,
+            rate_limit: record.settings.rate_limit,
+            capped: record.settings.max_uses.is_some(),
+            usage: Arc::default(),
         }
     }
 }
@@ -166,6 +184,8 @@ pub struct Role {
     pub permissions: Arc<[Permission]>,
     /// Longest lifetime a key holding this role may be minted with.
     pub max_ttl: Option<Duration>,
+    /// Rate limit of keys holding this role that have none of their own.
+    pub rate_limit: Option<RateLimit>,
     /// Built-in roles (`admin`, `validator`) cannot be changed or deleted.
     pub builtin: bool,
     pub created_at: Timestamp,
@@ -194,6 +214,7 @@ pub enum AuditAction {
     Initialize,
     Mint,
     Rotate,
+    Update,
     Revoke,
     RoleCreate,
     RoleUpdate,
@@ -207,6 +228,7 @@ impl AuditAction {
             Self::Initialize => "initialize",
             Self::Mint => "key.mint",
             Self::Rotate => "key.rotate",
+            Self::Update => "key.update",
             Self::Revoke => "key.revoke",
             Self::RoleCreate => "role.create",
             Self::RoleUpdate => "role.update",
@@ -295,6 +317,8 @@ mod tests {
                 owner: String::new(),
                 description: String::new(),
                 expires_at: None,
+                rate_limit: None,
+                max_uses: None,
             },
             created_at: Timestamp::from_millis(0),
             created_by: None,
@@ -302,6 +326,9 @@ mod tests {
             revoke_reason: None,
             rotated_from: None,
             rotated_to: None,
+            uses_remaining: None,
+            last_used_at: None,
+            use_count: 0,
         };
         assert_eq!(record.state(now), KeyState::Active);
         record.settings.expires_at = Some(now);

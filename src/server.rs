@@ -15,6 +15,7 @@ use crate::{
     index::Index,
     lifecycle::Lifecycle,
     pb,
+    rate_limit::RateLimit,
     service::{AdminService, KeyService},
     store::{Store, StoreError},
     validate::Validator,
@@ -29,6 +30,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How often keys past their expiry are dropped from the index.
 const EXPIRY_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
+/// How often idle rate-limiter state is reclaimed.
+const LIMITER_RECLAIM_INTERVAL: Duration = Duration::from_secs(60);
+
 /// What `keyward serve` needs to start.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -39,6 +43,24 @@ pub struct Settings {
     /// Where the first admin key is written (mode 0600) when the server
     /// initialises a new database. Never overwritten.
     pub bootstrap_key_file: PathBuf,
+    /// Rate limit of keys with none of their own or from a role.
+    pub default_rate_limit: Option<RateLimit>,
+    /// How often usage (last used, use counts) is written to the store;
+    /// each key is written at most once per interval.
+    pub usage_flush_interval: Duration,
+}
+
+impl Default for Settings {
+    /// The product defaults: `127.0.0.1:50051`, `sqlite://keyward.db`.
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            database_url: "sqlite://keyward.db".to_owned(),
+            bootstrap_key_file: PathBuf::from("keyward-admin.key"),
+            default_rate_limit: None,
+            usage_flush_interval: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Why the server could not start or stopped with an error. Each variant
@@ -67,6 +89,7 @@ pub struct Application {
     validator: Arc<Validator>,
     lifecycle: Arc<Lifecycle>,
     clock: Arc<dyn Clock>,
+    usage_flush_interval: Duration,
 }
 
 impl Application {
@@ -117,7 +140,11 @@ impl Application {
             store.load_snapshot(clock.now()).await?,
         ));
         tracing::info!(keys = index.len(), "index loaded");
-        let validator = Arc::new(Validator::new(index.clone(), clock.clone()));
+        let validator = Arc::new(
+            Validator::new(index.clone(), clock.clone())
+                .with_default_rate_limit(settings.default_rate_limit)
+                .with_store(store.clone()),
+        );
         let lifecycle = Arc::new(Lifecycle::new(store.clone(), index.clone(), clock.clone()));
         Ok(Self {
             listener,
@@ -127,6 +154,7 @@ impl Application {
             validator,
             lifecycle,
             clock,
+            usage_flush_interval: settings.usage_flush_interval,
         })
     }
 
@@ -162,7 +190,15 @@ impl Application {
             .build_v1()
             .expect("the embedded descriptor sets are valid");
 
-        let sweeper = tokio::spawn(sweep_expired(self.index.clone(), self.clock.clone()));
+        let background = [
+            tokio::spawn(sweep_expired(self.index.clone(), self.clock.clone())),
+            tokio::spawn(reclaim_limiters(self.validator.clone())),
+            tokio::spawn(flush_usage_every(
+                self.usage_flush_interval,
+                self.index.clone(),
+                self.store.clone(),
+            )),
+        ];
         let requested = Arc::new(tokio::sync::Notify::new());
         let shutdown = {
             let requested = requested.clone();
@@ -192,10 +228,48 @@ impl Application {
                 Ok(())
             }
         };
-        sweeper.abort();
+        for task in background {
+            task.abort();
+        }
+        // Usage counted up to the last request is kept.
+        flush_usage(&self.index, &self.store).await;
         self.store.close().await;
         tracing::info!("keyward stopped");
         Ok(served?)
+    }
+}
+
+async fn reclaim_limiters(validator: Arc<Validator>) {
+    let mut ticks = tokio::time::interval(LIMITER_RECLAIM_INTERVAL);
+    loop {
+        ticks.tick().await;
+        let kept = validator.limiters().reclaim_idle();
+        tracing::debug!(kept, "idle rate-limiter state reclaimed");
+    }
+}
+
+async fn flush_usage_every(interval: Duration, index: Arc<Index>, store: Arc<Store>) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        flush_usage(&index, &store).await;
+    }
+}
+
+/// Writes the usage counted since the last flush; on failure keeps it for
+/// the next one.
+async fn flush_usage(index: &Index, store: &Store) {
+    let deltas = index.take_usage();
+    if deltas.is_empty() {
+        return;
+    }
+    match store.record_usage(&deltas).await {
+        Ok(()) => tracing::debug!(keys = deltas.len(), "usage flushed"),
+        Err(error) => {
+            tracing::warn!(%error, keys = deltas.len(), "cannot write usage; keeping it for the next flush");
+            index.restore_usage(deltas);
+        }
     }
 }
 

@@ -33,6 +33,8 @@ use crate::{
     key::{KeyDigest, KeyId, Prefix},
     model::{Actor, AuditAction, AuditRecord, KeyRecord, KeySettings, KeyState, Labels, Role},
     permission::{Permission, RoleName},
+    rate_limit::RateLimit,
+    usage::UsageDelta,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -146,6 +148,8 @@ pub struct RoleUpdate {
     pub description: Option<String>,
     /// `Some(None)` removes the cap.
     pub max_ttl: Option<Option<Duration>>,
+    /// `Some(None)` removes the default rate limit.
+    pub rate_limit: Option<Option<RateLimit>>,
 }
 
 /// Filters and position for [`Store::list_audit`].
@@ -282,7 +286,7 @@ impl Store {
         self.count();
         let mut conn = self.pool.acquire().await?;
         let rows = sqlx::query(
-            "SELECT * FROM api_keys WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)",
+            "SELECT * FROM api_keys WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?) AND (uses_remaining IS NULL OR uses_remaining > 0)",
         )
         .bind(now.as_millis())
         .fetch_all(&mut *conn)
@@ -787,6 +791,91 @@ impl Store {
             next_before_seq,
         })
     }
+
+    /// Spends one use of capped key `id`, durably, with a conditional update
+    /// (never read-modify-write), so concurrent validations never exceed the
+    /// cap. Returns the uses left, or `None` when none were left.
+    ///
+    /// # Errors
+    /// On a database failure; the use is then not granted.
+    pub async fn consume_use(&self, id: KeyId) -> Result<Option<u64>, StoreError> {
+        self.count();
+        let row = sqlx::query(
+            "UPDATE api_keys SET uses_remaining = uses_remaining - 1
+             WHERE id = ? AND uses_remaining > 0 AND revoked_at IS NULL
+             RETURNING uses_remaining",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| Ok(row.try_get::<i64, _>("uses_remaining")?.unsigned_abs()))
+            .transpose()
+    }
+
+    /// Adds batched usage to the keys' records, in one transaction.
+    ///
+    /// # Errors
+    /// On a database failure; nothing is written then.
+    pub async fn record_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError> {
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        self.count();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for delta in deltas {
+            sqlx::query(
+                "UPDATE api_keys SET use_count = use_count + ?,
+                                     last_used_at = MAX(COALESCE(last_used_at, 0), ?)
+                 WHERE id = ?",
+            )
+            .bind(count_to_i64(delta.uses))
+            .bind(delta.last_used_at.as_millis())
+            .bind(delta.key.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Sets (or with `None` removes) key `id`'s own rate limit.
+    ///
+    /// # Errors
+    /// [`StoreError::KeyNotFound`] for an unknown id.
+    pub async fn update_rate_limit(
+        &self,
+        id: KeyId,
+        rate_limit: Option<RateLimit>,
+        actor: Actor,
+        now: Timestamp,
+    ) -> Result<KeyRecord, StoreError> {
+        self.count();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut key = fetch_key(&mut tx, id).await?;
+        sqlx::query("UPDATE api_keys SET rate_requests = ?, rate_period_ms = ?, rate_burst = ? WHERE id = ?")
+            .bind(rate_limit.map(|l| i64::from(l.requests())))
+            .bind(rate_limit.map(|l| duration_millis(l.per())))
+            .bind(rate_limit.map(|l| i64::from(l.burst())))
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        let detail = match rate_limit {
+            Some(limit) => format!("rate limit {limit}"),
+            None => "rate limit removed".to_owned(),
+        };
+        append_audit(
+            &mut tx,
+            now,
+            actor,
+            AuditAction::Update,
+            Some(&id.to_string()),
+            Some(&detail),
+        )
+        .await?;
+        tx.commit().await?;
+        key.settings.rate_limit = rate_limit;
+        Ok(key)
+    }
 }
 
 /// Adds `AND` clauses matching keys (aliased `k`) that carry every label.
@@ -837,8 +926,9 @@ fn create_private_file(path: &Path) -> Result<(), StoreError> {
 /// Inserts `role`; `Ok(false)` when a role of that name exists.
 async fn insert_role(conn: &mut SqliteConnection, role: &Role) -> Result<bool, StoreError> {
     let inserted = sqlx::query(
-        "INSERT INTO roles (name, description, builtin, max_ttl_ms, created_at, updated_at)
-         VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+        "INSERT INTO roles (name, description, builtin, max_ttl_ms, created_at, updated_at,
+                            rate_requests, rate_period_ms, rate_burst)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
     )
     .bind(role.name.as_str().to_owned())
     .bind(role.description.clone())
@@ -846,6 +936,9 @@ async fn insert_role(conn: &mut SqliteConnection, role: &Role) -> Result<bool, S
     .bind(role.max_ttl.map(duration_millis))
     .bind(role.created_at.as_millis())
     .bind(role.updated_at.as_millis())
+    .bind(role.rate_limit.map(|l| i64::from(l.requests())))
+    .bind(role.rate_limit.map(|l| duration_millis(l.per())))
+    .bind(role.rate_limit.map(|l| i64::from(l.burst())))
     .execute(&mut *conn)
     .await?;
     if inserted.rows_affected() == 0 {
@@ -873,6 +966,42 @@ fn duration_millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
+fn count_to_i64(count: u64) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
+}
+
+/// The rate limit stored in `rate_requests`, `rate_period_ms`, `rate_burst`.
+fn rate_limit_columns(
+    row: &SqliteRow,
+    table: &'static str,
+) -> Result<Option<RateLimit>, StoreError> {
+    let requests: Option<i64> = row.try_get("rate_requests")?;
+    let period: Option<i64> = row.try_get("rate_period_ms")?;
+    let burst: Option<i64> = row.try_get("rate_burst")?;
+    let corrupt = || StoreError::Corrupt {
+        table,
+        what: "rate limit",
+    };
+    match (requests, period, burst) {
+        (None, None, None) => Ok(None),
+        (Some(requests), Some(period), Some(burst)) => {
+            let requests = u32::try_from(requests).map_err(|_| corrupt())?;
+            let burst = u32::try_from(burst).map_err(|_| corrupt())?;
+            let per = Duration::from_millis(u64::try_from(period).map_err(|_| corrupt())?);
+            RateLimit::new(requests, per, burst)
+                .map(Some)
+                .map_err(|_| corrupt())
+        }
+        _ => Err(corrupt()),
+    }
+}
+
+fn optional_count(row: &SqliteRow, column: &str) -> Result<Option<u64>, StoreError> {
+    Ok(row
+        .try_get::<Option<i64>, _>(column)?
+        .map(i64::unsigned_abs))
+}
+
 async fn insert_key(
     conn: &mut SqliteConnection,
     key: NewKey,
@@ -881,8 +1010,9 @@ async fn insert_key(
 ) -> Result<KeyRecord, StoreError> {
     let id = key.id.to_string();
     let inserted = sqlx::query(
-        "INSERT INTO api_keys (id, prefix, digest, owner, description, created_at, created_by, expires_at, rotated_from)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+        "INSERT INTO api_keys (id, prefix, digest, owner, description, created_at, created_by, expires_at, rotated_from,
+                               rate_requests, rate_period_ms, rate_burst, max_uses, uses_remaining)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
     )
     .bind(id.clone())
     .bind(key.settings.prefix.as_str().to_owned())
@@ -893,6 +1023,11 @@ async fn insert_key(
     .bind(key.created_by.map(|k| k.to_string()))
     .bind(key.settings.expires_at.map(Timestamp::as_millis))
     .bind(rotated_from.map(|k| k.to_string()))
+    .bind(key.settings.rate_limit.map(|l| i64::from(l.requests())))
+    .bind(key.settings.rate_limit.map(|l| duration_millis(l.per())))
+    .bind(key.settings.rate_limit.map(|l| i64::from(l.burst())))
+    .bind(key.settings.max_uses.map(count_to_i64))
+    .bind(key.settings.max_uses.map(count_to_i64))
     .execute(&mut *conn)
     .await?;
     if inserted.rows_affected() == 0 {
@@ -943,13 +1078,16 @@ async fn insert_key(
     }
     Ok(KeyRecord {
         id: key.id,
-        settings: key.settings,
         created_at: now,
         created_by: key.created_by,
         revoked_at: None,
         revoke_reason: None,
         rotated_from,
         rotated_to: None,
+        uses_remaining: key.settings.max_uses,
+        last_used_at: None,
+        use_count: 0,
+        settings: key.settings,
     })
 }
 
@@ -1104,6 +1242,7 @@ async fn load_roles(conn: &mut SqliteConnection) -> Result<Vec<Role>, StoreError
                 max_ttl: row
                     .try_get::<Option<i64>, _>("max_ttl_ms")?
                     .map(|ms| Duration::from_millis(ms.unsigned_abs())),
+                rate_limit: rate_limit_columns(row, "roles")?,
                 builtin: row.try_get::<i64, _>("builtin")? != 0,
                 created_at: Timestamp::from_millis(row.try_get("created_at")?),
                 updated_at: Timestamp::from_millis(row.try_get("updated_at")?),
@@ -1143,6 +1282,8 @@ fn key_record(
             owner: row.try_get("owner")?,
             description: row.try_get("description")?,
             expires_at: timestamp("expires_at")?,
+            rate_limit: rate_limit_columns(row, "api_keys")?,
+            max_uses: optional_count(row, "max_uses")?,
         },
         created_at: Timestamp::from_millis(row.try_get("created_at")?),
         created_by: key_id("created_by")?,
@@ -1150,6 +1291,9 @@ fn key_record(
         revoke_reason: row.try_get("revoke_reason")?,
         rotated_from: key_id("rotated_from")?,
         rotated_to: key_id("rotated_to")?,
+        uses_remaining: optional_count(row, "uses_remaining")?,
+        last_used_at: timestamp("last_used_at")?,
+        use_count: row.try_get::<i64, _>("use_count")?.unsigned_abs(),
     })
 }
 

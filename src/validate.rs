@@ -8,22 +8,27 @@
 //!    a dummy digest when the id is unknown, so unknown ids and wrong secrets
 //!    cost the same;
 //! 4. **check state**: revoked or expired (time from the injected clock);
-//! 5. *(rate limiting will sit here: after the key is proven, so invalid
-//!    traffic cannot spend a real key's quota)*;
+//! 5. **rate-limit** the proven key (GCRA, per key): after the proof, so
+//!    invalid traffic cannot spend a real key's quota;
 //! 6. **authorize**: the client address must be in the key's CIDR allow-list
-//!    (if it has one), and every required permission must be granted.
+//!    (if it has one), and every required permission must be granted;
+//! 7. **use cap**: a key minted with `max_uses` spends one use, durably and
+//!    conditionally in the store, before the answer (the only stage that may
+//!    touch the database, and only for capped keys).
 //!
 //! The caller of the service learns only "invalid" for every failure of
 //! stages 1 to 4; [`InvalidReason`] carries the detail for the server log.
 
-use std::{fmt, net::IpAddr, sync::Arc};
+use std::{fmt, net::IpAddr, sync::Arc, time::Duration};
 
 use crate::{
     clock::{Clock, Timestamp},
     index::Index,
     key::{FormatError, KeyDigest, KeyId, ParsedKey},
-    model::IndexedKey,
+    model::{Change, IndexedKey},
     permission::Permission,
+    rate_limit::{Admission, RateLimit, RateLimiters},
+    store::{Store, StoreError},
 };
 
 /// What validation decided.
@@ -33,6 +38,8 @@ pub enum Outcome {
     Valid(Grant),
     /// Not a live key with this secret. Shown to callers as `INVALID` only.
     Invalid(InvalidReason),
+    /// A live key over its rate limit.
+    RateLimited { grant: Grant, retry_after: Duration },
     /// A live key that may not do this.
     Forbidden { grant: Grant, denied: Denied },
 }
@@ -44,6 +51,10 @@ pub struct Checks<'a> {
     pub required: &'a [Permission],
     /// The original caller's address, for keys with a CIDR allow-list.
     pub client_ip: Option<IpAddr>,
+    /// Spend nothing of the key's rate limit: for a caller's own credential,
+    /// so a limit meant for the keys a backend validates cannot lock that
+    /// backend out of keyward.
+    pub skip_rate_limit: bool,
 }
 
 /// Why a live key is forbidden: for logs, and for `PERMISSION_DENIED`
@@ -69,12 +80,16 @@ impl fmt::Display for Denied {
     }
 }
 
-/// A key proven live, with its effective permissions.
+/// A key proven live, with its effective permissions and limits.
 #[derive(Debug)]
 pub struct Grant {
     pub key: Arc<IndexedKey>,
-    /// Sorted union of the permissions of the key's roles.
+    /// The key's own permissions and its roles', sorted.
     pub permissions: Vec<Permission>,
+    /// The limit applied and the burst left after this call.
+    pub rate_limit: Option<(RateLimit, u32)>,
+    /// For a capped key that passed: the uses left after this one.
+    pub remaining_uses: Option<u64>,
 }
 
 /// Why a key is invalid: for logs and metrics, never for the caller.
@@ -86,6 +101,8 @@ pub enum InvalidReason {
     WrongSecret(KeyId),
     Revoked(KeyId),
     Expired(KeyId),
+    /// A capped key whose uses are spent.
+    UsesExhausted(KeyId),
 }
 
 impl InvalidReason {
@@ -96,7 +113,8 @@ impl InvalidReason {
             Self::UnknownKey(id)
             | Self::WrongSecret(id)
             | Self::Revoked(id)
-            | Self::Expired(id) => Some(id),
+            | Self::Expired(id)
+            | Self::UsesExhausted(id) => Some(id),
         }
     }
 }
@@ -109,6 +127,7 @@ impl fmt::Display for InvalidReason {
             Self::WrongSecret(_) => f.write_str("wrong secret"),
             Self::Revoked(_) => f.write_str("revoked"),
             Self::Expired(_) => f.write_str("expired"),
+            Self::UsesExhausted(_) => f.write_str("usage cap reached"),
         }
     }
 }
@@ -117,17 +136,46 @@ impl fmt::Display for InvalidReason {
 pub struct Validator {
     index: Arc<Index>,
     clock: Arc<dyn Clock>,
+    limiters: RateLimiters,
+    default_rate_limit: Option<RateLimit>,
+    /// Where capped keys spend their uses; without it they are refused.
+    store: Option<Arc<Store>>,
 }
 
 impl Validator {
-    /// A validator over `index`, reading time from `clock`.
+    /// A validator over `index`, reading time from `clock`, with no default
+    /// rate limit and no store (capped keys are then refused).
     pub fn new(index: Arc<Index>, clock: Arc<dyn Clock>) -> Self {
-        Self { index, clock }
+        Self {
+            index,
+            limiters: RateLimiters::new(clock.clone()),
+            clock,
+            default_rate_limit: None,
+            store: None,
+        }
     }
 
-    /// Validates `presented` and runs `checks` on it. Never touches the
-    /// database, never fails: every problem with the key is an [`Outcome`].
-    pub fn validate(&self, presented: &str, checks: Checks<'_>) -> Outcome {
+    /// Applies `limit` to keys with no limit of their own or from a role.
+    #[must_use]
+    pub fn with_default_rate_limit(mut self, limit: Option<RateLimit>) -> Self {
+        self.default_rate_limit = limit;
+        self
+    }
+
+    /// Spends capped keys' uses in `store`.
+    #[must_use]
+    pub fn with_store(mut self, store: Arc<Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The rate limiters, for the timer that reclaims idle state.
+    pub fn limiters(&self) -> &RateLimiters {
+        &self.limiters
+    }
+
+    /// Stages 1–6: everything but the use cap. No I/O, never fails.
+    pub fn check(&self, presented: &str, checks: Checks<'_>) -> Outcome {
         let parsed = match ParsedKey::parse(presented) {
             Ok(parsed) => parsed,
             Err(error) => return Outcome::Invalid(InvalidReason::Malformed(error)),
@@ -139,10 +187,28 @@ impl Validator {
         if let Err(reason) = check_state(&key, self.clock.now()) {
             return Outcome::Invalid(reason);
         }
-        let grant = Grant {
-            permissions: self.index.permissions_of(&key),
+        let entitlements = self.index.entitlements(&key);
+        let limit = key
+            .rate_limit
+            .or(entitlements.role_rate_limit)
+            .or(self.default_rate_limit);
+        let mut grant = Grant {
+            permissions: entitlements.permissions,
             key,
+            rate_limit: None,
+            remaining_uses: None,
         };
+        if let Some(limit) = limit.filter(|_| !checks.skip_rate_limit) {
+            match self.limiters.check(grant.key.id, &limit) {
+                Admission::Allowed { remaining_burst } => {
+                    grant.rate_limit = Some((limit, remaining_burst))
+                }
+                Admission::Limited { retry_after } => {
+                    grant.rate_limit = Some((limit, 0));
+                    return Outcome::RateLimited { grant, retry_after };
+                }
+            }
+        }
         let authorized = check_client_ip(&grant.key, checks.client_ip).and_then(|()| {
             authorize(&grant.permissions, checks.required).map_err(Denied::MissingPermission)
         });
@@ -150,6 +216,39 @@ impl Validator {
             Ok(()) => Outcome::Valid(grant),
             Err(denied) => Outcome::Forbidden { grant, denied },
         }
+    }
+
+    /// The whole pipeline: [`Validator::check`], then stage 7 for capped
+    /// keys, and usage counting for keys that pass.
+    ///
+    /// # Errors
+    /// When a capped key's use cannot be recorded (the store is down): the
+    /// caller must not be told "valid" without the durable decrement.
+    pub async fn validate(
+        &self,
+        presented: &str,
+        checks: Checks<'_>,
+    ) -> Result<Outcome, StoreError> {
+        let mut outcome = self.check(presented, checks);
+        if let Outcome::Valid(grant) = &mut outcome {
+            if grant.key.capped {
+                let id = grant.key.id;
+                let remaining = match &self.store {
+                    Some(store) => store.consume_use(id).await?,
+                    None => None,
+                };
+                if remaining.is_none_or(|left| left == 0) {
+                    // The last use (or none left): later calls need not ask the store.
+                    self.index.apply([Change::KeyRemoved(id)]);
+                }
+                match remaining {
+                    Some(left) => grant.remaining_uses = Some(left),
+                    None => return Ok(Outcome::Invalid(InvalidReason::UsesExhausted(id))),
+                }
+            }
+            grant.key.usage.record(self.clock.now());
+        }
+        Ok(outcome)
     }
 }
 
@@ -222,6 +321,7 @@ mod tests {
         Checks {
             required,
             client_ip: None,
+            skip_rate_limit: false,
         }
     }
 
@@ -275,7 +375,7 @@ mod tests {
 
         let Outcome::Valid(grant) = fx
             .validator
-            .validate(text, need(&perms(&["deploy:prod:write"])))
+            .check(text, need(&perms(&["deploy:prod:write"])))
         else {
             panic!("live key with a granted permission must be valid");
         };
@@ -284,7 +384,7 @@ mod tests {
 
         let Outcome::Forbidden { denied, .. } = fx
             .validator
-            .validate(text, need(&perms(&["build:read", "build:write"])))
+            .check(text, need(&perms(&["build:read", "build:write"])))
         else {
             panic!("missing permission must be forbidden");
         };
@@ -294,14 +394,14 @@ mod tests {
         );
 
         assert!(matches!(
-            reason(fx.validator.validate("kw_short", Checks::default())),
+            reason(fx.validator.check("kw_short", Checks::default())),
             InvalidReason::Malformed(FormatError::BadBody)
         ));
         let stranger = MintedKey::generate(&Prefix::default()).unwrap();
         assert_eq!(
             reason(
                 fx.validator
-                    .validate(stranger.plaintext.expose(), Checks::default())
+                    .check(stranger.plaintext.expose(), Checks::default())
             ),
             InvalidReason::UnknownKey(stranger.id)
         );
@@ -324,7 +424,7 @@ mod tests {
         assert_eq!(
             reason(
                 fx.validator
-                    .validate(live.plaintext.expose(), Checks::default())
+                    .check(live.plaintext.expose(), Checks::default())
             ),
             InvalidReason::WrongSecret(live.id)
         );
@@ -340,21 +440,21 @@ mod tests {
 
         assert!(matches!(
             fx.validator
-                .validate(expiring.plaintext.expose(), Checks::default()),
+                .check(expiring.plaintext.expose(), Checks::default()),
             Outcome::Valid(_)
         ));
         fx.clock.advance(Duration::from_secs(60));
         assert_eq!(
             reason(
                 fx.validator
-                    .validate(expiring.plaintext.expose(), Checks::default())
+                    .check(expiring.plaintext.expose(), Checks::default())
             ),
             InvalidReason::Expired(expiring.id)
         );
         assert_eq!(
             reason(
                 fx.validator
-                    .validate(revoked.plaintext.expose(), Checks::default())
+                    .check(revoked.plaintext.expose(), Checks::default())
             ),
             InvalidReason::Revoked(revoked.id)
         );
@@ -373,21 +473,21 @@ mod tests {
         let at = |ip: Option<&str>| Checks {
             required: &[],
             client_ip: ip.map(|ip| ip.parse().unwrap()),
+            skip_rate_limit: false,
         };
         assert!(matches!(
-            fx.validator.validate(open.plaintext.expose(), at(None)),
+            fx.validator.check(open.plaintext.expose(), at(None)),
             Outcome::Valid(_)
         ));
         for inside in ["10.1.2.3", "2001:db8::7", "::ffff:10.0.0.1"] {
             let outcome = fx
                 .validator
-                .validate(fenced.plaintext.expose(), at(Some(inside)));
+                .check(fenced.plaintext.expose(), at(Some(inside)));
             assert!(matches!(outcome, Outcome::Valid(_)), "{inside}");
         }
         for outside in [None, Some("192.0.2.1"), Some("2001:db9::1")] {
-            let Outcome::Forbidden { denied, .. } = fx
-                .validator
-                .validate(fenced.plaintext.expose(), at(outside))
+            let Outcome::Forbidden { denied, .. } =
+                fx.validator.check(fenced.plaintext.expose(), at(outside))
             else {
                 panic!("{outside:?} must be forbidden");
             };
@@ -396,6 +496,61 @@ mod tests {
                 Denied::ClientIpNotAllowed(outside.map(|ip| ip.parse().unwrap()))
             );
         }
+    }
+
+    #[test]
+    fn rate_limits_apply_after_the_proof() {
+        let fx = Fixture::new();
+        let limited = fx.add(|r| r.settings.rate_limit = Some("2/s".parse().unwrap()));
+        let text = limited.plaintext.expose();
+        let mut forged = text.to_owned();
+        forged.replace_range(20..21, if &text[20..21] == "A" { "B" } else { "A" });
+        for _ in 0..10 {
+            // Wrong secrets (refused by the checksum or the digest) spend nothing.
+            assert!(matches!(
+                fx.validator.check(&forged, Checks::default()),
+                Outcome::Invalid(_)
+            ));
+        }
+        let Outcome::Valid(grant) = fx.validator.check(text, Checks::default()) else {
+            panic!()
+        };
+        assert_eq!(grant.rate_limit, Some(("2/s".parse().unwrap(), 1)));
+        assert!(matches!(
+            fx.validator.check(text, Checks::default()),
+            Outcome::Valid(_)
+        ));
+        let Outcome::RateLimited { retry_after, .. } = fx.validator.check(text, Checks::default())
+        else {
+            panic!("third call in a second is limited");
+        };
+        assert_eq!(retry_after, Duration::from_millis(500));
+        fx.clock.advance(Duration::from_millis(500));
+        assert!(matches!(
+            fx.validator.check(text, Checks::default()),
+            Outcome::Valid(_)
+        ));
+    }
+
+    #[test]
+    fn capped_keys_are_refused_without_a_store() {
+        let fx = Fixture::new();
+        let capped = fx.add(|r| r.settings.max_uses = Some(3));
+        let outcome = futures_lite_block_on(
+            fx.validator
+                .validate(capped.plaintext.expose(), Checks::default()),
+        );
+        assert!(matches!(
+            outcome.unwrap(),
+            Outcome::Invalid(InvalidReason::UsesExhausted(_))
+        ));
+    }
+
+    fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(future)
     }
 
     #[test]

@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use crate::{
     auth::{Caller, authenticate},
+    error::ServiceError,
     lifecycle::{Lifecycle, MintRequest, NewRole},
     pb,
     permission::{self, Permission},
@@ -47,8 +48,12 @@ impl AdminService {
         }
     }
 
-    fn caller<T>(&self, request: &Request<T>, needed: &Permission) -> Result<Caller, Status> {
-        Ok(authenticate(request, &self.validator, needed)?)
+    async fn caller<T: Sync>(
+        &self,
+        request: &Request<T>,
+        needed: &Permission,
+    ) -> Result<Caller, Status> {
+        Ok(authenticate(request, &self.validator, needed).await?)
     }
 }
 
@@ -58,7 +63,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::MintKeyRequest>,
     ) -> Result<Response<pb::MintKeyResponse>, Status> {
-        let caller = self.caller(&request, &self.needs.keys_write)?;
+        let caller = self.caller(&request, &self.needs.keys_write).await?;
         let mint = MintRequest::try_from(request.into_inner())?;
         let minted = self.lifecycle.mint(&caller, mint).await?;
         Ok(Response::new(pb::MintKeyResponse {
@@ -71,7 +76,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::GetKeyRequest>,
     ) -> Result<Response<pb::Key>, Status> {
-        self.caller(&request, &self.needs.keys_read)?;
+        self.caller(&request, &self.needs.keys_read).await?;
         let id = convert::key_id("id", &request.get_ref().id)?;
         let record = self.lifecycle.get(id).await?;
         Ok(Response::new(convert::key(&record, self.lifecycle.now())))
@@ -81,7 +86,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::ListKeysRequest>,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
-        self.caller(&request, &self.needs.keys_read)?;
+        self.caller(&request, &self.needs.keys_read).await?;
         let query = KeyQuery::try_from(request.into_inner())?;
         let page = self.lifecycle.list(&query).await?;
         let now = self.lifecycle.now();
@@ -99,7 +104,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::RotateKeyRequest>,
     ) -> Result<Response<pb::RotateKeyResponse>, Status> {
-        let caller = self.caller(&request, &self.needs.keys_write)?;
+        let caller = self.caller(&request, &self.needs.keys_write).await?;
         let request = request.into_inner();
         let id = convert::key_id("id", &request.id)?;
         let grace = convert::grace(request.grace.as_ref())?;
@@ -116,7 +121,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::RevokeKeyRequest>,
     ) -> Result<Response<pb::RevokeKeyResponse>, Status> {
-        let caller = self.caller(&request, &self.needs.keys_write)?;
+        let caller = self.caller(&request, &self.needs.keys_write).await?;
         let request = request.into_inner();
         let id = convert::key_id("id", &request.id)?;
         let reason = convert::reason(request.reason)?;
@@ -127,11 +132,39 @@ impl pb::admin_service_server::AdminService for AdminService {
         }))
     }
 
+    async fn update_key(
+        &self,
+        request: Request<pb::UpdateKeyRequest>,
+    ) -> Result<Response<pb::Key>, Status> {
+        let caller = self.caller(&request, &self.needs.keys_write).await?;
+        let request = request.into_inner();
+        let id = convert::key_id("id", &request.id)?;
+        let rate_limit = match (request.rate_limit, request.clear_rate_limit) {
+            (Some(_), true) => {
+                return Err(ServiceError::invalid(
+                    "rate_limit",
+                    "give rate_limit or clear_rate_limit, not both",
+                )
+                .into());
+            }
+            (None, false) => {
+                return Err(ServiceError::invalid("rate_limit", "nothing to change").into());
+            }
+            (Some(limit), false) => Some(convert::rate_limit(&limit)?),
+            (None, true) => None,
+        };
+        let key = self
+            .lifecycle
+            .update_rate_limit(&caller, id, rate_limit)
+            .await?;
+        Ok(Response::new(convert::key(&key, self.lifecycle.now())))
+    }
+
     async fn revoke_keys(
         &self,
         request: Request<pb::RevokeKeysRequest>,
     ) -> Result<Response<pb::RevokeKeysResponse>, Status> {
-        let caller = self.caller(&request, &self.needs.keys_write)?;
+        let caller = self.caller(&request, &self.needs.keys_write).await?;
         let request = request.into_inner();
         let labels = convert::labels(request.labels)?;
         let owner = (!request.owner.is_empty()).then_some(request.owner.as_str());
@@ -149,7 +182,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::CreateRoleRequest>,
     ) -> Result<Response<pb::Role>, Status> {
-        let caller = self.caller(&request, &self.needs.roles_write)?;
+        let caller = self.caller(&request, &self.needs.roles_write).await?;
         let new = NewRole::try_from(request.into_inner())?;
         let role = self.lifecycle.create_role(&caller, new).await?;
         Ok(Response::new(convert::role(&role)))
@@ -159,7 +192,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::GetRoleRequest>,
     ) -> Result<Response<pb::Role>, Status> {
-        self.caller(&request, &self.needs.roles_read)?;
+        self.caller(&request, &self.needs.roles_read).await?;
         let name = convert::role_name(&request.get_ref().name)?;
         Ok(Response::new(convert::role(&self.lifecycle.role(&name)?)))
     }
@@ -168,7 +201,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::ListRolesRequest>,
     ) -> Result<Response<pb::ListRolesResponse>, Status> {
-        self.caller(&request, &self.needs.roles_read)?;
+        self.caller(&request, &self.needs.roles_read).await?;
         let roles = self.lifecycle.list_roles().await?;
         Ok(Response::new(pb::ListRolesResponse {
             roles: roles.iter().map(convert::role).collect(),
@@ -179,7 +212,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::UpdateRoleRequest>,
     ) -> Result<Response<pb::Role>, Status> {
-        let caller = self.caller(&request, &self.needs.roles_write)?;
+        let caller = self.caller(&request, &self.needs.roles_write).await?;
         let request = request.into_inner();
         let name = convert::role_name(&request.name)?;
         let update = RoleUpdate::try_from(request)?;
@@ -191,7 +224,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::DeleteRoleRequest>,
     ) -> Result<Response<pb::DeleteRoleResponse>, Status> {
-        let caller = self.caller(&request, &self.needs.roles_write)?;
+        let caller = self.caller(&request, &self.needs.roles_write).await?;
         let name = convert::role_name(&request.get_ref().name)?;
         self.lifecycle.delete_role(&caller, &name).await?;
         Ok(Response::new(pb::DeleteRoleResponse {}))
@@ -201,7 +234,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::ListAuditRecordsRequest>,
     ) -> Result<Response<pb::ListAuditRecordsResponse>, Status> {
-        self.caller(&request, &self.needs.audit_read)?;
+        self.caller(&request, &self.needs.audit_read).await?;
         let query = AuditQuery::try_from(request.into_inner())?;
         let page = self.lifecycle.audit(&query).await?;
         Ok(Response::new(pb::ListAuditRecordsResponse {

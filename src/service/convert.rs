@@ -11,6 +11,7 @@ use crate::{
     model::{AuditRecord, KeyRecord, KeyState, Labels, MAX_OWNER_BYTES, MAX_TEXT_BYTES, Role},
     pb,
     permission::{Permission, RoleName},
+    rate_limit::RateLimit,
     store::{AuditQuery, KeyQuery, PageCursor, RoleUpdate},
 };
 
@@ -112,6 +113,25 @@ fn optional_duration(
         .transpose()
 }
 
+pub fn rate_limit(limit: &pb::RateLimit) -> Result<RateLimit, ServiceError> {
+    let per = limit
+        .per
+        .as_ref()
+        .map(|per| duration_from("rate_limit", per))
+        .transpose()?
+        .unwrap_or_default();
+    RateLimit::new(limit.requests, per, limit.burst)
+        .map_err(|error| ServiceError::invalid("rate_limit", error))
+}
+
+pub fn rate_limit_to_pb(limit: &RateLimit) -> pb::RateLimit {
+    pb::RateLimit {
+        requests: limit.requests(),
+        per: limit.per().try_into().ok(),
+        burst: limit.burst(),
+    }
+}
+
 pub fn key_id(field: &'static str, text: &str) -> Result<KeyId, ServiceError> {
     text.parse()
         .map_err(|error| ServiceError::invalid(field, error))
@@ -174,7 +194,11 @@ impl TryFrom<pb::MintKeyRequest> for MintRequest {
                 Expiry::At(timestamp_from("expires_at", at)?)
             }
         };
+        let rate_limit = request.rate_limit.as_ref().map(rate_limit).transpose()?;
+        let max_uses = (request.max_uses > 0).then_some(request.max_uses);
         Ok(Self {
+            rate_limit,
+            max_uses,
             prefix,
             roles,
             permissions,
@@ -270,6 +294,11 @@ pub fn key(record: &KeyRecord, now: Timestamp) -> pb::Key {
         rotated_from: id_text(record.rotated_from),
         rotated_to: id_text(record.rotated_to),
         created_by: id_text(record.created_by),
+        rate_limit: record.settings.rate_limit.as_ref().map(rate_limit_to_pb),
+        max_uses: record.settings.max_uses.unwrap_or_default(),
+        remaining_uses: record.uses_remaining,
+        last_used_at: record.last_used_at.map(timestamp),
+        use_count: record.use_count,
         permissions: record
             .settings
             .permissions
@@ -294,6 +323,7 @@ pub fn role(role: &Role) -> pb::Role {
         builtin: role.builtin,
         created_at: Some(timestamp(role.created_at)),
         updated_at: Some(timestamp(role.updated_at)),
+        default_rate_limit: role.rate_limit.as_ref().map(rate_limit_to_pb),
     }
 }
 
@@ -324,6 +354,11 @@ impl TryFrom<pb::CreateRoleRequest> for NewRole {
             description: bounded("description", request.description, MAX_TEXT_BYTES)?,
             permissions,
             max_ttl: optional_duration("max_ttl", request.max_ttl.as_ref())?,
+            rate_limit: request
+                .default_rate_limit
+                .as_ref()
+                .map(rate_limit)
+                .transpose()?,
         })
     }
 }
@@ -342,6 +377,19 @@ impl TryFrom<pb::UpdateRoleRequest> for RoleUpdate {
             (true, None) => Some(None),
             (false, ttl) => optional_duration("max_ttl", ttl)?.map(Some),
         };
+        let default_rate_limit = match (
+            request.clear_default_rate_limit,
+            request.default_rate_limit.as_ref(),
+        ) {
+            (true, Some(_)) => {
+                return Err(ServiceError::invalid(
+                    "default_rate_limit",
+                    "give default_rate_limit or clear_default_rate_limit, not both",
+                ));
+            }
+            (true, None) => Some(None),
+            (false, limit) => limit.map(rate_limit).transpose()?.map(Some),
+        };
         Ok(Self {
             add_permissions: parse_list("add_permissions", &request.add_permissions)?,
             remove_permissions: parse_list("remove_permissions", &request.remove_permissions)?,
@@ -350,6 +398,7 @@ impl TryFrom<pb::UpdateRoleRequest> for RoleUpdate {
                 .map(|d| bounded("description", d, MAX_TEXT_BYTES))
                 .transpose()?,
             max_ttl,
+            rate_limit: default_rate_limit,
         })
     }
 }

@@ -38,15 +38,39 @@ impl pb::key_service_server::KeyService for KeyService {
         &self,
         request: Request<pb::ValidateRequest>,
     ) -> Result<Response<pb::ValidateResponse>, Status> {
-        let caller = authenticate(&request, &self.validator, &self.validate_permission)?.id;
+        let caller = authenticate(&request, &self.validator, &self.validate_permission)
+            .await?
+            .id;
         let request = request.into_inner();
         let required = required_permissions(&request.required_permissions)?;
         let checks = Checks {
             required: &required,
             client_ip: client_ip(&request.client_ip)?,
+            skip_rate_limit: false,
         };
-        let outcome = self.validator.validate(&request.key, checks);
-        Ok(Response::new(response(outcome, caller)))
+        let outcome = self
+            .validator
+            .validate(&request.key, checks)
+            .await
+            .map_err(ServiceError::from)?;
+        let retry_after = match &outcome {
+            Outcome::RateLimited { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        };
+        let mut response = Response::new(response(outcome, caller));
+        if let Some(wait) = retry_after {
+            // Whole seconds, rounded up, as HTTP's Retry-After.
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response.metadata_mut().insert(
+                "retry-after",
+                seconds
+                    .max(1)
+                    .to_string()
+                    .parse()
+                    .expect("digits are valid metadata"),
+            );
+        }
+        Ok(response)
     }
 }
 
@@ -73,11 +97,15 @@ fn required_permissions(raw: &[String]) -> Result<Vec<Permission>, ServiceError>
 /// Builds the response. Every invalid key gets the same answer; the reason
 /// goes to the log with the key id, never the key.
 fn response(outcome: Outcome, caller: crate::key::KeyId) -> pb::ValidateResponse {
-    let (grant, denial) = match outcome {
-        Outcome::Valid(grant) => (grant, pb::Denial::Unspecified),
+    let (grant, denial, retry_after) = match outcome {
+        Outcome::Valid(grant) => (grant, pb::Denial::Unspecified, None),
+        Outcome::RateLimited { grant, retry_after } => {
+            tracing::debug!(key_id = %grant.key.id, %caller, ?retry_after, "validate: rate limited");
+            (grant, pb::Denial::RateLimited, Some(retry_after))
+        }
         Outcome::Forbidden { grant, denied } => {
             tracing::info!(key_id = %grant.key.id, %caller, %denied, "validate: forbidden");
-            (grant, pb::Denial::Forbidden)
+            (grant, pb::Denial::Forbidden, None)
         }
         Outcome::Invalid(reason) => {
             tracing::info!(key_id = ?reason.key_id(), %caller, %reason, "validate: invalid");
@@ -97,6 +125,14 @@ fn response(outcome: Outcome, caller: crate::key::KeyId) -> pb::ValidateResponse
         labels: key.labels.as_map().clone().into_iter().collect(),
         expires_at: key.expires_at.map(convert::timestamp),
         owner: key.owner.clone(),
+        rate_limit: grant
+            .rate_limit
+            .map(|(limit, remaining_burst)| pb::RateLimitState {
+                limit: Some(convert::rate_limit_to_pb(&limit)),
+                remaining_burst,
+            }),
+        retry_after: retry_after.and_then(|wait| wait.try_into().ok()),
+        remaining_uses: grant.remaining_uses,
     }
 }
 

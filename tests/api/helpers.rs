@@ -34,23 +34,31 @@ pub struct TestApp {
     pub clock: ManualClock,
     pub store: Arc<Store>,
     pub dir: Arc<tempfile::TempDir>,
+    settings: Settings,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
 }
 
 /// Starts a server on a new database.
 pub async fn spawn_app() -> TestApp {
-    let dir = Arc::new(tempfile::tempdir().unwrap());
-    spawn_on(dir, ManualClock::starting_now()).await
+    spawn_with(Settings::default()).await
 }
 
-async fn spawn_on(dir: Arc<tempfile::TempDir>, clock: ManualClock) -> TestApp {
+/// Starts a server on a new database with `settings` (its address, database
+/// and key file are replaced by fresh ones).
+pub async fn spawn_with(settings: Settings) -> TestApp {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    spawn_on(dir, ManualClock::starting_now(), settings).await
+}
+
+async fn spawn_on(dir: Arc<tempfile::TempDir>, clock: ManualClock, base: Settings) -> TestApp {
     init_test_logging();
     let key_file = dir.path().join("admin.key");
     let settings = Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url: format!("sqlite://{}", dir.path().join("keyward.db").display()),
         bootstrap_key_file: key_file.clone(),
+        ..base.clone()
     };
     let app = Application::build_with_clock(settings, Arc::new(clock.clone()))
         .await
@@ -75,6 +83,7 @@ async fn spawn_on(dir: Arc<tempfile::TempDir>, clock: ManualClock) -> TestApp {
         clock,
         store,
         dir,
+        settings: base,
         shutdown: Some(tx),
         server: Some(server),
     }
@@ -140,6 +149,7 @@ impl TestApp {
             description: String::new(),
             permissions: permissions.iter().map(|p| p.to_string()).collect(),
             max_ttl: max_ttl.map(|ttl| ttl.try_into().unwrap()),
+            default_rate_limit: None,
         };
         Ok(self
             .admin_client()
@@ -244,7 +254,7 @@ impl TestApp {
     pub async fn restart(mut self) -> TestApp {
         self.stop().await;
         let admin_key = self.admin_key.clone();
-        let mut app = spawn_on(self.dir.clone(), self.clock.clone()).await;
+        let mut app = spawn_on(self.dir.clone(), self.clock.clone(), self.settings.clone()).await;
         app.admin_key = admin_key;
         app
     }

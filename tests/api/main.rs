@@ -3,6 +3,7 @@
 mod audit;
 mod helpers;
 mod lifecycle;
+mod limits;
 mod roles;
 mod scoped;
 mod secrets;

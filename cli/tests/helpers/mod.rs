@@ -136,6 +136,7 @@ impl TestServer {
             listen: "127.0.0.1:0".parse().unwrap(),
             database_url: database_url.to_owned(),
             bootstrap_key_file: admin_key_file.clone(),
+            ..Settings::default()
         };
         let app = runtime
             .block_on(Application::build(settings))

@@ -1,0 +1,296 @@
+//! Rate limits, usage caps and last-used tracking, over gRPC.
+
+use std::{sync::Arc, time::Duration};
+
+use keyward::{
+    pb::{self, Denial},
+    rate_limit::RateLimit,
+    server::Settings,
+};
+use tonic::Code;
+
+use crate::helpers::{TestApp, authed, denial, spawn_app, spawn_with};
+
+fn limit(requests: u32, per_seconds: u64, burst: u32) -> Option<pb::RateLimit> {
+    Some(pb::RateLimit {
+        requests,
+        per: Some(Duration::from_secs(per_seconds).try_into().unwrap()),
+        burst,
+    })
+}
+
+/// Validates and returns the response with its metadata.
+async fn validate_raw(app: &TestApp, key: &str) -> tonic::Response<pb::ValidateResponse> {
+    let request = pb::ValidateRequest {
+        key: key.to_owned(),
+        ..Default::default()
+    };
+    app.key_client()
+        .await
+        .validate(authed(&app.admin_key, request))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_burst_is_cut_at_the_limit_and_recovers() {
+    let app = spawn_app().await;
+    let (_, key) = app
+        .mint(pb::MintKeyRequest {
+            rate_limit: limit(5, 1, 5),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (_, other) = app
+        .mint(pb::MintKeyRequest {
+            rate_limit: limit(5, 1, 5),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    // 50 calls with the right id but a wrong secret spend nothing of the quota.
+    let forged = format!(
+        "{}{}",
+        &key[..20],
+        &key[20..].chars().rev().collect::<String>()
+    );
+    for _ in 0..50 {
+        assert_eq!(denial(&app.validate(&forged, &[]).await), Denial::Invalid);
+    }
+
+    let mut allowed = 0;
+    let mut limited = Vec::new();
+    for _ in 0..40 {
+        let response = validate_raw(&app, &key).await;
+        let retry_header = response
+            .metadata()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = response.into_inner();
+        match denial(&body) {
+            Denial::Unspecified => {
+                allowed += 1;
+                let state = body.rate_limit.expect("an allowed call reports its limit");
+                assert_eq!(state.limit.unwrap().requests, 5);
+                assert_eq!(state.remaining_burst, 5 - allowed);
+            }
+            Denial::RateLimited => limited.push((body, retry_header)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!((5..=6).contains(&allowed), "{allowed} allowed");
+    assert_eq!(limited.len(), 40 - allowed as usize);
+    for (body, header) in &limited {
+        assert!(!body.valid);
+        assert!(!body.key_id.is_empty());
+        let wait = Duration::try_from(body.retry_after.unwrap()).unwrap();
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
+        assert_eq!(header.as_deref(), Some("1"));
+    }
+    // Another key is not throttled.
+    assert!(app.validate(&other, &[]).await.valid);
+    // A second later the bucket has refilled.
+    app.clock.advance(Duration::from_secs(1));
+    assert!(app.validate(&key, &[]).await.valid);
+}
+
+#[tokio::test]
+async fn limits_come_from_the_key_its_roles_or_the_server() {
+    let default = RateLimit::new(2, Duration::from_secs(60), 2).unwrap();
+    let app = spawn_with(Settings {
+        default_rate_limit: Some(default),
+        ..Settings::default()
+    })
+    .await;
+    let mut admin = app.admin_client().await;
+    let role = pb::CreateRoleRequest {
+        name: "limited".into(),
+        permissions: vec!["x:y".into()],
+        default_rate_limit: limit(1, 60, 1),
+        ..Default::default()
+    };
+    admin
+        .create_role(authed(&app.admin_key, role))
+        .await
+        .unwrap();
+    let (_, plain) = app.mint(pb::MintKeyRequest::default()).await.unwrap();
+    let (_, by_role) = app.mint_with_roles(&["limited"]).await;
+    let (own_id, own) = app
+        .mint(pb::MintKeyRequest {
+            roles: vec!["limited".into()],
+            rate_limit: limit(3, 60, 3),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let allowed = |key: String| {
+        let app = &app;
+        async move {
+            let mut n = 0;
+            for _ in 0..6 {
+                n += u32::from(app.validate(&key, &[]).await.valid);
+            }
+            n
+        }
+    };
+    assert_eq!(allowed(plain).await, 2, "server default");
+    assert_eq!(allowed(by_role).await, 1, "role default");
+    assert_eq!(allowed(own.clone()).await, 3, "the key's own limit wins");
+
+    // Changing the key's limit applies on the next Validate.
+    let update = pb::UpdateKeyRequest {
+        id: own_id.clone(),
+        rate_limit: limit(10, 60, 10),
+        clear_rate_limit: false,
+    };
+    let updated = admin
+        .update_key(authed(&app.admin_key, update))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.rate_limit.unwrap().requests, 10);
+    assert!(app.validate(&own, &[]).await.valid);
+
+    for bad in [
+        limit(0, 1, 1),
+        limit(1, 1, 0),
+        limit(1, 0, 1),
+        limit(1, 2 * 86_400, 1),
+    ] {
+        let status = app
+            .mint(pb::MintKeyRequest {
+                rate_limit: bad,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status.message().contains("rate_limit"),
+            "{}",
+            status.message()
+        );
+    }
+    let neither = pb::UpdateKeyRequest {
+        id: own_id,
+        rate_limit: None,
+        clear_rate_limit: false,
+    };
+    assert_eq!(
+        admin
+            .update_key(authed(&app.admin_key, neither))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::InvalidArgument
+    );
+}
+
+#[tokio::test]
+async fn a_usage_cap_holds_across_a_restart() {
+    let app = spawn_app().await;
+    let (id, key) = app
+        .mint(pb::MintKeyRequest {
+            max_uses: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let first = app.validate(&key, &[]).await;
+    assert!(first.valid);
+    assert_eq!(first.remaining_uses, Some(2));
+    assert_eq!(app.validate(&key, &[]).await.remaining_uses, Some(1));
+
+    let app = app.restart().await;
+    let last = app.validate(&key, &[]).await;
+    assert!(last.valid);
+    assert_eq!(last.remaining_uses, Some(0));
+    for _ in 0..3 {
+        assert_eq!(denial(&app.validate(&key, &[]).await), Denial::Invalid);
+    }
+    let record = app.get(&id).await.unwrap();
+    assert_eq!((record.max_uses, record.remaining_uses), (3, Some(0)));
+
+    let app = app.restart().await;
+    assert_eq!(denial(&app.validate(&key, &[]).await), Denial::Invalid);
+    // Uncapped keys report no remaining count.
+    let (_, uncapped) = app.mint_with_roles(&[]).await;
+    assert_eq!(app.validate(&uncapped, &[]).await.remaining_uses, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_validations_never_exceed_the_cap() {
+    let app = Arc::new(spawn_app().await);
+    let (_, key) = app
+        .mint(pb::MintKeyRequest {
+            max_uses: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..60)
+        .map(|_| {
+            let app = app.clone();
+            let key = key.clone();
+            tokio::spawn(async move { app.validate(&key, &[]).await.valid })
+        })
+        .collect();
+    let mut valid = 0;
+    for task in tasks {
+        valid += usize::from(task.await.unwrap());
+    }
+    assert_eq!(valid, 10);
+}
+
+#[tokio::test]
+async fn last_used_is_recorded_and_survives_a_restart() {
+    let app = spawn_app().await;
+    let (id, key) = app.mint_with_roles(&[]).await;
+    assert!(app.get(&id).await.unwrap().last_used_at.is_none());
+    app.clock.advance(Duration::from_secs(5));
+    for _ in 0..3 {
+        assert!(app.validate(&key, &[]).await.valid);
+    }
+    let used_at = app.clock_seconds();
+    // A refused call is not a use.
+    app.validate(&key, &["not:granted"]).await;
+    let app = app.restart().await;
+    let record = app.get(&id).await.unwrap();
+    assert_eq!(record.use_count, 3);
+    assert_eq!(record.last_used_at.unwrap().seconds, used_at);
+
+    app.clock.advance(Duration::from_secs(60));
+    assert!(app.validate(&key, &[]).await.valid);
+    let app = app.restart().await;
+    let record = app.get(&id).await.unwrap();
+    assert_eq!(record.use_count, 4);
+    assert_eq!(record.last_used_at.unwrap().seconds, used_at + 60);
+}
+
+#[tokio::test]
+async fn usage_is_flushed_on_the_interval_without_a_restart() {
+    let app = spawn_with(Settings {
+        usage_flush_interval: Duration::from_millis(50),
+        ..Settings::default()
+    })
+    .await;
+    let (id, key) = app.mint_with_roles(&[]).await;
+    assert!(app.validate(&key, &[]).await.valid);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if app.get(&id).await.unwrap().use_count == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "usage never flushed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
