@@ -2,7 +2,7 @@
 //! caller's own key as `authorization: Bearer <key>`, checked by the same
 //! pipeline as Validate, from the address the connection comes from.
 
-use std::{net::IpAddr, time::Duration};
+use std::{net::IpAddr, sync::LazyLock, time::Duration};
 
 use tonic::{Request, metadata::MetadataMap};
 
@@ -98,8 +98,9 @@ pub async fn authenticate<T: Sync>(
             ));
         }
     };
-    let root: Permission = permission::ADMIN.parse().expect("built-in permission");
-    let is_root = grant.permissions.iter().any(|held| held.grants(&root));
+    static ROOT: LazyLock<Permission> =
+        LazyLock::new(|| permission::ADMIN.parse().expect("built-in permission"));
+    let is_root = grant.permissions.iter().any(|held| held.grants(&ROOT));
     if !is_root && !grant.permissions.iter().any(|held| held.grants(needed)) {
         tracing::info!(caller = %grant.key.id, %needed, "caller lacks permission");
         return Err(ServiceError::PermissionDenied(format!(

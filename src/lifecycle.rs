@@ -14,7 +14,7 @@ use crate::{
     error::ServiceError,
     index::Index,
     key::{KeyId, MintedKey, PlaintextKey, Prefix},
-    model::{Change, IndexedKey, KeyRecord, KeySettings, Labels, Role},
+    model::{Change, IndexedKey, KeyRecord, KeySettings, KeyState, Labels, Role},
     permission::{Permission, RoleName},
     rate_limit::RateLimit,
     store::{
@@ -246,7 +246,7 @@ impl Lifecycle {
             .await?;
         let previous = &rotation.previous;
         let previous_change = match self.index.get(previous.id) {
-            _ if previous.revoked_at.is_some() => Change::KeyRemoved(previous.id),
+            _ if previous.state(self.now()) != KeyState::Active => Change::KeyRemoved(previous.id),
             Some(entry) => Change::KeyUpserted(Arc::new(IndexedKey::new(previous, entry.digest))),
             None => Change::KeyRemoved(previous.id),
         };

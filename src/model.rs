@@ -74,6 +74,8 @@ pub enum KeyState {
     Active,
     Expired,
     Revoked,
+    /// A capped key with no use left.
+    Exhausted,
 }
 
 /// What an operator sets on a key; rotation copies all of it.
@@ -121,16 +123,20 @@ impl KeyRecord {
         let lifetime = self.settings.expires_at.map(|at| self.created_at.until(at));
         KeySettings {
             expires_at: lifetime.map(|lifetime| now.saturating_add(lifetime)),
+            // A capped key hands on what is left of its cap, not a fresh one.
+            max_uses: self.uses_remaining.or(self.settings.max_uses),
             ..self.settings.clone()
         }
     }
 
-    /// The state at `now`. Revocation wins over expiry.
+    /// The state at `now`. Revocation wins over expiry, expiry over exhaustion.
     pub fn state(&self, now: Timestamp) -> KeyState {
         if self.revoked_at.is_some() {
             KeyState::Revoked
         } else if self.settings.expires_at.is_some_and(|at| at <= now) {
             KeyState::Expired
+        } else if self.uses_remaining == Some(0) {
+            KeyState::Exhausted
         } else {
             KeyState::Active
         }

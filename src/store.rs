@@ -364,7 +364,12 @@ impl Store {
             Some(KeyState::Active) => {
                 sql.push(" AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > ")
                     .push_bind(now.as_millis())
-                    .push(")");
+                    .push(") AND (k.uses_remaining IS NULL OR k.uses_remaining > 0)");
+            }
+            Some(KeyState::Exhausted) => {
+                sql.push(" AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > ")
+                    .push_bind(now.as_millis())
+                    .push(") AND k.uses_remaining = 0");
             }
         }
         if let Some(cursor) = query.after {
@@ -418,6 +423,7 @@ impl Store {
         let refusal = match previous.state(now) {
             KeyState::Revoked => Some("it is revoked"),
             KeyState::Expired => Some("it has expired"),
+            KeyState::Exhausted => Some("its uses are spent"),
             KeyState::Active if previous.rotated_to.is_some() => Some("it was already rotated"),
             KeyState::Active => None,
         };
@@ -434,6 +440,11 @@ impl Store {
         };
         let successor = insert_key(&mut tx, new_key, Some(id), now).await?;
         previous.rotated_to = Some(successor.id);
+        if previous.uses_remaining.is_some() {
+            // The remaining uses move to the successor: a rotation never
+            // raises a cap, so the old key stops now, grace or not.
+            previous.uses_remaining = Some(0);
+        }
         if grace.is_zero() {
             previous.revoked_at = Some(now);
             previous.revoke_reason = Some("rotated".to_owned());
@@ -445,12 +456,14 @@ impl Store {
             });
         }
         sqlx::query(
-            "UPDATE api_keys SET rotated_to = ?, expires_at = ?, revoked_at = ?, revoke_reason = ? WHERE id = ?",
+            "UPDATE api_keys SET rotated_to = ?, expires_at = ?, revoked_at = ?, revoke_reason = ?, uses_remaining = ?
+             WHERE id = ?",
         )
         .bind(successor.id.to_string())
         .bind(previous.settings.expires_at.map(Timestamp::as_millis))
         .bind(previous.revoked_at.map(Timestamp::as_millis))
         .bind(previous.revoke_reason.clone())
+        .bind(previous.uses_remaining.map(count_to_i64))
         .bind(id.to_string())
         .execute(&mut *tx)
         .await?;
@@ -648,13 +661,21 @@ impl Store {
         if let Some(max_ttl) = update.max_ttl {
             role.max_ttl = max_ttl;
         }
+        if let Some(rate_limit) = update.rate_limit {
+            role.rate_limit = rate_limit;
+        }
         role.updated_at = now;
         sqlx::query(
-            "UPDATE roles SET description = ?, max_ttl_ms = ?, updated_at = ? WHERE name = ?",
+            "UPDATE roles SET description = ?, max_ttl_ms = ?, updated_at = ?,
+                              rate_requests = ?, rate_period_ms = ?, rate_burst = ?
+             WHERE name = ?",
         )
         .bind(role.description.clone())
         .bind(role.max_ttl.map(duration_millis))
         .bind(now.as_millis())
+        .bind(role.rate_limit.map(|l| i64::from(l.requests())))
+        .bind(role.rate_limit.map(|l| duration_millis(l.per())))
+        .bind(role.rate_limit.map(|l| i64::from(l.burst())))
         .bind(name.as_str().to_owned())
         .execute(&mut *tx)
         .await?;

@@ -5,6 +5,7 @@
 use std::{path::PathBuf, time::Duration, time::SystemTime};
 
 use clap::{Args, Parser, Subcommand};
+use keyward::rate_limit::RateLimit;
 
 use crate::{
     client::ServerUrl,
@@ -89,6 +90,12 @@ pub enum Command {
     List(keys::ListArgs),
     /// Show one key's metadata (never its secret)
     Show(keys::ShowArgs),
+    /// Change a key's settings: set or remove its own rate limit
+    ///
+    /// The key's next validation applies the change; the key itself (its
+    /// plaintext, roles and expiry) stays as it is. Give --rate or
+    /// --clear-rate.
+    Update(keys::UpdateArgs),
     /// Replace a key with a new one with the same settings
     ///
     /// The old key keeps working for the grace period, then expires; without
@@ -110,7 +117,12 @@ pub enum Command {
     /// Reads one key from stdin (never from the command line) and asks the
     /// server's Validate RPC about it, with the admin key as the caller's
     /// credential (it needs `keyward:validate`). Exits 0 when the key is valid
-    /// and 1 when it is not.
+    /// and 1 when it is not (INVALID, RATE_LIMITED or FORBIDDEN).
+    ///
+    /// Shows the key's rate limit and the burst left, how long to wait when
+    /// it is RATE_LIMITED, and the uses left of a key minted with --max-uses.
+    /// A check is a real validation: it spends one call of the key's rate
+    /// limit on the server asked, and a valid answer spends one of its uses.
     Verify(VerifyArgs),
     /// Manage roles: named sets of permissions that keys hold
     ///
@@ -135,6 +147,34 @@ pub fn parse_label(s: &str) -> Result<(String, String), String> {
         Some(("", _)) => Err("the label key is empty; expected KEY=VALUE, e.g. env=prod".into()),
         Some((key, value)) => Ok((key.to_owned(), value.to_owned())),
         None => Err("expected KEY=VALUE, e.g. env=prod".into()),
+    }
+}
+
+/// Parses `--rate`: `N/s`, `N/m` or `N/h`, with the library's own parser and
+/// messages, so the CLI accepts exactly what the server does. The burst is N
+/// until `--burst` says otherwise.
+pub fn parse_rate(s: &str) -> Result<RateLimit, String> {
+    s.parse::<RateLimit>().map_err(|e| e.to_string())
+}
+
+/// Parses `--burst`: a burst of 0 would refuse every call, which is never
+/// what a rate limit is for.
+pub fn parse_burst(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(0) => Err("must be at least 1: a burst of 0 would refuse every call".into()),
+        Ok(burst) => Ok(burst),
+        Err(_) => Err("expected a whole number of at least 1, e.g. 20".into()),
+    }
+}
+
+/// Parses `--max-uses`. The server reads 0 as "no cap"; on the command line
+/// that is said by leaving the flag out, so a 0 here is refused rather than
+/// silently minting an uncapped key someone meant to cap.
+pub fn parse_max_uses(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(0) => Err("must be at least 1 (leave --max-uses out for no cap)".into()),
+        Ok(uses) => Ok(uses),
+        Err(_) => Err("expected a whole number of at least 1, e.g. 1 for a one-time key".into()),
     }
 }
 
@@ -203,6 +243,26 @@ mod tests {
             let expected = expected.map(|(k, v)| (k.to_owned(), v.to_owned()));
             assert_eq!(got, expected, "parse_label({input:?})");
         }
+    }
+
+    #[test]
+    fn rates_bursts_and_use_caps() {
+        let rate = parse_rate("5/s").unwrap();
+        assert_eq!(
+            (rate.requests(), rate.per(), rate.burst()),
+            (5, Duration::from_secs(1), 5)
+        );
+        assert_eq!(parse_rate("2/m").unwrap().per(), Duration::from_secs(60));
+        assert_eq!(parse_rate("1/h").unwrap().per(), Duration::from_secs(3600));
+        for bad in ["0/s", "-1/s", "5/fortnight", "5", "", "1.5/s", "5/S"] {
+            assert!(parse_rate(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_burst("20"), Ok(20));
+        assert!(parse_burst("0").unwrap_err().contains("at least 1"));
+        assert!(parse_burst("-1").is_err());
+        assert_eq!(parse_max_uses("1"), Ok(1));
+        assert!(parse_max_uses("0").unwrap_err().contains("no cap"));
+        assert!(parse_max_uses("many").is_err());
     }
 
     #[test]

@@ -10,7 +10,10 @@
 //! object, lists (roles, permissions, CIDRs) are arrays even when empty, and
 //! the key state is `active`, `expired` or `revoked`. Durations (a role's max
 //! TTL) appear twice: as text the CLI's own flags accept (`1h`) and as whole
-//! seconds, so a script needs no duration parser.
+//! seconds, so a script needs no duration parser. A rate limit is an object
+//! `{requests, per_seconds, burst}` (`null` when there is none), so a script
+//! can compare limits without parsing `5/s`; counts (`use_count`,
+//! `max_uses`, `remaining_uses`) are numbers.
 
 use std::{
     collections::BTreeMap,
@@ -45,6 +48,44 @@ pub fn duration_text(duration: Option<&prost_types::Duration>) -> Option<String>
     Some(humantime::format_duration(duration).to_string())
 }
 
+/// A rate limit as people read it and `--rate` takes it, e.g. `5/s burst 5`;
+/// a window other than a second, minute or hour (set through the API) is
+/// written out, e.g. `5/10s burst 5`.
+pub fn rate_limit_text(limit: &pb::RateLimit) -> String {
+    let per = match limit.per.map(Duration::try_from) {
+        Some(Ok(per)) if per == Duration::from_secs(1) => "s".to_owned(),
+        Some(Ok(per)) if per == Duration::from_secs(60) => "m".to_owned(),
+        Some(Ok(per)) if per == Duration::from_secs(3600) => "h".to_owned(),
+        // No spaces (`1m30s`, not `1m 30s`), so the limit reads as one term.
+        Some(Ok(per)) => humantime::format_duration(per).to_string().replace(' ', ""),
+        // A server newer than this CLI, or a broken one: show, do not fail.
+        Some(Err(_)) | None => "?".to_owned(),
+    };
+    format!("{}/{per} burst {}", limit.requests, limit.burst)
+}
+
+/// A rate limit as JSON: `{requests, per_seconds, burst}`. `per_seconds` is
+/// a whole number for the windows `--rate` makes (1, 60, 3600) and has a
+/// fraction only for a sub-second window set through the API.
+pub fn rate_limit_json(limit: &pb::RateLimit) -> serde_json::Map<String, Value> {
+    let per_seconds = match limit.per.map(Duration::try_from) {
+        Some(Ok(per)) if per.subsec_nanos() == 0 => Value::from(per.as_secs()),
+        Some(Ok(per)) => Value::from(per.as_secs_f64()),
+        Some(Err(_)) | None => Value::Null,
+    };
+    let mut object = serde_json::Map::new();
+    object.insert("requests".into(), limit.requests.into());
+    object.insert("per_seconds".into(), per_seconds);
+    object.insert("burst".into(), limit.burst.into());
+    object
+}
+
+/// When a key last passed validation, or `never`. The server records uses in
+/// batches, so a key used a moment ago may still say `never`.
+pub fn last_used_text(key: &pb::Key) -> String {
+    timestamp(key.last_used_at.as_ref()).unwrap_or_else(|| "never".into())
+}
+
 /// `1 key`, `2 keys`: counts in messages read as sentences.
 pub fn count_keys(count: usize) -> String {
     if count == 1 {
@@ -60,6 +101,7 @@ pub fn state_name(state: i32) -> String {
         Ok(pb::KeyState::Active) => "active".into(),
         Ok(pb::KeyState::Expired) => "expired".into(),
         Ok(pb::KeyState::Revoked) => "revoked".into(),
+        Ok(pb::KeyState::Exhausted) => "exhausted".into(),
         // A server newer than this CLI may add states; show rather than fail.
         Ok(pb::KeyState::Unspecified) | Err(_) => format!("unknown({state})"),
     }
@@ -124,6 +166,12 @@ pub fn key_json(key: &pb::Key) -> serde_json::Map<String, Value> {
         "rotated_from": non_empty(&key.rotated_from),
         "rotated_to": non_empty(&key.rotated_to),
         "created_by": non_empty(&key.created_by),
+        "rate_limit": key.rate_limit.as_ref().map(rate_limit_json),
+        // 0 on the wire means no cap: `null`, as for any absent value.
+        "max_uses": (key.max_uses > 0).then_some(key.max_uses),
+        "remaining_uses": key.remaining_uses,
+        "last_used_at": timestamp(key.last_used_at.as_ref()),
+        "use_count": key.use_count,
     });
     match value {
         Value::Object(map) => map,
@@ -166,6 +214,27 @@ pub fn key_fields(key: &pb::Key) -> Vec<(&'static str, String)> {
         "expires",
         timestamp(key.expires_at.as_ref()).unwrap_or_else(|| "never".into()),
     ));
+    // A dash: the key has no limit of its own (its roles' or the server's
+    // default applies), or no cap.
+    fields.push((
+        "rate limit",
+        key.rate_limit
+            .as_ref()
+            .map_or_else(|| "-".into(), rate_limit_text),
+    ));
+    fields.push((
+        "max uses",
+        if key.max_uses > 0 {
+            key.max_uses.to_string()
+        } else {
+            "-".into()
+        },
+    ));
+    if let Some(remaining) = key.remaining_uses {
+        fields.push(("remaining uses", remaining.to_string()));
+    }
+    fields.push(("last used", last_used_text(key)));
+    fields.push(("use count", key.use_count.to_string()));
     let optional = [
         ("revoked", timestamp(key.revoked_at.as_ref())),
         (
@@ -196,6 +265,7 @@ pub fn role_json(role: &pb::Role) -> Value {
             .max_ttl
             .and_then(|d| Duration::try_from(d).ok())
             .map(|d| d.as_secs()),
+        "default_rate_limit": role.default_rate_limit.as_ref().map(rate_limit_json),
         "builtin": role.builtin,
         "created_at": timestamp(role.created_at.as_ref()),
         "updated_at": timestamp(role.updated_at.as_ref()),
@@ -211,6 +281,12 @@ pub fn role_fields(role: &pb::Role) -> Vec<(&'static str, String)> {
         (
             "max ttl",
             duration_text(role.max_ttl.as_ref()).unwrap_or_else(|| "none".into()),
+        ),
+        (
+            "default rate limit",
+            role.default_rate_limit
+                .as_ref()
+                .map_or_else(|| "none".into(), rate_limit_text),
         ),
         ("builtin", yes_no(role.builtin)),
         (
@@ -392,13 +468,115 @@ mod tests {
         assert_eq!(json["description"], Value::Null);
         assert_eq!(json["builtin"], false);
         let text = fields_text(&role_fields(&role));
-        assert!(text.contains("max ttl      1h\n"), "{text}");
-        assert!(text.contains("builtin      no\n"), "{text}");
+        assert!(text.contains("max ttl             1h\n"), "{text}");
+        assert!(text.contains("builtin             no\n"), "{text}");
 
         role.max_ttl = None;
         assert_eq!(role_json(&role)["max_ttl"], Value::Null);
         let text = fields_text(&role_fields(&role));
-        assert!(text.contains("max ttl      none\n"), "{text}");
+        assert!(text.contains("max ttl             none\n"), "{text}");
+    }
+
+    fn limit(requests: u32, seconds: i64, nanos: i32, burst: u32) -> pb::RateLimit {
+        pb::RateLimit {
+            requests,
+            per: Some(prost_types::Duration { seconds, nanos }),
+            burst,
+        }
+    }
+
+    #[test]
+    fn rate_limits_read_as_the_flag_writes_them() {
+        assert_eq!(rate_limit_text(&limit(5, 1, 0, 5)), "5/s burst 5");
+        assert_eq!(rate_limit_text(&limit(100, 60, 0, 20)), "100/m burst 20");
+        assert_eq!(rate_limit_text(&limit(1, 3600, 0, 1)), "1/h burst 1");
+        // Windows only the API can set are written out, still as one term.
+        assert_eq!(rate_limit_text(&limit(5, 90, 0, 5)), "5/1m30s burst 5");
+        assert_eq!(
+            rate_limit_text(&limit(5, 0, 500_000_000, 1)),
+            "5/500ms burst 1"
+        );
+        let unset = pb::RateLimit {
+            per: None,
+            ..limit(5, 1, 0, 5)
+        };
+        assert_eq!(rate_limit_text(&unset), "5/? burst 5");
+
+        assert_eq!(
+            Value::Object(rate_limit_json(&limit(100, 60, 0, 20))),
+            json!({"requests": 100, "per_seconds": 60, "burst": 20})
+        );
+        assert_eq!(
+            Value::Object(rate_limit_json(&limit(5, 0, 500_000_000, 1)))["per_seconds"],
+            0.5
+        );
+    }
+
+    #[test]
+    fn keys_show_their_limits_and_usage() {
+        let mut key = sample_key();
+        let json = Value::Object(key_json(&key));
+        assert_eq!(json["rate_limit"], Value::Null);
+        assert_eq!(json["max_uses"], Value::Null, "0 on the wire is no cap");
+        assert_eq!(json["remaining_uses"], Value::Null);
+        assert_eq!(json["last_used_at"], Value::Null);
+        assert_eq!(json["use_count"], 0);
+        let text = fields_text(&key_fields(&key));
+        for line in [
+            "rate limit     -\n",
+            "max uses       -\n",
+            "last used      never\n",
+            "use count      0\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
+        assert!(!text.contains("remaining uses"), "{text}");
+
+        key.rate_limit = Some(limit(5, 1, 0, 10));
+        key.max_uses = 3;
+        key.remaining_uses = Some(2);
+        key.last_used_at = key.created_at;
+        key.use_count = 1;
+        let json = Value::Object(key_json(&key));
+        assert_eq!(
+            json["rate_limit"],
+            json!({"requests": 5, "per_seconds": 1, "burst": 10})
+        );
+        assert_eq!(json["max_uses"], 3);
+        assert_eq!(json["remaining_uses"], 2);
+        assert_eq!(json["last_used_at"], "2027-01-15T08:00:00Z");
+        assert_eq!(json["use_count"], 1);
+        let text = fields_text(&key_fields(&key));
+        for line in [
+            "rate limit      5/s burst 10\n",
+            "max uses        3\n",
+            "remaining uses  2\n",
+            "last used       2027-01-15T08:00:00Z\n",
+            "use count       1\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn roles_show_their_default_rate_limit() {
+        let mut role = pb::Role {
+            name: "ci".into(),
+            ..Default::default()
+        };
+        assert_eq!(role_json(&role)["default_rate_limit"], Value::Null);
+        let text = fields_text(&role_fields(&role));
+        assert!(text.contains("default rate limit  none\n"), "{text}");
+        role.default_rate_limit = Some(limit(10, 60, 0, 10));
+        assert_eq!(
+            role_json(&role)["default_rate_limit"],
+            json!({"requests": 10, "per_seconds": 60, "burst": 10})
+        );
+        let text = fields_text(&role_fields(&role));
+        assert!(
+            text.contains("default rate limit  10/m burst 10\n"),
+            "{text}"
+        );
     }
 
     #[test]

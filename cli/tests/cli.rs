@@ -180,7 +180,9 @@ fn list_filters_by_label_owner_role_and_state() {
             "LABELS",
             "CIDRS",
             "CREATED",
-            "EXPIRES"
+            "EXPIRES",
+            "LAST",
+            "USED"
         ]
     );
     assert_eq!(lines.len(), 3, "{lines:#?}");
@@ -191,6 +193,7 @@ fn list_filters_by_label_owner_role_and_state() {
         ["kw", "revoked", "validator", "-", "bob", "env=dev", "any"]
     );
     assert_eq!(cells[9], "never");
+    assert_eq!(cells[10], "never", "never validated");
     let row_c = lines.iter().find(|l| l.starts_with(&c)).expect("row for c");
     assert!(row_c.contains("env=prod,team=x"), "{row_c}");
 

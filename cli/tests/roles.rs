@@ -94,7 +94,15 @@ fn role_create_list_show_update_delete_round_trip() {
     let rows = table_rows(list.ok());
     assert_eq!(
         rows[0],
-        ["NAME", "BUILTIN", "MAX", "TTL", "PERMISSIONS"],
+        [
+            "NAME",
+            "BUILTIN",
+            "MAX",
+            "TTL",
+            "RATE",
+            "LIMIT",
+            "PERMISSIONS"
+        ],
         "{list:#?}"
     );
     let row = |name: &str| {
@@ -103,16 +111,19 @@ fn role_create_list_show_update_delete_round_trip() {
             .unwrap_or_else(|| panic!("no row for {name}: {list:#?}"))
             .clone()
     };
-    assert_eq!(row("admin"), ["admin", "yes", "-", "keyward:*"]);
+    assert_eq!(row("admin"), ["admin", "yes", "-", "-", "keyward:*"]);
     assert_eq!(
         row("validator"),
-        ["validator", "yes", "-", "keyward:validate"]
+        ["validator", "yes", "-", "-", "keyward:validate"]
     );
-    assert_eq!(row("reader"), ["reader", "no", "-", "keyward:keys:read"]);
+    assert_eq!(
+        row("reader"),
+        ["reader", "no", "-", "-", "keyward:keys:read"]
+    );
     let auditor = row("auditor");
-    assert_eq!(auditor[..3], ["auditor", "no", "1h"]);
+    assert_eq!(auditor[..4], ["auditor", "no", "1h", "-"]);
     assert!(
-        auditor[3].contains("keyward:audit:read,") || auditor[3].ends_with(",keyward:audit:read")
+        auditor[4].contains("keyward:audit:read,") || auditor[4].ends_with(",keyward:audit:read")
     );
     assert_eq!(rows.len(), 5, "{list:#?}");
 

@@ -221,6 +221,7 @@ impl TryFrom<pb::ListKeysRequest> for KeyQuery {
             Ok(pb::KeyState::Active) => Some(KeyState::Active),
             Ok(pb::KeyState::Expired) => Some(KeyState::Expired),
             Ok(pb::KeyState::Revoked) => Some(KeyState::Revoked),
+            Ok(pb::KeyState::Exhausted) => Some(KeyState::Exhausted),
             Err(_) => return Err(ServiceError::invalid("state", "unknown key state")),
         };
         let role = (!request.role.is_empty())
@@ -285,6 +286,7 @@ pub fn key(record: &KeyRecord, now: Timestamp) -> pb::Key {
             KeyState::Active => pb::KeyState::Active,
             KeyState::Expired => pb::KeyState::Expired,
             KeyState::Revoked => pb::KeyState::Revoked,
+            KeyState::Exhausted => pb::KeyState::Exhausted,
         }
         .into(),
         created_at: Some(timestamp(record.created_at)),

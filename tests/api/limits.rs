@@ -3,7 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use keyward::{
-    pb::{self, Denial},
+    pb::{self, Denial, KeyState},
     rate_limit::RateLimit,
     server::Settings,
 };
@@ -222,6 +222,113 @@ async fn a_usage_cap_holds_across_a_restart() {
     // Uncapped keys report no remaining count.
     let (_, uncapped) = app.mint_with_roles(&[]).await;
     assert_eq!(app.validate(&uncapped, &[]).await.remaining_uses, None);
+}
+
+#[tokio::test]
+async fn rotation_hands_on_the_remaining_uses_and_spent_keys_show_it() {
+    let app = spawn_app().await;
+    let (id, key) = app
+        .mint(pb::MintKeyRequest {
+            max_uses: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(app.validate(&key, &[]).await.valid);
+    let rotated = app.rotate(&id, Duration::from_secs(3600)).await.unwrap();
+    let successor = rotated.key.unwrap();
+    assert_eq!((successor.max_uses, successor.remaining_uses), (2, Some(2)));
+    assert_eq!(rotated.previous.unwrap().state(), KeyState::Exhausted);
+    assert_eq!(
+        denial(&app.validate(&key, &[]).await),
+        Denial::Invalid,
+        "the old key stops despite the grace"
+    );
+    for left in [1, 0] {
+        assert_eq!(
+            app.validate(&rotated.plaintext, &[]).await.remaining_uses,
+            Some(left)
+        );
+    }
+    assert_eq!(
+        denial(&app.validate(&rotated.plaintext, &[]).await),
+        Denial::Invalid
+    );
+    let spent = app
+        .list(pb::ListKeysRequest {
+            state: KeyState::Exhausted.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(spent.keys.len(), 2);
+    let active = app
+        .list(pb::ListKeysRequest {
+            state: KeyState::Active.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(active.keys.len(), 1, "only the admin key");
+    let again = app.rotate(&successor.id, Duration::ZERO).await.unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition);
+}
+
+#[tokio::test]
+async fn a_role_default_rate_limit_can_be_changed_and_cleared() {
+    let app = spawn_app().await;
+    let mut admin = app.admin_client().await;
+    let role = pb::CreateRoleRequest {
+        name: "r".into(),
+        permissions: vec!["x:y".into()],
+        ..Default::default()
+    };
+    admin
+        .create_role(authed(&app.admin_key, role))
+        .await
+        .unwrap();
+    let (_, key) = app.mint_with_roles(&["r"]).await;
+    assert!(app.validate(&key, &[]).await.rate_limit.is_none());
+    let set = pb::UpdateRoleRequest {
+        name: "r".into(),
+        default_rate_limit: limit(1, 60, 1),
+        ..Default::default()
+    };
+    let updated = admin
+        .update_role(authed(&app.admin_key, set))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.default_rate_limit.unwrap().requests, 1);
+    assert!(app.validate(&key, &[]).await.valid);
+    assert_eq!(denial(&app.validate(&key, &[]).await), Denial::RateLimited);
+    let clear = pb::UpdateRoleRequest {
+        name: "r".into(),
+        clear_default_rate_limit: true,
+        ..Default::default()
+    };
+    let cleared = admin
+        .update_role(authed(&app.admin_key, clear))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(cleared.default_rate_limit.is_none());
+    assert!(app.validate(&key, &[]).await.valid);
+    let app = app.restart().await;
+    let shown = app
+        .admin_client()
+        .await
+        .get_role(authed(
+            &app.admin_key,
+            pb::GetRoleRequest { name: "r".into() },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        shown.default_rate_limit.is_none(),
+        "stored, not just in memory"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

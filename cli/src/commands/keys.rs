@@ -1,6 +1,7 @@
 //! The key lifecycle verbs, over the admin API: `mint`, `list`, `show`,
-//! `rotate` and `revoke` (one key by id, or every key with some labels).
-//! Each needs an admin key holding `keyward:admin`.
+//! `update` (a key's rate limit), `rotate` and `revoke` (one key by id, or
+//! every key with some labels). Each needs an admin key holding
+//! `keyward:admin`.
 
 use std::{
     collections::HashMap,
@@ -9,11 +10,14 @@ use std::{
 };
 
 use clap::{ArgGroup, Args, ValueEnum};
-use keyward::pb;
+use keyward::{pb, rate_limit::RateLimit};
 use serde_json::Value;
 
 use crate::{
-    cli::{GlobalArgs, parse_duration, parse_label, parse_positive_duration, parse_rfc3339},
+    cli::{
+        GlobalArgs, parse_burst, parse_duration, parse_label, parse_max_uses,
+        parse_positive_duration, parse_rate, parse_rfc3339,
+    },
     client::{AdminClient, admin_client},
     error::CliError,
     output::{self, OutputFormat},
@@ -63,6 +67,31 @@ pub struct MintArgs {
     /// Absolute expiry in UTC, e.g. `2027-01-31T12:00:00Z`
     #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339)]
     pub expires_at: Option<SystemTime>,
+
+    /// The key's own rate limit, `N/s`, `N/m` or `N/h` (N calls per second,
+    /// minute or hour), e.g. `100/s` [default: the strictest default of its
+    /// roles, else the server's --default-rate, else none]. Each keyward
+    /// server (replica) counts on its own: behind 3 replicas the key may get
+    /// up to 3 times this. The limit applies only after the key is proven
+    /// (live, right secret), so invalid traffic cannot spend its quota.
+    /// Change it later with `keywardctl update`
+    // `allow_hyphen_values`: `--rate -1/s` reaches the parser and gets its
+    // message, instead of reading as an unknown flag `-1`.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate, allow_hyphen_values = true)]
+    pub rate: Option<RateLimit>,
+
+    /// With --rate: the most calls the key may make at once (after a quiet
+    /// spell) before the rate paces it, e.g. `20` [default: N, the rate's
+    /// count]
+    #[arg(long, value_name = "B", value_parser = parse_burst, requires = "rate", allow_hyphen_values = true)]
+    pub burst: Option<u32>,
+
+    /// The most successful validations the key may pass, e.g. `1` for a
+    /// one-time key [default: no cap]. Each use is written to the database
+    /// before the answer, so the cap holds across restarts and replicas;
+    /// then the key is refused as INVALID
+    #[arg(long, value_name = "N", value_parser = parse_max_uses, allow_hyphen_values = true)]
+    pub max_uses: Option<u64>,
 }
 
 /// Arguments of `list`.
@@ -102,6 +131,8 @@ pub enum StateFilter {
     Expired,
     /// Revoked keys
     Revoked,
+    /// Capped keys whose uses are spent
+    Exhausted,
 }
 
 impl From<StateFilter> for pb::KeyState {
@@ -110,6 +141,7 @@ impl From<StateFilter> for pb::KeyState {
             StateFilter::Active => Self::Active,
             StateFilter::Expired => Self::Expired,
             StateFilter::Revoked => Self::Revoked,
+            StateFilter::Exhausted => Self::Exhausted,
         }
     }
 }
@@ -119,6 +151,35 @@ impl From<StateFilter> for pb::KeyState {
 pub struct ShowArgs {
     /// The key id (the 11 characters after `<prefix>_` in the key)
     pub id: String,
+}
+
+/// Arguments of `update`. A run that changes nothing is a usage error: it is
+/// almost always a forgotten flag.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("change").required(true).args(["rate", "clear_rate"])))]
+pub struct UpdateArgs {
+    /// The id of the key to change
+    pub id: String,
+
+    /// The key's new rate limit, `N/s`, `N/m` or `N/h` (N calls per second,
+    /// minute or hour), e.g. `100/s`; it replaces any limit from its roles or
+    /// the server. Each keyward server (replica) counts on its own: behind 3
+    /// replicas the key may get up to 3 times this. The limit applies only
+    /// after the key is proven (live, right secret), so invalid traffic
+    /// cannot spend its quota
+    #[arg(long, value_name = "RATE", value_parser = parse_rate, allow_hyphen_values = true)]
+    pub rate: Option<RateLimit>,
+
+    /// With --rate: the most calls the key may make at once (after a quiet
+    /// spell) before the rate paces it, e.g. `20` [default: N, the rate's
+    /// count]
+    #[arg(long, value_name = "B", value_parser = parse_burst, requires = "rate", conflicts_with = "clear_rate", allow_hyphen_values = true)]
+    pub burst: Option<u32>,
+
+    /// Remove the key's own rate limit: the strictest default of its roles
+    /// applies, else the server's --default-rate, else none
+    #[arg(long)]
+    pub clear_rate: bool,
 }
 
 /// Arguments of `rotate`.
@@ -189,6 +250,10 @@ pub async fn mint(args: MintArgs, global: &GlobalArgs) -> Result<ExitCode, CliEr
         expiry,
         permissions: args.permissions,
         allowed_cidrs: args.allowed_cidrs,
+        rate_limit: rate_limit_request(args.rate, args.burst)?,
+        // Zero is "no cap" on the wire; `--max-uses` refuses it, so leaving
+        // the flag out is the only way to say that.
+        max_uses: args.max_uses.unwrap_or(0),
     };
     let mut client = admin_client(global).await?;
     let response = client
@@ -289,6 +354,7 @@ fn list_table(keys: &[pb::Key]) -> String {
                 output::cidrs_text(&key.allowed_cidrs, ","),
                 output::timestamp(key.created_at.as_ref()).unwrap_or_else(|| "-".into()),
                 output::timestamp(key.expires_at.as_ref()).unwrap_or_else(|| "never".into()),
+                output::last_used_text(key),
             ]
         })
         .collect();
@@ -304,6 +370,7 @@ fn list_table(keys: &[pb::Key]) -> String {
             "CIDRS",
             "CREATED",
             "EXPIRES",
+            "LAST USED",
         ],
         &rows,
     )
@@ -333,6 +400,33 @@ async fn get_key(
         .await
         .map_err(|status| CliError::from_status(status, &global.server))?
         .into_inner())
+}
+
+/// Sets or removes a key's own rate limit and prints the key as it is now.
+///
+/// # Errors
+/// As [`show`]; INVALID_ARGUMENT when the server refuses the limit.
+pub async fn update(args: UpdateArgs, global: &GlobalArgs) -> Result<ExitCode, CliError> {
+    let request = pb::UpdateKeyRequest {
+        id: args.id,
+        rate_limit: rate_limit_request(args.rate, args.burst)?,
+        clear_rate_limit: args.clear_rate,
+    };
+    let mut client = admin_client(global).await?;
+    let key = client
+        .update_key(request)
+        .await
+        .map_err(|status| CliError::from_status(status, &global.server))?
+        .into_inner();
+    match global.output {
+        OutputFormat::Json => output::print_json(&Value::Object(output::key_json(&key)))?,
+        OutputFormat::Table => output::print(&format!(
+            "Updated key {}.\n\n{}",
+            key.id,
+            output::fields_text(&output::key_fields(&key))
+        ))?,
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Rotates a key and prints the successor (with its plaintext, this once)
@@ -578,6 +672,32 @@ fn label_map(labels: Vec<(String, String)>) -> Result<HashMap<String, String>, C
     Ok(map)
 }
 
+/// The rate limit `--rate` and `--burst` describe, for the wire: `--burst`
+/// replaces the rate's own burst (N). The library checks the result, so the
+/// CLI refuses exactly what the server would.
+///
+/// # Errors
+/// A usage error naming `--burst` if the library refuses the combination.
+pub fn rate_limit_request(
+    rate: Option<RateLimit>,
+    burst: Option<u32>,
+) -> Result<Option<pb::RateLimit>, CliError> {
+    let Some(rate) = rate else {
+        // clap makes `--burst` require `--rate`.
+        return Ok(None);
+    };
+    let limit = match burst {
+        Some(burst) => RateLimit::new(rate.requests(), rate.per(), burst)
+            .map_err(|e| CliError::Usage(format!("--burst {burst}: {e}")))?,
+        None => rate,
+    };
+    Ok(Some(pb::RateLimit {
+        requests: limit.requests(),
+        per: Some(proto_duration(limit.per(), "--rate")?),
+        burst: limit.burst(),
+    }))
+}
+
 /// `duration` for the wire; one too long for protobuf is a usage error
 /// naming `flag`.
 pub fn proto_duration(duration: Duration, flag: &str) -> Result<prost_types::Duration, CliError> {
@@ -638,6 +758,10 @@ mod tests {
             permissions: vec!["deploy:read".into(), "deploy:write".into()],
             allowed_cidrs: vec!["10.0.0.0/8".into(), "2001:db8::/32".into()],
             state: pb::KeyState::Active as i32,
+            last_used_at: Some(prost_types::Timestamp {
+                seconds: 1_800_000_000,
+                nanos: 0,
+            }),
             ..Default::default()
         };
         let text = list_table(&[key, ci]);
@@ -658,7 +782,9 @@ mod tests {
                     "LABELS",
                     "CIDRS",
                     "CREATED",
-                    "EXPIRES"
+                    "EXPIRES",
+                    "LAST",
+                    "USED"
                 ][..],
                 &[
                     "AbCdEfGhIjK",
@@ -670,6 +796,7 @@ mod tests {
                     "-",
                     "any",
                     "-",
+                    "never",
                     "never"
                 ],
                 &[
@@ -682,9 +809,66 @@ mod tests {
                     "-",
                     "10.0.0.0/8,2001:db8::/32",
                     "-",
-                    "never"
+                    "never",
+                    "2027-01-15T08:00:00Z"
                 ],
             ]
+        );
+    }
+
+    fn rate(text: &str) -> Option<RateLimit> {
+        Some(text.parse().unwrap())
+    }
+
+    #[test]
+    fn burst_replaces_the_rates_own() {
+        let limit = rate_limit_request(rate("5/m"), None).unwrap().unwrap();
+        assert_eq!(
+            limit,
+            pb::RateLimit {
+                requests: 5,
+                per: Some(prost_types::Duration {
+                    seconds: 60,
+                    nanos: 0
+                }),
+                burst: 5,
+            }
+        );
+        let limit = rate_limit_request(rate("100/s"), Some(20))
+            .unwrap()
+            .unwrap();
+        assert_eq!((limit.requests, limit.burst), (100, 20));
+        assert_eq!(rate_limit_request(None, None).unwrap(), None);
+        let err = rate_limit_request(rate("1/s"), Some(0)).unwrap_err();
+        assert!(matches!(err, CliError::Usage(_)));
+        assert!(err.to_string().starts_with("--burst 0: "), "{err}");
+    }
+
+    #[test]
+    fn update_needs_one_rate_change() {
+        use clap::{Parser as _, error::ErrorKind};
+        let parse = |args: &[&str]| {
+            crate::cli::Cli::try_parse_from(
+                ["keywardctl", "update", "AbCdEfGhIjK"].iter().chain(args),
+            )
+            .map(|_| ())
+            .map_err(|e| e.kind())
+        };
+        assert_eq!(parse(&["--rate", "5/s"]), Ok(()));
+        assert_eq!(parse(&["--rate", "5/s", "--burst", "9"]), Ok(()));
+        assert_eq!(parse(&["--clear-rate"]), Ok(()));
+        assert_eq!(parse(&[]), Err(ErrorKind::MissingRequiredArgument));
+        assert_eq!(
+            parse(&["--burst", "9"]),
+            Err(ErrorKind::MissingRequiredArgument)
+        );
+        assert_eq!(
+            parse(&["--rate", "5/s", "--clear-rate"]),
+            Err(ErrorKind::ArgumentConflict)
+        );
+        assert_eq!(
+            parse(&["--clear-rate", "--burst", "9"]),
+            Err(ErrorKind::ArgumentConflict)
         );
     }
 

@@ -1,5 +1,5 @@
 //! The verbs, one module per group: [`init`] works on the database directly;
-//! [`keys`] (mint, list, show, rotate, revoke), [`roles`] (`role ...`) and
+//! [`keys`] (mint, list, show, update, rotate, revoke), [`roles`] (`role ...`) and
 //! [`audit`] use the admin API; [`verify`] uses the data plane, as a backend
 //! server would.
 
@@ -28,6 +28,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Mint(args) => keys::mint(args, global).await,
         Command::List(args) => keys::list(args, global).await,
         Command::Show(args) => keys::show(args, global).await,
+        Command::Update(args) => keys::update(args, global).await,
         Command::Rotate(args) => keys::rotate(args, global).await,
         Command::Revoke(args) => keys::revoke(args, global).await,
         Command::Verify(args) => verify::run(args, global).await,

@@ -10,13 +10,13 @@
 use std::{process::ExitCode, time::Duration};
 
 use clap::{ArgGroup, Args, Subcommand};
-use keyward::pb;
+use keyward::{pb, rate_limit::RateLimit};
 use serde_json::{Value, json};
 
 use crate::{
-    cli::{GlobalArgs, parse_positive_duration},
+    cli::{GlobalArgs, parse_burst, parse_positive_duration, parse_rate},
     client::{AdminClient, admin_client},
-    commands::keys::proto_duration,
+    commands::keys::{proto_duration, rate_limit_request},
     error::CliError,
     output::{self, OutputFormat},
 };
@@ -26,15 +26,16 @@ use crate::{
 pub enum RoleCommand {
     /// Create a role with its permissions
     ///
-    /// Keys get its permissions once minted with `--role NAME`. An admin key
+    /// Keys get its permissions (and its default rate limit, unless they have
+    /// their own) once minted with `--role NAME`. An admin key
     /// without `keyward:admin` can put into a role only permissions it holds
     /// itself.
     Create(CreateArgs),
     /// List every role, by name
     List,
-    /// Show one role: its permissions, max TTL and history
+    /// Show one role: its permissions, max TTL, default rate limit and history
     Show(ShowArgs),
-    /// Change a role's permissions, description or max TTL
+    /// Change a role's permissions, description, max TTL or default rate limit
     ///
     /// The change applies to every key holding the role from its very next
     /// validation. Give at least one change. The built-in roles cannot be
@@ -66,6 +67,24 @@ pub struct CreateArgs {
     /// `1h` for CI keys that must not outlive a job [default: no cap]
     #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
     pub max_ttl: Option<Duration>,
+
+    /// Default rate limit of keys holding this role that have none of their
+    /// own, `N/s`, `N/m` or `N/h` (N calls per second, minute or hour), e.g.
+    /// `10/s`; a key with several such roles gets the strictest [default:
+    /// none, the server's --default-rate applies]. Each keyward server
+    /// (replica) counts on its own: behind 3 replicas a key may get up to 3
+    /// times this. The limit applies only after a key is proven (live, right
+    /// secret), so invalid traffic cannot spend its quota
+    // `allow_hyphen_values`: `--rate -1/s` reaches the parser and gets its
+    // message, instead of reading as an unknown flag `-1`.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate, allow_hyphen_values = true)]
+    pub rate: Option<RateLimit>,
+
+    /// With --rate: the most calls a key may make at once (after a quiet
+    /// spell) before the rate paces it, e.g. `20` [default: N, the rate's
+    /// count]
+    #[arg(long, value_name = "B", value_parser = parse_burst, requires = "rate", allow_hyphen_values = true)]
+    pub burst: Option<u32>,
 }
 
 /// Arguments of `role show`.
@@ -82,7 +101,15 @@ pub struct ShowArgs {
     ArgGroup::new("change")
         .required(true)
         .multiple(true)
-        .args(["add_permissions", "remove_permissions", "description", "max_ttl", "clear_max_ttl"])
+        .args([
+            "add_permissions",
+            "remove_permissions",
+            "description",
+            "max_ttl",
+            "clear_max_ttl",
+            "rate",
+            "clear_rate",
+        ])
 ))]
 pub struct UpdateArgs {
     /// The role's name
@@ -108,6 +135,26 @@ pub struct UpdateArgs {
     /// Remove the max TTL: keys with the role may live as long as minted
     #[arg(long)]
     pub clear_max_ttl: bool,
+
+    /// The role's new default rate limit, for keys holding it that have none
+    /// of their own, `N/s`, `N/m` or `N/h` (N calls per second, minute or
+    /// hour), e.g. `10/s`; a key with several such roles gets the strictest.
+    /// Each keyward server (replica) counts on its own: behind 3 replicas a
+    /// key may get up to 3 times this. The limit applies only after a key is
+    /// proven (live, right secret), so invalid traffic cannot spend its quota
+    #[arg(long, value_name = "RATE", value_parser = parse_rate, allow_hyphen_values = true, conflicts_with = "clear_rate")]
+    pub rate: Option<RateLimit>,
+
+    /// With --rate: the most calls a key may make at once (after a quiet
+    /// spell) before the rate paces it, e.g. `20` [default: N, the rate's
+    /// count]
+    #[arg(long, value_name = "B", value_parser = parse_burst, requires = "rate", conflicts_with = "clear_rate", allow_hyphen_values = true)]
+    pub burst: Option<u32>,
+
+    /// Remove the role's default rate limit: its keys fall back to their
+    /// other roles' defaults, else the server's --default-rate
+    #[arg(long)]
+    pub clear_rate: bool,
 }
 
 /// Arguments of `role delete`.
@@ -170,6 +217,7 @@ async fn create(
             .max_ttl
             .map(|ttl| proto_duration(ttl, "--max-ttl"))
             .transpose()?,
+        default_rate_limit: rate_limit_request(args.rate, args.burst)?,
     };
     let role = call(client.create_role(request), global).await?;
     print_role(Some("Created"), &role, global)
@@ -190,6 +238,8 @@ async fn update(
             .map(|ttl| proto_duration(ttl, "--max-ttl"))
             .transpose()?,
         clear_max_ttl: args.clear_max_ttl,
+        default_rate_limit: rate_limit_request(args.rate, args.burst)?,
+        clear_default_rate_limit: args.clear_rate,
     };
     let role = call(client.update_role(request), global).await?;
     print_role(Some("Updated"), &role, global)
@@ -217,11 +267,17 @@ fn list_table(roles: &[pb::Role]) -> String {
                 role.name.clone(),
                 output::yes_no(role.builtin),
                 output::duration_text(role.max_ttl.as_ref()).unwrap_or_else(|| "-".into()),
+                role.default_rate_limit
+                    .as_ref()
+                    .map_or_else(|| "-".into(), output::rate_limit_text),
                 output::or_dash(role.permissions.join(",")),
             ]
         })
         .collect();
-    output::table_text(&["NAME", "BUILTIN", "MAX TTL", "PERMISSIONS"], &rows)
+    output::table_text(
+        &["NAME", "BUILTIN", "MAX TTL", "RATE LIMIT", "PERMISSIONS"],
+        &rows,
+    )
 }
 
 /// Prints a role; in a table after a line saying what was `done` to it.
@@ -273,14 +329,22 @@ mod tests {
                     seconds: 5400,
                     nanos: 0,
                 }),
+                default_rate_limit: Some(pb::RateLimit {
+                    requests: 10,
+                    per: Some(prost_types::Duration {
+                        seconds: 1,
+                        nanos: 0,
+                    }),
+                    burst: 20,
+                }),
                 ..Default::default()
             },
         ];
         assert_eq!(
             list_table(&roles),
-            "NAME   BUILTIN  MAX TTL  PERMISSIONS\n\
-             admin  yes      -        keyward:*\n\
-             ci     no       1h 30m   deploy:read,deploy:write\n"
+            "NAME   BUILTIN  MAX TTL  RATE LIMIT     PERMISSIONS\n\
+             admin  yes      -        -              keyward:*\n\
+             ci     no       1h 30m   10/s burst 20  deploy:read,deploy:write\n"
         );
     }
 }

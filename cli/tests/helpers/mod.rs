@@ -112,9 +112,15 @@ impl TestServer {
     /// Starts a server on a fresh, uninitialised database: it initialises
     /// it and writes the first admin key to its bootstrap file.
     pub fn start() -> Self {
+        Self::start_with(|_| {})
+    }
+
+    /// Like [`TestServer::start`], with `configure` changing the server's
+    /// settings first (e.g. a short usage flush interval).
+    pub fn start_with(configure: impl FnOnce(&mut Settings)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let database_url = format!("sqlite://{}", dir.path().join("keyward.db").display());
-        let server = Self::start_on(dir, &database_url);
+        let server = Self::start_configured(dir, &database_url, configure);
         assert!(
             !server.admin_key.is_empty(),
             "the server wrote no bootstrap key"
@@ -126,18 +132,27 @@ impl TestServer {
     /// whatever the bootstrap file holds: empty when the database had been
     /// initialised before, since the server then writes none.
     pub fn start_on(dir: TempDir, database_url: &str) -> Self {
+        Self::start_configured(dir, database_url, |_| {})
+    }
+
+    fn start_configured(
+        dir: TempDir,
+        database_url: &str,
+        configure: impl FnOnce(&mut Settings),
+    ) -> Self {
         let admin_key_file = dir.path().join("keyward-admin.key");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("tokio runtime");
-        let settings = Settings {
+        let mut settings = Settings {
             listen: "127.0.0.1:0".parse().unwrap(),
             database_url: database_url.to_owned(),
             bootstrap_key_file: admin_key_file.clone(),
             ..Settings::default()
         };
+        configure(&mut settings);
         let app = runtime
             .block_on(Application::build(settings))
             .expect("the server starts");
