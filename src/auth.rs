@@ -11,7 +11,7 @@ use crate::{
     key::KeyId,
     model::Actor,
     permission::{self, Permission},
-    validate::{Checks, Denied, Outcome, Validator},
+    validate::{Denied, Outcome, Validator},
 };
 
 /// An authenticated caller and what it holds.
@@ -61,21 +61,13 @@ impl Caller {
 /// `PermissionDenied` when it lacks the permission or its allow-list excludes
 /// the connection's address; `ResourceExhausted` when the caller's key is
 /// over its rate limit. None echoes the key.
-pub async fn authenticate<T: Sync>(
+pub fn authenticate<T>(
     request: &Request<T>,
     validator: &Validator,
     needed: &Permission,
 ) -> Result<Caller, ServiceError> {
     let token = bearer_token(request.metadata())?;
-    let checks = Checks {
-        required: &[],
-        client_ip: request.remote_addr().map(|addr| addr.ip()),
-        skip_rate_limit: true,
-    };
-    let outcome = validator
-        .validate(token, checks)
-        .await
-        .map_err(ServiceError::from)?;
+    let outcome = validator.check_credential(token, request.remote_addr().map(|addr| addr.ip()));
     let grant = match outcome {
         Outcome::Valid(grant) => grant,
         Outcome::RateLimited { grant, retry_after } => {

@@ -123,14 +123,14 @@ impl Index {
 
     /// Takes the usage counted since the last call, for the store.
     pub fn take_usage(&self) -> Vec<UsageDelta> {
-        let mut state = self.write();
-        let mut deltas = std::mem::take(&mut state.retired_usage);
-        deltas.extend(
-            state
-                .keys
-                .iter()
-                .filter_map(|(id, key)| key.usage.take(*id)),
-        );
+        // Counters are atomics: a read lock lets validations go on meanwhile.
+        let mut deltas: Vec<UsageDelta> = self
+            .read()
+            .keys
+            .iter()
+            .filter_map(|(id, key)| key.usage.take(*id))
+            .collect();
+        deltas.append(&mut self.write().retired_usage);
         deltas
     }
 
@@ -164,11 +164,21 @@ impl Index {
     /// anyway, this only returns their memory. Returns how many went.
     pub fn remove_expired(&self, now: Timestamp) -> usize {
         let mut state = self.write();
-        let before = state.keys.len();
-        state
-            .keys
-            .retain(|_, key| key.expires_at.is_none_or(|at| at > now));
-        before - state.keys.len()
+        let State {
+            keys,
+            retired_usage,
+            ..
+        } = &mut *state;
+        let before = keys.len();
+        keys.retain(|id, key| {
+            let live = key.expires_at.is_none_or(|at| at > now);
+            if !live {
+                // Keep what it was used for since the last flush.
+                retired_usage.extend(key.usage.take(*id));
+            }
+            live
+        });
+        before - keys.len()
     }
 
     fn read(&self) -> RwLockReadGuard<'_, State> {

@@ -413,6 +413,18 @@ fn decode_checksum(chars: &[u8]) -> Option<u32> {
     u32::try_from(value).ok()
 }
 
+/// A well-formed key (valid checksum) with `id`'s key id and the secret of
+/// `donor`: the "right id, wrong secret" case, for tests of other layers.
+#[cfg(test)]
+pub(crate) fn forge(id: KeyId, donor: &str) -> String {
+    let prefix = donor.split_once('_').expect("a key").0;
+    let secret = &donor[prefix.len() + 1 + ID_END..prefix.len() + 1 + SECRET_END];
+    let mut text = format!("{prefix}_{id}{secret}");
+    let checksum = crc32fast::hash(text.as_bytes());
+    push_ascii(&mut text, &encode_checksum(checksum));
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

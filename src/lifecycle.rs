@@ -80,6 +80,8 @@ pub struct Lifecycle {
     store: Arc<Store>,
     index: Arc<Index>,
     clock: Arc<dyn Clock>,
+    /// One write at a time: the index sees changes in commit order.
+    writes: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Lifecycle {
@@ -89,12 +91,35 @@ impl Lifecycle {
             store,
             index,
             clock,
+            writes: Arc::default(),
         }
     }
 
     /// The time according to the injected clock.
     pub fn now(&self) -> Timestamp {
         self.clock.now()
+    }
+
+    /// Runs `write` (a store transaction, then the index changes it implies)
+    /// on its own task, after any earlier write. A request that is cancelled
+    /// mid-way (a client deadline, a dropped connection) cannot leave the
+    /// database changed and the index not: a revoked key must stop working.
+    async fn commit<T, F>(
+        &self,
+        write: impl FnOnce(Arc<Store>, Arc<Index>) -> F,
+    ) -> Result<T, ServiceError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, ServiceError>> + Send + 'static,
+    {
+        let turn = self.writes.clone().lock_owned();
+        let write = write(self.store.clone(), self.index.clone());
+        tokio::spawn(async move {
+            let _turn = turn.await;
+            write.await
+        })
+        .await
+        .map_err(|error| ServiceError::Internal(format!("write task failed: {error}")))?
     }
 
     /// Mints a key.
@@ -155,32 +180,37 @@ impl Lifecycle {
             rate_limit: request.rate_limit,
             max_uses: request.max_uses,
         };
-        for _ in 0..MINT_ATTEMPTS {
-            let minted = generate(&settings.prefix)?;
-            let new_key = NewKey {
-                id: minted.id,
-                digest: minted.digest,
-                settings: settings.clone(),
-                created_by: Some(caller.id),
-            };
-            match self.store.insert_key(new_key, caller.actor(), now).await {
-                Ok(key) => {
-                    self.index.apply([upserted(&key, &minted)]);
-                    tracing::info!(key_id = %key.id, actor = %caller.id, "key minted");
-                    return Ok(Minted {
-                        key,
-                        plaintext: minted.plaintext,
-                    });
+        let actor = caller.actor();
+        let creator = caller.id;
+        self.commit(move |store, index| async move {
+            for _ in 0..MINT_ATTEMPTS {
+                let minted = generate(&settings.prefix)?;
+                let new_key = NewKey {
+                    id: minted.id,
+                    digest: minted.digest,
+                    settings: settings.clone(),
+                    created_by: Some(creator),
+                };
+                match store.insert_key(new_key, actor, now).await {
+                    Ok(key) => {
+                        index.apply([upserted(&key, &minted)]);
+                        tracing::info!(key_id = %key.id, actor = %creator, "key minted");
+                        return Ok(Minted {
+                            key,
+                            plaintext: minted.plaintext,
+                        });
+                    }
+                    Err(StoreError::IdCollision(id)) => {
+                        tracing::warn!(key_id = %id, "random key id taken; drawing again")
+                    }
+                    Err(other) => return Err(other.into()),
                 }
-                Err(StoreError::IdCollision(id)) => {
-                    tracing::warn!(key_id = %id, "random key id taken; drawing again")
-                }
-                Err(other) => return Err(other.into()),
             }
-        }
-        Err(ServiceError::Internal(
-            "could not draw an unused key id".to_owned(),
-        ))
+            Err(ServiceError::Internal(
+                "could not draw an unused key id".to_owned(),
+            ))
+        })
+        .await
     }
 
     /// The roles named, each of which must exist.
@@ -216,8 +246,8 @@ impl Lifecycle {
     ///
     /// # Errors
     /// `NotFound` for an unknown id; `FailedPrecondition` for a revoked,
-    /// expired or already rotated key; `PermissionDenied` when the key holds
-    /// a permission the caller may not grant.
+    /// expired, spent or already rotated key; `PermissionDenied` when the key
+    /// holds a permission the caller may not grant.
     pub async fn rotate(
         &self,
         caller: &Caller,
@@ -227,87 +257,85 @@ impl Lifecycle {
         // The prefix never changes, so the successor can be drawn before the
         // transaction that re-checks the old key's state.
         let current = self.store.get_key(id).await?;
-        let roles = self.roles(&current.settings.roles)?;
-        let granted = roles
-            .iter()
-            .flat_map(|role| role.permissions.iter())
-            .chain(&current.settings.permissions);
-        caller.check_may_grant(granted)?;
+        check_may_manage(&self.index, caller, &current)?;
         let minted = generate(&current.settings.prefix)?;
-        let rotation = self
-            .store
-            .rotate_key(
-                id,
-                (minted.id, minted.digest),
-                grace,
-                caller.actor(),
-                self.now(),
-            )
-            .await?;
-        let previous = &rotation.previous;
-        let previous_change = match self.index.get(previous.id) {
-            _ if previous.state(self.now()) != KeyState::Active => Change::KeyRemoved(previous.id),
-            Some(entry) => Change::KeyUpserted(Arc::new(IndexedKey::new(previous, entry.digest))),
-            None => Change::KeyRemoved(previous.id),
-        };
-        self.index
-            .apply([upserted(&rotation.successor, &minted), previous_change]);
-        tracing::info!(key_id = %id, successor = %rotation.successor.id, grace = %humantime::format_duration(grace), "key rotated");
-        Ok(Rotated {
-            rotation,
-            plaintext: minted.plaintext,
+        let actor = caller.actor();
+        let now = self.now();
+        self.commit(move |store, index| async move {
+            let rotation = store.rotate_key(id, (minted.id, minted.digest), grace, actor, now).await?;
+            let previous = &rotation.previous;
+            let previous_change = match index.get(previous.id) {
+                _ if previous.state(now) != KeyState::Active => Change::KeyRemoved(previous.id),
+                Some(entry) => Change::KeyUpserted(Arc::new(IndexedKey::new(previous, entry.digest))),
+                None => Change::KeyRemoved(previous.id),
+            };
+            index.apply([upserted(&rotation.successor, &minted), previous_change]);
+            tracing::info!(key_id = %id, successor = %rotation.successor.id, grace = %humantime::format_duration(grace), "key rotated");
+            Ok(Rotated {
+                rotation,
+                plaintext: minted.plaintext,
+            })
         })
+        .await
     }
 
     /// Sets or removes key `id`'s own rate limit; the next Validate applies it.
     ///
     /// # Errors
-    /// `NotFound` for an unknown id.
+    /// `NotFound` for an unknown id; `PermissionDenied` for a key broader
+    /// than the caller's.
     pub async fn update_rate_limit(
         &self,
         caller: &Caller,
         id: KeyId,
         rate_limit: Option<RateLimit>,
     ) -> Result<KeyRecord, ServiceError> {
-        let key = self
-            .store
-            .update_rate_limit(id, rate_limit, caller.actor(), self.now())
-            .await?;
-        if let Some(entry) = self.index.get(id) {
-            let mut updated = IndexedKey::new(&key, entry.digest);
-            updated.usage = entry.usage.clone();
-            self.index.apply([Change::KeyUpserted(Arc::new(updated))]);
-        }
-        tracing::info!(key_id = %id, actor = %caller.id, "key rate limit changed");
-        Ok(key)
+        check_may_manage(&self.index, caller, &self.store.get_key(id).await?)?;
+        let (actor, now) = (caller.actor(), self.now());
+        self.commit(move |store, index| async move {
+            let key = store.update_rate_limit(id, rate_limit, actor, now).await?;
+            if let Some(entry) = index.get(id) {
+                let mut updated = IndexedKey::new(&key, entry.digest);
+                updated.usage = entry.usage.clone();
+                index.apply([Change::KeyUpserted(Arc::new(updated))]);
+            }
+            tracing::info!(key_id = %id, actor = ?actor.key_id(), "key rate limit changed");
+            Ok(key)
+        })
+        .await
     }
 
     /// Revokes key `id`; idempotent.
     ///
     /// # Errors
-    /// `NotFound` for an unknown id.
+    /// `NotFound` for an unknown id; `PermissionDenied` for a key broader
+    /// than the caller's.
     pub async fn revoke(
         &self,
         caller: &Caller,
         id: KeyId,
         reason: &str,
     ) -> Result<Revocation, ServiceError> {
-        let revocation = self
-            .store
-            .revoke_key(id, reason, caller.actor(), self.now())
-            .await?;
-        self.index.apply([Change::KeyRemoved(id)]);
-        if !revocation.already_revoked {
-            tracing::info!(key_id = %id, actor = %caller.id, "key revoked");
-        }
-        Ok(revocation)
+        check_may_manage(&self.index, caller, &self.store.get_key(id).await?)?;
+        let (actor, now, reason) = (caller.actor(), self.now(), reason.to_owned());
+        self.commit(move |store, index| async move {
+            let revocation = store.revoke_key(id, &reason, actor, now).await?;
+            index.apply([Change::KeyRemoved(id)]);
+            if !revocation.already_revoked {
+                tracing::info!(key_id = %id, actor = ?actor.key_id(), "key revoked");
+            }
+            Ok(revocation)
+        })
+        .await
     }
 
     /// Revokes every unrevoked key with all `labels` (and `owner`), or with
     /// `dry_run` only says which. Returns the ids.
     ///
     /// # Errors
-    /// `InvalidArgument` without labels (a bulk revoke must be targeted).
+    /// `InvalidArgument` without labels (a bulk revoke must be targeted);
+    /// `PermissionDenied` when a matching key is broader than the caller's
+    /// (then nothing is revoked).
     pub async fn revoke_matching(
         &self,
         caller: &Caller,
@@ -322,16 +350,43 @@ impl Lifecycle {
                 "at least one label is required",
             ));
         }
-        let ids = self
-            .store
-            .revoke_matching(labels, owner, reason, dry_run, caller.actor(), self.now())
-            .await?;
-        if !dry_run {
-            self.index
-                .apply(ids.iter().copied().map(Change::KeyRemoved));
+        let (now, caller) = (self.now(), caller.clone());
+        let (labels, owner, reason) = (labels.clone(), owner.map(str::to_owned), reason.to_owned());
+        self.commit(move |store, index| async move {
+            // Writes are serialised, so the keys checked here are the keys revoked.
+            let matching = store
+                .revoke_matching(
+                    &labels,
+                    owner.as_deref(),
+                    &reason,
+                    true,
+                    caller.actor(),
+                    now,
+                )
+                .await?;
+            if !caller.is_root {
+                for id in &matching {
+                    check_may_manage(&index, &caller, &store.get_key(*id).await?)?;
+                }
+            }
+            if dry_run {
+                return Ok(matching);
+            }
+            let ids = store
+                .revoke_matching(
+                    &labels,
+                    owner.as_deref(),
+                    &reason,
+                    false,
+                    caller.actor(),
+                    now,
+                )
+                .await?;
+            index.apply(ids.iter().copied().map(Change::KeyRemoved));
             tracing::info!(count = ids.len(), actor = %caller.id, "keys revoked in bulk");
-        }
-        Ok(ids)
+            Ok(ids)
+        })
+        .await
     }
 
     /// Creates a role.
@@ -353,10 +408,14 @@ impl Lifecycle {
             created_at: now,
             updated_at: now,
         };
-        self.store.create_role(&role, caller.actor()).await?;
-        self.index.apply([Change::RoleUpserted(role.clone())]);
-        tracing::info!(role = %role.name, actor = %caller.id, "role created");
-        Ok(role)
+        let actor = caller.actor();
+        self.commit(move |store, index| async move {
+            store.create_role(&role, actor).await?;
+            index.apply([Change::RoleUpserted(role.clone())]);
+            tracing::info!(role = %role.name, actor = ?actor.key_id(), "role created");
+            Ok(role)
+        })
+        .await
     }
 
     /// The role with this name.
@@ -390,13 +449,14 @@ impl Lifecycle {
     ) -> Result<Role, ServiceError> {
         refuse_global_wildcard(&update.add_permissions)?;
         caller.check_may_grant(&update.add_permissions)?;
-        let role = self
-            .store
-            .update_role(name, &update, caller.actor(), self.now())
-            .await?;
-        self.index.apply([Change::RoleUpserted(role.clone())]);
-        tracing::info!(role = %name, actor = %caller.id, "role updated");
-        Ok(role)
+        let (actor, now, name) = (caller.actor(), self.now(), name.clone());
+        self.commit(move |store, index| async move {
+            let role = store.update_role(&name, &update, actor, now).await?;
+            index.apply([Change::RoleUpserted(role.clone())]);
+            tracing::info!(role = %name, actor = ?actor.key_id(), "role updated");
+            Ok(role)
+        })
+        .await
     }
 
     /// Deletes a role that no key holds.
@@ -404,12 +464,14 @@ impl Lifecycle {
     /// # Errors
     /// `NotFound`; `FailedPrecondition` for a built-in or held role.
     pub async fn delete_role(&self, caller: &Caller, name: &RoleName) -> Result<(), ServiceError> {
-        self.store
-            .delete_role(name, caller.actor(), self.now())
-            .await?;
-        self.index.apply([Change::RoleRemoved(name.clone())]);
-        tracing::info!(role = %name, actor = %caller.id, "role deleted");
-        Ok(())
+        let (actor, now, name) = (caller.actor(), self.now(), name.clone());
+        self.commit(move |store, index| async move {
+            store.delete_role(&name, actor, now).await?;
+            index.apply([Change::RoleRemoved(name.clone())]);
+            tracing::info!(role = %name, actor = ?actor.key_id(), "role deleted");
+            Ok(())
+        })
+        .await
     }
 
     /// A page of the audit log.
@@ -419,6 +481,31 @@ impl Lifecycle {
     pub async fn audit(&self, query: &AuditQuery) -> Result<AuditPage, ServiceError> {
         Ok(self.store.list_audit(query).await?)
     }
+}
+
+/// Refuses a change to `key` by a caller that may not grant everything
+/// the key holds: a narrow admin key may manage only narrower keys.
+fn check_may_manage(index: &Index, caller: &Caller, key: &KeyRecord) -> Result<(), ServiceError> {
+    if caller.is_root {
+        return Ok(());
+    }
+    // A role deleted since the key was minted grants nothing any more.
+    let roles: Vec<Role> = key
+        .settings
+        .roles
+        .iter()
+        .filter_map(|name| index.role(name))
+        .collect();
+    let held = roles
+        .iter()
+        .flat_map(|role| role.permissions.iter())
+        .chain(&key.settings.permissions);
+    caller.check_may_grant(held).map_err(|_| {
+        ServiceError::PermissionDenied(format!(
+            "key {} holds permissions the caller's key does not; only a broader key may change it",
+            key.id
+        ))
+    })
 }
 
 /// The shortest max TTL among `roles`, and the role that sets it.

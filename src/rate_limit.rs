@@ -212,18 +212,18 @@ impl RateLimiters {
     /// admitted exactly as a key never seen) and returns how many keys still
     /// hold state.
     pub fn reclaim_idle(&self) -> usize {
-        let limiters = self
+        let mut limiters = self
             .limiters
-            .read()
+            .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        limiters
-            .values()
-            .map(|limiter| {
-                limiter.retain_recent();
-                limiter.shrink_to_fit();
-                limiter.len()
-            })
-            .sum()
+        limiters.retain(|_, limiter| {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+            // A limit no key used lately goes too, so many distinct limits
+            // over time do not pile up.
+            !limiter.is_empty()
+        });
+        limiters.values().map(|limiter| limiter.len()).sum()
     }
 }
 
@@ -302,12 +302,13 @@ mod tests {
         let clock = ManualClock::starting_now();
         let limiters = RateLimiters::new(Arc::new(clock.clone()));
         let limit = RateLimit::new(10, Duration::from_secs(1), 10).unwrap();
-        for n in 0..100_000 {
+        // A million distinct keys, each used once.
+        for n in 0..1_000_000 {
             limiters.check(id(n), &limit);
         }
         assert_eq!(
             limiters.reclaim_idle(),
-            100_000,
+            1_000_000,
             "all still inside their window"
         );
         clock.advance(Duration::from_secs(1));
@@ -316,6 +317,12 @@ mod tests {
             limiters.reclaim_idle(),
             1,
             "only the key used in this window is kept"
+        );
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(limiters.reclaim_idle(), 0);
+        assert!(
+            limiters.limiters.read().unwrap().is_empty(),
+            "the idle limiter itself is gone"
         );
     }
 }

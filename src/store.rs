@@ -481,6 +481,16 @@ impl Store {
             Some(&reason),
         )
         .await?;
+        // The successor's own history starts with how it was made.
+        append_audit(
+            &mut tx,
+            now,
+            actor,
+            AuditAction::Mint,
+            Some(&successor.id.to_string()),
+            Some(&format!("rotation of {id}")),
+        )
+        .await?;
         tx.commit().await?;
         Ok(Rotation {
             previous,

@@ -48,12 +48,8 @@ impl AdminService {
         }
     }
 
-    async fn caller<T: Sync>(
-        &self,
-        request: &Request<T>,
-        needed: &Permission,
-    ) -> Result<Caller, Status> {
-        Ok(authenticate(request, &self.validator, needed).await?)
+    fn caller<T>(&self, request: &Request<T>, needed: &Permission) -> Result<Caller, Status> {
+        Ok(authenticate(request, &self.validator, needed)?)
     }
 }
 
@@ -63,7 +59,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::MintKeyRequest>,
     ) -> Result<Response<pb::MintKeyResponse>, Status> {
-        let caller = self.caller(&request, &self.needs.keys_write).await?;
+        let caller = self.caller(&request, &self.needs.keys_write)?;
         let mint = MintRequest::try_from(request.into_inner())?;
         let minted = self.lifecycle.mint(&caller, mint).await?;
         Ok(Response::new(pb::MintKeyResponse {
@@ -76,7 +72,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::GetKeyRequest>,
     ) -> Result<Response<pb::Key>, Status> {
-        self.caller(&request, &self.needs.keys_read).await?;
+        self.caller(&request, &self.needs.keys_read)?;
         let id = convert::key_id("id", &request.get_ref().id)?;
         let record = self.lifecycle.get(id).await?;
         Ok(Response::new(convert::key(&record, self.lifecycle.now())))
@@ -86,7 +82,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::ListKeysRequest>,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
-        self.caller(&request, &self.needs.keys_read).await?;
+        self.caller(&request, &self.needs.keys_read)?;
         let query = KeyQuery::try_from(request.into_inner())?;
         let page = self.lifecycle.list(&query).await?;
         let now = self.lifecycle.now();
@@ -104,7 +100,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::RotateKeyRequest>,
     ) -> Result<Response<pb::RotateKeyResponse>, Status> {
-        let caller = self.caller(&request, &self.needs.keys_write).await?;
+        let caller = self.caller(&request, &self.needs.keys_write)?;
         let request = request.into_inner();
         let id = convert::key_id("id", &request.id)?;
         let grace = convert::grace(request.grace.as_ref())?;
@@ -121,7 +117,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::RevokeKeyRequest>,
     ) -> Result<Response<pb::RevokeKeyResponse>, Status> {
-        let caller = self.caller(&request, &self.needs.keys_write).await?;
+        let caller = self.caller(&request, &self.needs.keys_write)?;
         let request = request.into_inner();
         let id = convert::key_id("id", &request.id)?;
         let reason = convert::reason(request.reason)?;
@@ -136,7 +132,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::UpdateKeyRequest>,
     ) -> Result<Response<pb::Key>, Status> {
-        let caller = self.caller(&request, &self.needs.keys_write).await?;
+        let caller = self.caller(&request, &self.needs.keys_write)?;
         let request = request.into_inner();
         let id = convert::key_id("id", &request.id)?;
         let rate_limit = match (request.rate_limit, request.clear_rate_limit) {
@@ -164,7 +160,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::RevokeKeysRequest>,
     ) -> Result<Response<pb::RevokeKeysResponse>, Status> {
-        let caller = self.caller(&request, &self.needs.keys_write).await?;
+        let caller = self.caller(&request, &self.needs.keys_write)?;
         let request = request.into_inner();
         let labels = convert::labels(request.labels)?;
         let owner = (!request.owner.is_empty()).then_some(request.owner.as_str());
@@ -182,7 +178,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::CreateRoleRequest>,
     ) -> Result<Response<pb::Role>, Status> {
-        let caller = self.caller(&request, &self.needs.roles_write).await?;
+        let caller = self.caller(&request, &self.needs.roles_write)?;
         let new = NewRole::try_from(request.into_inner())?;
         let role = self.lifecycle.create_role(&caller, new).await?;
         Ok(Response::new(convert::role(&role)))
@@ -192,7 +188,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::GetRoleRequest>,
     ) -> Result<Response<pb::Role>, Status> {
-        self.caller(&request, &self.needs.roles_read).await?;
+        self.caller(&request, &self.needs.roles_read)?;
         let name = convert::role_name(&request.get_ref().name)?;
         Ok(Response::new(convert::role(&self.lifecycle.role(&name)?)))
     }
@@ -201,7 +197,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::ListRolesRequest>,
     ) -> Result<Response<pb::ListRolesResponse>, Status> {
-        self.caller(&request, &self.needs.roles_read).await?;
+        self.caller(&request, &self.needs.roles_read)?;
         let roles = self.lifecycle.list_roles().await?;
         Ok(Response::new(pb::ListRolesResponse {
             roles: roles.iter().map(convert::role).collect(),
@@ -212,7 +208,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::UpdateRoleRequest>,
     ) -> Result<Response<pb::Role>, Status> {
-        let caller = self.caller(&request, &self.needs.roles_write).await?;
+        let caller = self.caller(&request, &self.needs.roles_write)?;
         let request = request.into_inner();
         let name = convert::role_name(&request.name)?;
         let update = RoleUpdate::try_from(request)?;
@@ -224,7 +220,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::DeleteRoleRequest>,
     ) -> Result<Response<pb::DeleteRoleResponse>, Status> {
-        let caller = self.caller(&request, &self.needs.roles_write).await?;
+        let caller = self.caller(&request, &self.needs.roles_write)?;
         let name = convert::role_name(&request.get_ref().name)?;
         self.lifecycle.delete_role(&caller, &name).await?;
         Ok(Response::new(pb::DeleteRoleResponse {}))
@@ -234,7 +230,7 @@ impl pb::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<pb::ListAuditRecordsRequest>,
     ) -> Result<Response<pb::ListAuditRecordsResponse>, Status> {
-        self.caller(&request, &self.needs.audit_read).await?;
+        self.caller(&request, &self.needs.audit_read)?;
         let query = AuditQuery::try_from(request.into_inner())?;
         let page = self.lifecycle.audit(&query).await?;
         Ok(Response::new(pb::ListAuditRecordsResponse {

@@ -43,7 +43,7 @@ async fn audit_records_every_change_and_pages_through_them() {
         async move { admin.list_audit_records(authed(&key, request)).await }
     };
 
-    // 1 initialize + 7 mints + revoke + rotate (one record names the old key) + 3 role changes.
+    // 1 initialize + 7 mints + revoke + rotate (a record for each key) + 3 role changes.
     let mut seen = Vec::new();
     let mut token = String::new();
     loop {
@@ -63,10 +63,16 @@ async fn audit_records_every_change_and_pages_through_them() {
         token = page.next_page_token;
     }
     let actions: Vec<&str> = seen.iter().map(|r| r.action.as_str()).collect();
-    assert_eq!(actions.len(), 13, "{actions:?}");
+    assert_eq!(actions.len(), 14, "{actions:?}");
     assert_eq!(
-        actions[..4],
-        ["role.delete", "role.update", "role.create", "key.rotate"]
+        actions[..5],
+        [
+            "role.delete",
+            "role.update",
+            "role.create",
+            "key.mint",
+            "key.rotate"
+        ]
     );
     assert_eq!(*actions.last().unwrap(), "initialize");
     assert!(
@@ -74,8 +80,8 @@ async fn audit_records_every_change_and_pages_through_them() {
         "newest first, no repeats"
     );
     let admin_id = &app.admin_key[3..14];
-    assert!(seen[..12].iter().all(|r| r.actor == admin_id));
-    assert_eq!(seen[12].actor, "", "initialisation is the local operator");
+    assert!(seen[..13].iter().all(|r| r.actor == admin_id));
+    assert_eq!(seen[13].actor, "", "initialisation is the local operator");
 
     let for_key = list(pb::ListAuditRecordsRequest {
         key_id: ids[0].clone(),
@@ -103,7 +109,7 @@ async fn audit_records_every_change_and_pages_through_them() {
     .await
     .unwrap()
     .into_inner();
-    assert_eq!(recent.records.len(), 7);
+    assert_eq!(recent.records.len(), 8);
     let by_actor = list(pb::ListAuditRecordsRequest {
         actor: admin_id.to_owned(),
         ..Default::default()
@@ -111,7 +117,7 @@ async fn audit_records_every_change_and_pages_through_them() {
     .await
     .unwrap()
     .into_inner();
-    assert_eq!(by_actor.records.len(), 12);
+    assert_eq!(by_actor.records.len(), 13);
 
     let bad = list(pb::ListAuditRecordsRequest {
         page_token: "x".into(),

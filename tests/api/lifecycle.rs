@@ -359,3 +359,40 @@ async fn state_survives_a_restart() {
         Denial::Invalid
     );
 }
+
+/// A client that gives up (deadline, dropped connection) mid-revoke must not
+/// leave the key revoked in the database but still valid in the index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_revoke_still_takes_effect() {
+    let app = spawn_app().await;
+    let mut keys = Vec::new();
+    for _ in 0..40 {
+        keys.push(app.mint_with_roles(&[]).await);
+    }
+    let mut client = app.admin_client().await;
+    for (i, (id, _)) in keys.iter().enumerate() {
+        let mut request = authed(
+            &app.admin_key,
+            pb::RevokeKeyRequest {
+                id: id.clone(),
+                reason: String::new(),
+            },
+        );
+        request.set_timeout(Duration::from_micros(200 + 150 * (i as u64 % 8)));
+        let _ = client.revoke_key(request).await;
+    }
+    // Let any write still running finish.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut revoked = 0;
+    for (id, key) in &keys {
+        if app.get(id).await.unwrap().state() == KeyState::Revoked {
+            revoked += 1;
+            assert_eq!(
+                denial(&app.validate(key, &[]).await),
+                Denial::Invalid,
+                "key {id} is revoked in the store"
+            );
+        }
+    }
+    assert!(revoked > 0, "some revocations got through");
+}

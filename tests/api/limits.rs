@@ -9,7 +9,7 @@ use keyward::{
 };
 use tonic::Code;
 
-use crate::helpers::{TestApp, authed, denial, spawn_app, spawn_with};
+use crate::helpers::{TestApp, authed, denial, forge, spawn_app, spawn_with};
 
 fn limit(requests: u32, per_seconds: u64, burst: u32) -> Option<pb::RateLimit> {
     Some(pb::RateLimit {
@@ -51,11 +51,8 @@ async fn a_burst_is_cut_at_the_limit_and_recovers() {
         .unwrap();
 
     // 50 calls with the right id but a wrong secret spend nothing of the quota.
-    let forged = format!(
-        "{}{}",
-        &key[..20],
-        &key[20..].chars().rev().collect::<String>()
-    );
+    let (_, stranger) = app.mint_with_roles(&[]).await;
+    let forged = forge(&key[3..14], &stranger);
     for _ in 0..50 {
         assert_eq!(denial(&app.validate(&forged, &[]).await), Denial::Invalid);
     }
@@ -378,6 +375,61 @@ async fn last_used_is_recorded_and_survives_a_restart() {
     let record = app.get(&id).await.unwrap();
     assert_eq!(record.use_count, 4);
     assert_eq!(record.last_used_at.unwrap().seconds, used_at + 60);
+}
+
+#[tokio::test]
+async fn the_last_use_of_a_capped_key_is_counted() {
+    let app = spawn_app().await;
+    let (id, key) = app
+        .mint(pb::MintKeyRequest {
+            max_uses: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(app.validate(&key, &[]).await.valid);
+    let app = app.restart().await;
+    let record = app.get(&id).await.unwrap();
+    assert_eq!(record.use_count, 1);
+    assert!(record.last_used_at.is_some());
+    assert_eq!(record.state(), KeyState::Exhausted);
+}
+
+#[tokio::test]
+async fn traffic_outside_the_allow_list_spends_no_quota() {
+    let app = spawn_app().await;
+    let (_, key) = app
+        .mint(pb::MintKeyRequest {
+            rate_limit: limit(2, 60, 2),
+            allowed_cidrs: vec!["10.0.0.0/8".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let from = |ip: &str| pb::ValidateRequest {
+        key: key.clone(),
+        client_ip: ip.to_owned(),
+        ..Default::default()
+    };
+    let mut client = app.key_client().await;
+    for _ in 0..10 {
+        let outside = client
+            .validate(authed(&app.admin_key, from("192.0.2.1")))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(denial(&outside), Denial::Forbidden);
+    }
+    for _ in 0..2 {
+        assert!(
+            client
+                .validate(authed(&app.admin_key, from("10.1.2.3")))
+                .await
+                .unwrap()
+                .into_inner()
+                .valid
+        );
+    }
 }
 
 #[tokio::test]

@@ -421,3 +421,122 @@ async fn a_role_max_ttl_caps_key_lifetimes() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn narrow_admin_keys_manage_only_narrower_keys() {
+    let app = spawn_app().await;
+    app.create_role(
+        "keys-admin",
+        &["keyward:keys:write", "keyward:keys:read", "deploy:*"],
+        None,
+    )
+    .await
+    .unwrap();
+    let (_, narrow) = app.mint_with_roles(&["keys-admin"]).await;
+    let (deploy_id, _) = app
+        .mint_as(
+            &narrow,
+            pb::MintKeyRequest {
+                permissions: vec!["deploy:write".into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let admin_id = app.admin_key[3..14].to_owned();
+    let mut client = app.admin_client().await;
+
+    let revoke = |id: &str| pb::RevokeKeyRequest {
+        id: id.to_owned(),
+        reason: String::new(),
+    };
+    let status = client
+        .revoke_key(authed(&narrow, revoke(&admin_id)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(status.message().contains(&admin_id), "{}", status.message());
+    let update = pb::UpdateKeyRequest {
+        id: admin_id.clone(),
+        rate_limit: Some(pb::RateLimit {
+            requests: 1,
+            per: Some(Duration::from_secs(3600).try_into().unwrap()),
+            burst: 1,
+        }),
+        clear_rate_limit: false,
+    };
+    assert_eq!(
+        client
+            .update_key(authed(&narrow, update))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::PermissionDenied
+    );
+    // The admin key is untouched and still works.
+    assert!(app.validate(&app.admin_key, &[]).await.valid);
+    // Bulk revoke refuses the whole batch when one key is out of reach.
+    let label = |id: &str| pb::RevokeKeysRequest {
+        labels: [("batch".to_owned(), id.to_owned())].into(),
+        owner: String::new(),
+        reason: String::new(),
+        dry_run: false,
+    };
+    let (_, broad) = app
+        .mint(pb::MintKeyRequest {
+            roles: vec!["admin".into()],
+            labels: [("batch".to_owned(), "1".to_owned())].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (_, small) = app
+        .mint_as(
+            &narrow,
+            pb::MintKeyRequest {
+                labels: [("batch".to_owned(), "1".to_owned())].into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        client
+            .revoke_keys(authed(&narrow, label("1")))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::PermissionDenied
+    );
+    assert!(
+        app.validate(&broad, &[]).await.valid && app.validate(&small, &[]).await.valid,
+        "nothing revoked"
+    );
+    // Within its reach: allowed.
+    client
+        .revoke_key(authed(&narrow, revoke(&deploy_id)))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn capped_keys_cannot_authenticate_rpcs() {
+    let app = spawn_app().await;
+    let (_, capped) = app
+        .mint(pb::MintKeyRequest {
+            roles: vec!["admin".into()],
+            max_uses: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let status = app
+        .admin_client()
+        .await
+        .list_keys(authed(&capped, pb::ListKeysRequest::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    // Refusing it spent none of its uses.
+    assert_eq!(app.validate(&capped, &[]).await.remaining_uses, Some(4));
+}

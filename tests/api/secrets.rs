@@ -207,6 +207,11 @@ async fn secrets_never_reach_the_database_or_the_logs() {
             ),
             (
                 Some(admin_id.to_owned()),
+                "key.mint".to_owned(),
+                successor.clone()
+            ),
+            (
+                Some(admin_id.to_owned()),
                 "key.revoke".to_owned(),
                 successor
             ),

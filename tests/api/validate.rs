@@ -5,7 +5,7 @@ use std::time::Duration;
 use keyward::pb::{self, Denial, key_service_client::KeyServiceClient};
 use tonic::{Code, Request};
 
-use crate::helpers::{authed, denial, spawn_app};
+use crate::helpers::{authed, denial, forge, spawn_app};
 
 #[tokio::test]
 async fn a_live_key_is_valid_and_described() {
@@ -82,38 +82,6 @@ async fn every_kind_of_bad_key_is_just_invalid() {
             "{what}"
         );
     }
-}
-
-/// Builds a well-formed key (valid checksum) with `id` and the secret of `donor`.
-fn forge(id: &str, donor: &str) -> String {
-    let secret = &donor[3 + 11..3 + 44];
-    let unchecked = format!("kw_{id}{secret}");
-    let checksum = crc32(unchecked.as_bytes());
-    let mut digits = [b'0'; 6];
-    let mut value = u64::from(checksum);
-    for slot in digits.iter_mut().rev() {
-        slot.clone_from(
-            &b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-                [(value % 62) as usize],
-        );
-        value /= 62;
-    }
-    format!("{unchecked}{}", std::str::from_utf8(&digits).unwrap())
-}
-
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in bytes {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
 
 #[tokio::test]
