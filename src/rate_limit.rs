@@ -154,7 +154,7 @@ type KeyedLimiter = governor::RateLimiter<
 
 /// One keyed limiter per distinct limit.
 pub struct RateLimiters {
-    limiters: RwLock<HashMap<RateLimit, Arc<KeyedLimiter>>>,
+    limiters: RwLock<HashMap<RateLimit, KeyedLimiter>>,
     clock: MonotonicClock,
 }
 
@@ -169,7 +169,33 @@ impl RateLimiters {
 
     /// Spends one call of `key`'s quota under `limit`, if there is one left.
     pub fn check(&self, key: KeyId, limit: &RateLimit) -> Admission {
-        let limiter = self.limiter(limit);
+        {
+            // The common case: the limiter exists; check under the read lock
+            // without touching its reference count.
+            let limiters = self
+                .limiters
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some(limiter) = limiters.get(limit) {
+                return self.admit(limiter, key);
+            }
+        }
+        let mut limiters = self
+            .limiters
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let limiter = limiters.entry(*limit).or_insert_with(|| {
+            governor::RateLimiter::<KeyId, _, _, NoOpMiddleware<Duration>>::new(
+                limit.quota(),
+                DashMapStateStore::default(),
+                self.clock.clone(),
+            )
+            .with_middleware::<StateInformationMiddleware>()
+        });
+        self.admit(limiter, key)
+    }
+
+    fn admit(&self, limiter: &KeyedLimiter, key: KeyId) -> Admission {
         match limiter.check_key(&key) {
             Ok(snapshot) => Admission::Allowed {
                 remaining_burst: snapshot.remaining_burst_capacity(),
@@ -178,34 +204,6 @@ impl RateLimiters {
                 retry_after: not_until.wait_time_from(governor::clock::Clock::now(&self.clock)),
             },
         }
-    }
-
-    fn limiter(&self, limit: &RateLimit) -> Arc<KeyedLimiter> {
-        let existing = self
-            .limiters
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(limit)
-            .cloned();
-        existing.unwrap_or_else(|| {
-            let mut limiters = self
-                .limiters
-                .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            limiters
-                .entry(*limit)
-                .or_insert_with(|| {
-                    Arc::new(
-                        governor::RateLimiter::<KeyId, _, _, NoOpMiddleware<Duration>>::new(
-                            limit.quota(),
-                            DashMapStateStore::default(),
-                            self.clock.clone(),
-                        )
-                        .with_middleware::<StateInformationMiddleware>(),
-                    )
-                })
-                .clone()
-        })
     }
 
     /// Drops the state of keys whose bucket is full again (they would be

@@ -217,7 +217,10 @@ impl Application {
             .add_service(pb::admin_service_server::AdminServiceServer::new(
                 AdminService::new(self.lifecycle.clone(), self.validator.clone()),
             ))
-            .serve_with_incoming_shutdown(TcpIncoming::from(self.listener), shutdown);
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(self.listener).with_nodelay(Some(true)),
+                shutdown,
+            );
         let served = tokio::select! {
             served = serve => served,
             () = async {
