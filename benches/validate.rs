@@ -19,7 +19,7 @@ use keyward::{
     clock::{Clock, SystemClock, Timestamp},
     index::Index,
     key::{FormatError, MintedKey, Prefix},
-    model::{Change, IndexedKey, KeyRecord, KeySettings, Labels, Role},
+    model::{Change, IndexedKey, KeyRecord, KeySettings, Role},
     permission::Permission,
     rate_limit::RateLimit,
     validate::{Checks, InvalidReason, Outcome, Validator},
@@ -53,30 +53,12 @@ fn deployer() -> Role {
 }
 
 fn record(minted: &MintedKey) -> KeyRecord {
-    KeyRecord {
-        id: minted.id,
-        settings: KeySettings {
-            prefix: Prefix::default(),
-            roles: vec!["deployer".parse().unwrap()],
-            permissions: Vec::new(),
-            allowed_cidrs: Vec::new(),
-            labels: Labels::default(),
-            owner: "ci@example.com".to_owned(),
-            description: String::new(),
-            expires_at: None,
-            rate_limit: None,
-            max_uses: None,
-        },
-        created_at: Timestamp::from_millis(0),
-        created_by: None,
-        revoked_at: None,
-        revoke_reason: None,
-        rotated_from: None,
-        rotated_to: None,
-        uses_remaining: None,
-        last_used_at: None,
-        use_count: 0,
-    }
+    let settings = KeySettings {
+        roles: vec!["deployer".parse().unwrap()],
+        owner: "ci@example.com".to_owned(),
+        ..KeySettings::default()
+    };
+    KeyRecord::new(minted.id, settings, Timestamp::from_millis(0), None)
 }
 
 /// A validator over an index holding the `deployer` role and `keys`, on the

@@ -202,35 +202,16 @@ pub(crate) mod tests {
     use crate::{
         clock::Timestamp,
         key::{KeyDigest, MintedKey, Prefix},
-        model::{KeyRecord, KeySettings, Labels},
+        model::{KeyRecord, KeySettings},
     };
 
     /// A key record with the given roles, for tests of any layer.
     pub(crate) fn record(minted: &MintedKey, roles: &[&str]) -> KeyRecord {
-        KeyRecord {
-            id: minted.id,
-            settings: KeySettings {
-                prefix: Prefix::default(),
-                roles: roles.iter().map(|r| r.parse().unwrap()).collect(),
-                permissions: vec![],
-                allowed_cidrs: vec![],
-                labels: Labels::default(),
-                owner: String::new(),
-                description: String::new(),
-                expires_at: None,
-                rate_limit: None,
-                max_uses: None,
-            },
-            created_at: Timestamp::from_millis(0),
-            created_by: None,
-            revoked_at: None,
-            revoke_reason: None,
-            rotated_from: None,
-            rotated_to: None,
-            uses_remaining: None,
-            last_used_at: None,
-            use_count: 0,
-        }
+        let settings = KeySettings {
+            roles: roles.iter().map(|r| r.parse().unwrap()).collect(),
+            ..KeySettings::default()
+        };
+        KeyRecord::new(minted.id, settings, Timestamp::from_millis(0), None)
     }
 
     pub(crate) fn role(name: &str, permissions: &[&str]) -> Role {

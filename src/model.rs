@@ -78,8 +78,9 @@ pub enum KeyState {
     Exhausted,
 }
 
-/// What an operator sets on a key; rotation copies all of it.
-#[derive(Debug, Clone)]
+/// What an operator sets on a key; rotation copies all of it. The default
+/// is a `kw` key with no role, permission, limit or expiry.
+#[derive(Debug, Clone, Default)]
 pub struct KeySettings {
     pub prefix: Prefix,
     pub roles: Vec<RoleName>,
@@ -117,6 +118,28 @@ pub struct KeyRecord {
 }
 
 impl KeyRecord {
+    /// A key as created at `created_at`: not revoked, not rotated, unused.
+    pub fn new(
+        id: KeyId,
+        settings: KeySettings,
+        created_at: Timestamp,
+        created_by: Option<KeyId>,
+    ) -> Self {
+        Self {
+            id,
+            uses_remaining: settings.max_uses,
+            settings,
+            created_at,
+            created_by,
+            revoked_at: None,
+            revoke_reason: None,
+            rotated_from: None,
+            rotated_to: None,
+            last_used_at: None,
+            use_count: 0,
+        }
+    }
+
     /// The settings a rotation gives this key's successor: all of them, with
     /// a lifetime as long as this key's own (from creation to expiry).
     pub fn successor_settings(&self, now: Timestamp) -> KeySettings {
@@ -312,30 +335,12 @@ mod tests {
     #[test]
     fn revocation_wins_over_expiry() {
         let now = Timestamp::from_millis(1_000);
-        let mut record = KeyRecord {
-            id: "00000000001".parse().unwrap(),
-            settings: KeySettings {
-                prefix: Prefix::default(),
-                roles: vec![],
-                permissions: vec![],
-                allowed_cidrs: vec![],
-                labels: Labels::default(),
-                owner: String::new(),
-                description: String::new(),
-                expires_at: None,
-                rate_limit: None,
-                max_uses: None,
-            },
-            created_at: Timestamp::from_millis(0),
-            created_by: None,
-            revoked_at: None,
-            revoke_reason: None,
-            rotated_from: None,
-            rotated_to: None,
-            uses_remaining: None,
-            last_used_at: None,
-            use_count: 0,
-        };
+        let mut record = KeyRecord::new(
+            KeyId::from_u64(1),
+            KeySettings::default(),
+            Timestamp::from_millis(0),
+            None,
+        );
         assert_eq!(record.state(now), KeyState::Active);
         record.settings.expires_at = Some(now);
         assert_eq!(record.state(now), KeyState::Expired);

@@ -1107,19 +1107,9 @@ async fn insert_key(
             .execute(&mut *conn)
             .await?;
     }
-    Ok(KeyRecord {
-        id: key.id,
-        created_at: now,
-        created_by: key.created_by,
-        revoked_at: None,
-        revoke_reason: None,
-        rotated_from,
-        rotated_to: None,
-        uses_remaining: key.settings.max_uses,
-        last_used_at: None,
-        use_count: 0,
-        settings: key.settings,
-    })
+    let mut record = KeyRecord::new(key.id, key.settings, now, key.created_by);
+    record.rotated_from = rotated_from;
+    Ok(record)
 }
 
 async fn append_audit(
