@@ -8,11 +8,13 @@
 //!    a dummy digest when the id is unknown, so unknown ids and wrong secrets
 //!    cost the same;
 //! 4. **check state**: revoked or expired (time from the injected clock);
-//! 5. **rate-limit** the proven key (GCRA, per key): after the proof, so
+//! 5. **allow-list**: a key with CIDR ranges needs a client address inside
+//!    one (before the rate limit, so a leaked key used from elsewhere cannot
+//!    spend the owner's quota);
+//! 6. **rate-limit** the proven key (GCRA, per key): after the proof, so
 //!    invalid traffic cannot spend a real key's quota;
-//! 6. **authorize**: the client address must be in the key's CIDR allow-list
-//!    (if it has one), and every required permission must be granted;
-//! 7. **use cap**: a key minted with `max_uses` spends one use, durably and
+//! 7. **authorize**: every required permission must be granted;
+//! 8. **use cap**: a key minted with `max_uses` spends one use, durably and
 //!    conditionally in the store, before the answer (the only stage that may
 //!    touch the database, and only for capped keys).
 //!
@@ -180,7 +182,7 @@ impl Validator {
         &self.limiters
     }
 
-    /// Stages 1–6: everything but the use cap. No I/O, never fails.
+    /// Stages 1–7: everything but the use cap. No I/O, never fails.
     pub fn check(&self, presented: &str, checks: Checks<'_>) -> Outcome {
         let parsed = match ParsedKey::parse(presented) {
             Ok(parsed) => parsed,
@@ -230,7 +232,7 @@ impl Validator {
     }
 
     /// For a caller's own credential (the `authorization` key of an RPC):
-    /// stages 1–6 without spending rate quota, and never a capped key — a
+    /// stages 1–7 without spending rate quota, and never a capped key — a
     /// credential presented on every RPC would spend its uses.
     pub fn check_credential(&self, presented: &str, client_ip: Option<IpAddr>) -> Outcome {
         let checks = Checks {
@@ -251,7 +253,7 @@ impl Validator {
         }
     }
 
-    /// The whole pipeline: [`Validator::check`], then stage 7 for capped
+    /// The whole pipeline: [`Validator::check`], then stage 8 for capped
     /// keys, and usage counting for keys that pass.
     ///
     /// # Errors
@@ -317,7 +319,7 @@ fn check_state(key: &IndexedKey, now: Timestamp) -> Result<(), InvalidReason> {
     }
 }
 
-/// Stage 6a: a key with an allow-list needs a client address inside it.
+/// Stage 5: a key with an allow-list needs a client address inside it.
 fn check_client_ip(key: &IndexedKey, client_ip: Option<IpAddr>) -> Result<(), Denied> {
     if key.allowed_cidrs.is_empty() {
         return Ok(());
@@ -328,7 +330,7 @@ fn check_client_ip(key: &IndexedKey, client_ip: Option<IpAddr>) -> Result<(), De
     }
 }
 
-/// Stage 6b: the first required permission that nothing in `granted` grants.
+/// Stage 7: the first required permission that nothing in `granted` grants.
 fn authorize(granted: &[Permission], required: &[Permission]) -> Result<(), Permission> {
     match required
         .iter()
