@@ -163,22 +163,32 @@ impl Index {
     /// Drops keys that expired at or before `now`; they would be refused
     /// anyway, this only returns their memory. Returns how many went.
     pub fn remove_expired(&self, now: Timestamp) -> usize {
+        let expired = |key: &IndexedKey| key.expires_at.is_some_and(|at| at <= now);
+        // Find them under the shared lock, so validations go on meanwhile;
+        // most sweeps find nothing and never take the write lock.
+        let ids: Vec<KeyId> = self
+            .read()
+            .keys
+            .iter()
+            .filter(|(_, key)| expired(key))
+            .map(|(id, _)| *id)
+            .collect();
+        if ids.is_empty() {
+            return 0;
+        }
         let mut state = self.write();
-        let State {
-            keys,
-            retired_usage,
-            ..
-        } = &mut *state;
-        let before = keys.len();
-        keys.retain(|id, key| {
-            let live = key.expires_at.is_none_or(|at| at > now);
-            if !live {
+        let mut removed = 0;
+        for id in ids {
+            // Checked again: the entry may have been replaced meanwhile.
+            if state.keys.get(&id).is_some_and(|key| expired(key))
+                && let Some(key) = state.keys.remove(&id)
+            {
                 // Keep what it was used for since the last flush.
-                retired_usage.extend(key.usage.take(*id));
+                state.retired_usage.extend(key.usage.take(id));
+                removed += 1;
             }
-            live
-        });
-        before - keys.len()
+        }
+        removed
     }
 
     fn read(&self) -> RwLockReadGuard<'_, State> {

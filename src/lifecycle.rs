@@ -101,22 +101,41 @@ impl Lifecycle {
     }
 
     /// Runs `write` (a store transaction, then the index changes it implies)
-    /// on its own task, after any earlier write. A request that is cancelled
+    /// on its own task, one write at a time. A request that is cancelled
     /// mid-way (a client deadline, a dropped connection) cannot leave the
     /// database changed and the index not: a revoked key must stop working.
+    ///
+    /// `write` gets the time read once its turn has come, and runs only if
+    /// the caller's key is still live then: a key revoked while its writes
+    /// were queued makes no further change.
     async fn commit<T, F>(
         &self,
-        write: impl FnOnce(Arc<Store>, Arc<Index>) -> F,
+        caller: &Caller,
+        write: impl FnOnce(Arc<Store>, Arc<Index>, Timestamp) -> F + Send + 'static,
     ) -> Result<T, ServiceError>
     where
         T: Send + 'static,
         F: Future<Output = Result<T, ServiceError>> + Send + 'static,
     {
-        let turn = self.writes.clone().lock_owned();
-        let write = write(self.store.clone(), self.index.clone());
+        let (store, index, clock, writes) = (
+            self.store.clone(),
+            self.index.clone(),
+            self.clock.clone(),
+            self.writes.clone(),
+        );
+        let caller = caller.id;
         tokio::spawn(async move {
-            let _turn = turn.await;
-            write.await
+            let _turn = writes.lock_owned().await;
+            let now = clock.now();
+            let live = index.get(caller).is_some_and(|key| {
+                key.revoked_at.is_none() && key.expires_at.is_none_or(|at| at > now)
+            });
+            if !live {
+                return Err(ServiceError::Unauthenticated(
+                    "the caller's key was revoked or expired",
+                ));
+            }
+            write(store, index, now).await
         })
         .await
         .map_err(|error| ServiceError::Internal(format!("write task failed: {error}")))?
@@ -182,7 +201,7 @@ impl Lifecycle {
         };
         let actor = caller.actor();
         let creator = caller.id;
-        self.commit(move |store, index| async move {
+        self.commit(caller, move |store, index, now| async move {
             for _ in 0..MINT_ATTEMPTS {
                 let minted = generate(&settings.prefix)?;
                 let new_key = NewKey {
@@ -254,14 +273,13 @@ impl Lifecycle {
         id: KeyId,
         grace: Duration,
     ) -> Result<Rotated, ServiceError> {
-        // The prefix never changes, so the successor can be drawn before the
-        // transaction that re-checks the old key's state.
-        let current = self.store.get_key(id).await?;
-        check_may_manage(&self.index, caller, &current)?;
-        let minted = generate(&current.settings.prefix)?;
-        let actor = caller.actor();
-        let now = self.now();
-        self.commit(move |store, index| async move {
+        let (actor, caller_copy) = (caller.actor(), caller.clone());
+        self.commit(caller, move |store, index, now| async move {
+            let current = store.get_key(id).await?;
+            check_may_manage(&index, &caller_copy, &current)?;
+            // The prefix never changes, so the successor can be drawn before
+            // the transaction that re-checks the old key's state.
+            let minted = generate(&current.settings.prefix)?;
             let rotation = store.rotate_key(id, (minted.id, minted.digest), grace, actor, now).await?;
             let previous = &rotation.previous;
             let previous_change = match index.get(previous.id) {
@@ -290,9 +308,9 @@ impl Lifecycle {
         id: KeyId,
         rate_limit: Option<RateLimit>,
     ) -> Result<KeyRecord, ServiceError> {
-        check_may_manage(&self.index, caller, &self.store.get_key(id).await?)?;
-        let (actor, now) = (caller.actor(), self.now());
-        self.commit(move |store, index| async move {
+        let (actor, caller_copy) = (caller.actor(), caller.clone());
+        self.commit(caller, move |store, index, now| async move {
+            check_may_manage(&index, &caller_copy, &store.get_key(id).await?)?;
             let key = store.update_rate_limit(id, rate_limit, actor, now).await?;
             if let Some(entry) = index.get(id) {
                 let mut updated = IndexedKey::new(&key, entry.digest);
@@ -316,9 +334,9 @@ impl Lifecycle {
         id: KeyId,
         reason: &str,
     ) -> Result<Revocation, ServiceError> {
-        check_may_manage(&self.index, caller, &self.store.get_key(id).await?)?;
-        let (actor, now, reason) = (caller.actor(), self.now(), reason.to_owned());
-        self.commit(move |store, index| async move {
+        let (actor, caller_copy, reason) = (caller.actor(), caller.clone(), reason.to_owned());
+        self.commit(caller, move |store, index, now| async move {
+            check_may_manage(&index, &caller_copy, &store.get_key(id).await?)?;
             let revocation = store.revoke_key(id, &reason, actor, now).await?;
             index.apply([Change::KeyRemoved(id)]);
             if !revocation.already_revoked {
@@ -350,9 +368,10 @@ impl Lifecycle {
                 "at least one label is required",
             ));
         }
-        let (now, caller) = (self.now(), caller.clone());
+        let caller_copy = caller.clone();
         let (labels, owner, reason) = (labels.clone(), owner.map(str::to_owned), reason.to_owned());
-        self.commit(move |store, index| async move {
+        self.commit(caller, move |store, index, now| async move {
+            let caller = caller_copy;
             // Writes are serialised, so the keys checked here are the keys revoked.
             let matching = store
                 .revoke_matching(
@@ -397,7 +416,6 @@ impl Lifecycle {
     pub async fn create_role(&self, caller: &Caller, new: NewRole) -> Result<Role, ServiceError> {
         refuse_global_wildcard(&new.permissions)?;
         caller.check_may_grant(&new.permissions)?;
-        let now = self.now();
         let role = Role {
             name: new.name,
             description: new.description,
@@ -405,11 +423,16 @@ impl Lifecycle {
             max_ttl: new.max_ttl,
             rate_limit: new.rate_limit,
             builtin: false,
-            created_at: now,
-            updated_at: now,
+            created_at: Timestamp::from_millis(0),
+            updated_at: Timestamp::from_millis(0),
         };
         let actor = caller.actor();
-        self.commit(move |store, index| async move {
+        self.commit(caller, move |store, index, now| async move {
+            let role = Role {
+                created_at: now,
+                updated_at: now,
+                ..role
+            };
             store.create_role(&role, actor).await?;
             index.apply([Change::RoleUpserted(role.clone())]);
             tracing::info!(role = %role.name, actor = ?actor.key_id(), "role created");
@@ -449,8 +472,9 @@ impl Lifecycle {
     ) -> Result<Role, ServiceError> {
         refuse_global_wildcard(&update.add_permissions)?;
         caller.check_may_grant(&update.add_permissions)?;
-        let (actor, now, name) = (caller.actor(), self.now(), name.clone());
-        self.commit(move |store, index| async move {
+        let (actor, caller_copy, name) = (caller.actor(), caller.clone(), name.clone());
+        self.commit(caller, move |store, index, now| async move {
+            check_may_edit_role(&index, &caller_copy, &name)?;
             let role = store.update_role(&name, &update, actor, now).await?;
             index.apply([Change::RoleUpserted(role.clone())]);
             tracing::info!(role = %name, actor = ?actor.key_id(), "role updated");
@@ -464,8 +488,9 @@ impl Lifecycle {
     /// # Errors
     /// `NotFound`; `FailedPrecondition` for a built-in or held role.
     pub async fn delete_role(&self, caller: &Caller, name: &RoleName) -> Result<(), ServiceError> {
-        let (actor, now, name) = (caller.actor(), self.now(), name.clone());
-        self.commit(move |store, index| async move {
+        let (actor, caller_copy, name) = (caller.actor(), caller.clone(), name.clone());
+        self.commit(caller, move |store, index, now| async move {
+            check_may_edit_role(&index, &caller_copy, &name)?;
             store.delete_role(&name, actor, now).await?;
             index.apply([Change::RoleRemoved(name.clone())]);
             tracing::info!(role = %name, actor = ?actor.key_id(), "role deleted");
@@ -506,6 +531,25 @@ fn check_may_manage(index: &Index, caller: &Caller, key: &KeyRecord) -> Result<(
             key.id
         ))
     })
+}
+
+/// Refuses a change to role `name` by a caller that could not have created
+/// it: stripping or re-limiting a role weakens the broader keys holding it,
+/// and a narrow admin key may manage only what is within its own reach.
+fn check_may_edit_role(
+    index: &Index,
+    caller: &Caller,
+    name: &RoleName,
+) -> Result<(), ServiceError> {
+    match index.role(name) {
+        Some(role) if !caller.is_root => caller.check_may_grant(role.permissions.iter()).map_err(|_| {
+            ServiceError::PermissionDenied(format!(
+                "role {name} holds permissions the caller's key does not; only a broader key may change it"
+            ))
+        }),
+        // Unknown roles are reported by the store; root may change any role.
+        _ => Ok(()),
+    }
 }
 
 /// The shortest max TTL among `roles`, and the role that sets it.

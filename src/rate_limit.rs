@@ -210,18 +210,29 @@ impl RateLimiters {
     /// admitted exactly as a key never seen) and returns how many keys still
     /// hold state.
     pub fn reclaim_idle(&self) -> usize {
-        let mut limiters = self
-            .limiters
+        // Sweeping a limiter's keys needs only a shared reference, so
+        // validations go on meanwhile; the write lock is taken just to drop
+        // limiters no key used lately (so many distinct limits over time do
+        // not pile up).
+        let kept: usize = {
+            let limiters = self
+                .limiters
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            limiters
+                .values()
+                .map(|limiter| {
+                    limiter.retain_recent();
+                    limiter.shrink_to_fit();
+                    limiter.len()
+                })
+                .sum()
+        };
+        self.limiters
             .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        limiters.retain(|_, limiter| {
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
-            // A limit no key used lately goes too, so many distinct limits
-            // over time do not pile up.
-            !limiter.is_empty()
-        });
-        limiters.values().map(|limiter| limiter.len()).sum()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .retain(|_, limiter| !limiter.is_empty());
+        kept
     }
 }
 

@@ -188,11 +188,14 @@ impl Validator {
             Ok(parsed) => parsed,
             Err(error) => return Outcome::Invalid(InvalidReason::Malformed(error)),
         };
+        // Read before the compare, so every failure below costs the same:
+        // unknown, wrong-secret, revoked and expired keys all did this work.
+        let now = self.clock.now();
         let key = match verify(&parsed, self.index.get(parsed.id())) {
             Ok(key) => key,
             Err(reason) => return Outcome::Invalid(reason),
         };
-        if let Err(reason) = check_state(&key, self.clock.now()) {
+        if let Err(reason) = check_state(&key, now) {
             return Outcome::Invalid(reason);
         }
         let entitlements = self.index.entitlements(&key);

@@ -540,3 +540,60 @@ async fn capped_keys_cannot_authenticate_rpcs() {
     // Refusing it spent none of its uses.
     assert_eq!(app.validate(&capped, &[]).await.remaining_uses, Some(4));
 }
+
+#[tokio::test]
+async fn narrow_role_writers_cannot_weaken_broader_roles() {
+    let app = spawn_app().await;
+    app.create_role("deployer", &["deploy:*"], None)
+        .await
+        .unwrap();
+    app.create_role("docs", &["docs:read"], None).await.unwrap();
+    app.create_role("role-admin", &["keyward:roles:write", "docs:*"], None)
+        .await
+        .unwrap();
+    let (_, role_admin) = app.mint_with_roles(&["role-admin"]).await;
+    let (_, deployer) = app.mint_with_roles(&["deployer"]).await;
+    let mut client = app.admin_client().await;
+
+    let strip = pb::UpdateRoleRequest {
+        name: "deployer".into(),
+        remove_permissions: vec!["deploy:*".into()],
+        ..Default::default()
+    };
+    let status = client
+        .update_role(authed(&role_admin, strip))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(
+        status.message().contains("deployer"),
+        "{}",
+        status.message()
+    );
+    let delete = pb::DeleteRoleRequest {
+        name: "deployer".into(),
+    };
+    assert_eq!(
+        client
+            .delete_role(authed(&role_admin, delete))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::PermissionDenied
+    );
+    assert!(
+        app.validate(&deployer, &["deploy:write"]).await.valid,
+        "the role is untouched"
+    );
+
+    // A role within its reach it may change.
+    let narrow = pb::UpdateRoleRequest {
+        name: "docs".into(),
+        add_permissions: vec!["docs:write".into()],
+        ..Default::default()
+    };
+    client
+        .update_role(authed(&role_admin, narrow))
+        .await
+        .unwrap();
+}
