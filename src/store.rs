@@ -519,22 +519,8 @@ impl Store {
                 already_revoked: true,
             });
         }
-        sqlx::query("UPDATE api_keys SET revoked_at = ?, revoke_reason = ? WHERE id = ?")
-            .bind(now.as_millis())
-            .bind(reason)
-            .bind(id.to_string())
-            .execute(&mut *tx)
-            .await?;
         let reason = (!reason.is_empty()).then_some(reason);
-        append_audit(
-            &mut tx,
-            now,
-            actor,
-            AuditAction::Revoke,
-            Some(&id.to_string()),
-            reason,
-        )
-        .await?;
+        mark_revoked(&mut tx, id, reason, actor, now).await?;
         tx.commit().await?;
         key.revoked_at = Some(now);
         key.revoke_reason = reason.map(str::to_owned);
@@ -580,21 +566,7 @@ impl Store {
         }
         let reason = (!reason.is_empty()).then_some(reason);
         for id in &ids {
-            sqlx::query("UPDATE api_keys SET revoked_at = ?, revoke_reason = ? WHERE id = ?")
-                .bind(now.as_millis())
-                .bind(reason.map(str::to_owned))
-                .bind(id.to_string())
-                .execute(&mut *tx)
-                .await?;
-            append_audit(
-                &mut tx,
-                now,
-                actor,
-                AuditAction::Revoke,
-                Some(&id.to_string()),
-                reason,
-            )
-            .await?;
+            mark_revoked(&mut tx, *id, reason, actor, now).await?;
         }
         tx.commit().await?;
         Ok(ids)
@@ -907,6 +879,31 @@ impl Store {
         key.settings.rate_limit = rate_limit;
         Ok(key)
     }
+}
+
+/// Revokes key `id` and records it: the one way a key is revoked.
+async fn mark_revoked(
+    conn: &mut SqliteConnection,
+    id: KeyId,
+    reason: Option<&str>,
+    actor: Actor,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE api_keys SET revoked_at = ?, revoke_reason = ? WHERE id = ?")
+        .bind(now.as_millis())
+        .bind(reason.map(str::to_owned))
+        .bind(id.to_string())
+        .execute(&mut *conn)
+        .await?;
+    append_audit(
+        conn,
+        now,
+        actor,
+        AuditAction::Revoke,
+        Some(&id.to_string()),
+        reason,
+    )
+    .await
 }
 
 /// Adds `AND` clauses matching keys (aliased `k`) that carry every label.
