@@ -145,13 +145,16 @@ pub async fn initialize_if_new(
     let result = initialize(store, clock, |key| write_key_file(key_file, key)).await;
     match result {
         Ok(initialized) => Ok(Some(initialized.key_id)),
+        Err(InitError::KeyFile { path, source }) => Err(InitError::KeyFile { path, source }),
         Err(error) => {
-            // The key in the file was never committed (or another process
-            // initialised first): remove it so no dead key lies around.
-            if !matches!(error, InitError::KeyFile { .. }) {
-                let _ = fs::remove_file(key_file);
+            // The key in the file was never committed: remove it so no dead
+            // key lies around.
+            let _ = fs::remove_file(key_file);
+            match error {
+                // Another replica, starting at the same moment, won.
+                InitError::AlreadyInitialized => Ok(None),
+                error => Err(error),
             }
-            Err(error)
         }
     }
 }

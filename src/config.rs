@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::{
     rate_limit::{InvalidRateLimit, RateLimit},
     server::Settings,
+    store::PoolSettings,
 };
 
 /// keyward: an API-key service for machine-to-machine access.
@@ -44,7 +45,9 @@ pub struct ServeArgs {
     )]
     pub listen: SocketAddr,
 
-    /// Database: sqlite://PATH (created with mode 0600 if missing).
+    /// Database: sqlite://PATH (one server; the file is created with mode
+    /// 0600 if missing) or postgres://USER@HOST/DATABASE (many replicas;
+    /// the database must exist).
     #[arg(
         long,
         env = "KEYWARD_DATABASE_URL",
@@ -76,6 +79,28 @@ pub struct ServeArgs {
     /// (each key at most once per interval; also on shutdown), e.g. 10s.
     #[arg(long, env = "KEYWARD_USAGE_FLUSH_INTERVAL", value_name = "DURATION", default_value = "10s", value_parser = parse_interval)]
     pub usage_flush_interval: Duration,
+
+    /// Most database connections this server opens.
+    #[arg(long, env = "KEYWARD_DATABASE_MAX_CONNECTIONS", value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub database_max_connections: u32,
+
+    /// How long a database operation waits for a connection (including
+    /// connecting) before failing with UNAVAILABLE, e.g. 5s.
+    #[arg(long, env = "KEYWARD_DATABASE_ACQUIRE_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = parse_interval)]
+    pub database_acquire_timeout: Duration,
+
+    /// PostgreSQL only: while the database or its change feed is
+    /// unreachable, Validate answers from the in-memory index for this long
+    /// after the index was last confirmed current, then fails closed with
+    /// UNAVAILABLE (and the health check reports NOT_SERVING) until it
+    /// reconnects and resyncs, e.g. 60s.
+    #[arg(long, env = "KEYWARD_MAX_STALENESS", value_name = "DURATION", default_value = "60s", value_parser = parse_interval)]
+    pub max_staleness: Duration,
+
+    /// PostgreSQL only: how often the index is reloaded in full, besides
+    /// after every reconnect of the change feed, e.g. 5m.
+    #[arg(long, env = "KEYWARD_RESYNC_INTERVAL", value_name = "DURATION", default_value = "5m", value_parser = parse_interval)]
+    pub resync_interval: Duration,
 }
 
 fn parse_rate(text: &str) -> Result<RateLimit, InvalidRateLimit> {
@@ -104,6 +129,12 @@ impl From<ServeArgs> for Settings {
             bootstrap_key_file: args.bootstrap_key_file,
             default_rate_limit,
             usage_flush_interval: args.usage_flush_interval,
+            pool: PoolSettings {
+                max_connections: args.database_max_connections,
+                acquire_timeout: args.database_acquire_timeout,
+            },
+            max_staleness: args.max_staleness,
+            resync_interval: args.resync_interval,
         }
     }
 }
@@ -126,7 +157,11 @@ mod tests {
         assert_eq!(args.database_url, "sqlite://keyward.db");
         let settings = Settings::from(args);
         assert!(settings.default_rate_limit.is_none());
-        assert_eq!(settings.usage_flush_interval, Duration::from_secs(10));
+        let defaults = Settings::default();
+        assert_eq!(settings.usage_flush_interval, defaults.usage_flush_interval);
+        assert_eq!(settings.pool, defaults.pool);
+        assert_eq!(settings.max_staleness, defaults.max_staleness);
+        assert_eq!(settings.resync_interval, defaults.resync_interval);
     }
 
     #[test]

@@ -13,7 +13,7 @@
 
 use tonic::{Code, Status};
 
-use crate::store::StoreError;
+use crate::{replica::Stale, store::StoreError};
 
 /// An error answered to a gRPC client.
 #[derive(Debug, thiserror::Error)]
@@ -67,11 +67,36 @@ impl From<StoreError> for ServiceError {
             | StoreError::AlreadyInitialized
             | StoreError::BuiltinRole(_)
             | StoreError::RoleInUse { .. } => Self::FailedPrecondition(error.to_string()),
-            StoreError::Database(
-                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_),
-            ) => Self::Unavailable(error.to_string()),
+            StoreError::Database(ref cause) if is_connection_failure(cause) => {
+                Self::Unavailable(error.to_string())
+            }
+            StoreError::FeedClosed => Self::Unavailable(error.to_string()),
             other => Self::Internal(other.to_string()),
         }
+    }
+}
+
+/// The database could not be reached or dropped the connection: worth a
+/// retry, unlike a query keyward got wrong.
+fn is_connection_failure(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => true,
+        // PostgreSQL's SQLSTATE classes 08 (connection exception) and 57P
+        // (operator intervention: shutdown, restart, terminated sessions).
+        sqlx::Error::Database(database) => database
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        _ => false,
+    }
+}
+
+impl From<Stale> for ServiceError {
+    fn from(stale: Stale) -> Self {
+        Self::Unavailable(stale.to_string())
     }
 }
 

@@ -5,7 +5,7 @@
 //! validating a known key performs no database I/O.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard},
 };
 
@@ -63,6 +63,28 @@ impl Index {
                 retired_usage: Vec::new(),
             }),
         }
+    }
+
+    /// Makes the index hold exactly what `snapshot` holds (a resync),
+    /// through [`Index::apply`]: usage counted for keys that stay is kept,
+    /// and usage of keys that go waits for the next flush.
+    pub fn replace(&self, snapshot: Snapshot) {
+        let live: HashSet<KeyId> = snapshot.keys.iter().map(|(record, _)| record.id).collect();
+        let defined: HashSet<&RoleName> = snapshot.roles.iter().map(|role| &role.name).collect();
+        let mut changes: Vec<Change> = {
+            let state = self.read();
+            let gone_keys = state.keys.keys().filter(|id| !live.contains(id));
+            let gone_roles = state.roles.keys().filter(|name| !defined.contains(name));
+            gone_keys
+                .map(|id| Change::KeyRemoved(*id))
+                .chain(gone_roles.map(|name| Change::RoleRemoved(name.clone())))
+                .collect()
+        };
+        changes.extend(snapshot.keys.into_iter().map(|(record, digest)| {
+            Change::KeyUpserted(Arc::new(IndexedKey::new(&record, digest)))
+        }));
+        changes.extend(snapshot.roles.into_iter().map(Change::RoleUpserted));
+        self.apply(changes);
     }
 
     /// Applies committed changes. This is the only way the index changes.

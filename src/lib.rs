@@ -13,7 +13,8 @@
 //! | [`cidr`] | CIDR allow-lists for keys |
 //! | [`model`] | domain types: key records, roles, changes, audit actions |
 //! | [`clock`] | time as a parameter (wall clock, manual clock for tests) |
-//! | [`store`] | SQLite persistence; every write is one transaction with its audit record |
+//! | [`store`] | SQLite or PostgreSQL persistence; every write is one transaction with its audit record, and notifies the change feed |
+//! | [`replica`] | many replicas on PostgreSQL: following the change feed, resyncs, fail-static then closed |
 //! | [`index`] | the in-memory index of live keys and roles, changed only by [`model::Change`]s |
 //! | [`validate`] | the security core: parse → look up → verify → state → rate-limit → authorize → use cap |
 //! | [`rate_limit`] | per-key GCRA limits (governor), idle state reclaimed |
@@ -39,10 +40,13 @@ pub mod lifecycle;
 pub mod model;
 pub mod permission;
 pub mod rate_limit;
+pub mod replica;
 pub mod server;
 pub mod service;
 pub mod store;
 pub mod telemetry;
+#[doc(hidden)]
+pub mod testing;
 pub mod usage;
 pub mod validate;
 

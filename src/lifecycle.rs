@@ -19,7 +19,7 @@ use crate::{
     rate_limit::RateLimit,
     store::{
         AuditPage, AuditQuery, KeyPage, KeyQuery, NewKey, Revocation, RoleUpdate, Rotation, Store,
-        StoreError,
+        StoreError, feed::Topic,
     },
 };
 
@@ -139,6 +139,33 @@ impl Lifecycle {
         })
         .await
         .map_err(|error| ServiceError::Internal(format!("write task failed: {error}")))?
+    }
+
+    /// Reloads the whole index from the store, in the write turn so that no
+    /// local write lands between the read and the swap. Returns how many
+    /// keys the index now holds.
+    ///
+    /// # Errors
+    /// When the store cannot be read; the index is then unchanged.
+    pub async fn resync(&self) -> Result<usize, StoreError> {
+        let _turn = self.writes.lock().await;
+        let snapshot = self.store.load_snapshot(self.clock.now()).await?;
+        self.index.replace(snapshot);
+        Ok(self.index.len())
+    }
+
+    /// Applies a change another replica made, as the store holds it now, in
+    /// the write turn (a local write to the same key then lands before or
+    /// after it, never in between). Returns how many changes were applied.
+    ///
+    /// # Errors
+    /// When the store cannot be read; the index is then unchanged.
+    pub async fn reload(&self, topic: &Topic) -> Result<usize, StoreError> {
+        let _turn = self.writes.lock().await;
+        let changes = self.store.changes_for(topic, self.clock.now()).await?;
+        let count = changes.len();
+        self.index.apply(changes);
+        Ok(count)
     }
 
     /// Mints a key.

@@ -16,8 +16,9 @@ use crate::{
     lifecycle::Lifecycle,
     pb,
     rate_limit::RateLimit,
+    replica::{self, FeedSettings, Freshness},
     service::{AdminService, KeyService},
-    store::{Store, StoreError},
+    store::{Backend, PoolSettings, Store, StoreError},
     validate::Validator,
 };
 
@@ -38,8 +39,10 @@ const LIMITER_RECLAIM_INTERVAL: Duration = Duration::from_secs(60);
 pub struct Settings {
     /// Address for gRPC; port 0 picks a free port.
     pub listen: SocketAddr,
-    /// `sqlite://PATH`.
+    /// `sqlite://PATH` or `postgres://…`.
     pub database_url: String,
+    /// Connection pool size and timeouts.
+    pub pool: PoolSettings,
     /// Where the first admin key is written (mode 0600) when the server
     /// initialises a new database. Never overwritten.
     pub bootstrap_key_file: PathBuf,
@@ -48,6 +51,12 @@ pub struct Settings {
     /// How often usage (last used, use counts) is written to the store;
     /// each key is written at most once per interval.
     pub usage_flush_interval: Duration,
+    /// On PostgreSQL: how long Validate answers from an index it cannot
+    /// confirm current (the database or its feed unreachable) before it
+    /// fails closed with `UNAVAILABLE`.
+    pub max_staleness: Duration,
+    /// On PostgreSQL: how often the index is reloaded in full.
+    pub resync_interval: Duration,
 }
 
 impl Default for Settings {
@@ -59,6 +68,9 @@ impl Default for Settings {
             bootstrap_key_file: PathBuf::from("keyward-admin.key"),
             default_rate_limit: None,
             usage_flush_interval: Duration::from_secs(10),
+            pool: PoolSettings::default(),
+            max_staleness: Duration::from_secs(60),
+            resync_interval: Duration::from_secs(300),
         }
     }
 }
@@ -90,6 +102,8 @@ pub struct Application {
     lifecycle: Arc<Lifecycle>,
     clock: Arc<dyn Clock>,
     usage_flush_interval: Duration,
+    /// Set on PostgreSQL, where the index follows the change feed.
+    feed: Option<(Arc<Freshness>, FeedSettings)>,
 }
 
 impl Application {
@@ -124,7 +138,7 @@ impl Application {
                 addr: settings.listen,
                 source,
             })?;
-        let store = Arc::new(Store::open(&settings.database_url).await?);
+        let store = Arc::new(Store::open_with(&settings.database_url, settings.pool).await?);
         if let Some(admin) =
             bootstrap::initialize_if_new(&store, clock.as_ref(), &settings.bootstrap_key_file)
                 .await?
@@ -140,11 +154,21 @@ impl Application {
             store.load_snapshot(clock.now()).await?,
         ));
         tracing::info!(keys = index.len(), "index loaded");
-        let validator = Arc::new(
-            Validator::new(index.clone(), clock.clone())
-                .with_default_rate_limit(settings.default_rate_limit)
-                .with_store(store.clone()),
-        );
+        let feed = (store.backend() == Backend::Postgres).then(|| {
+            let feed = FeedSettings {
+                max_staleness: settings.max_staleness,
+                resync_interval: settings.resync_interval,
+                connect_timeout: settings.pool.acquire_timeout,
+            };
+            (Arc::new(Freshness::new(feed.max_staleness)), feed)
+        });
+        let mut validator = Validator::new(index.clone(), clock.clone())
+            .with_default_rate_limit(settings.default_rate_limit)
+            .with_store(store.clone());
+        if let Some((freshness, _)) = &feed {
+            validator = validator.with_freshness(freshness.clone());
+        }
+        let validator = Arc::new(validator);
         let lifecycle = Arc::new(Lifecycle::new(store.clone(), index.clone(), clock.clone()));
         Ok(Self {
             listener,
@@ -155,6 +179,7 @@ impl Application {
             lifecycle,
             clock,
             usage_flush_interval: settings.usage_flush_interval,
+            feed,
         })
     }
 
@@ -190,7 +215,7 @@ impl Application {
             .build_v1()
             .expect("the embedded descriptor sets are valid");
 
-        let background = [
+        let mut background = vec![
             tokio::spawn(sweep_expired(self.index.clone(), self.clock.clone())),
             tokio::spawn(reclaim_limiters(self.validator.clone())),
             tokio::spawn(flush_usage_every(
@@ -199,6 +224,19 @@ impl Application {
                 self.store.clone(),
             )),
         ];
+        if let Some((freshness, feed)) = self.feed {
+            background.push(tokio::spawn(replica::follow(
+                self.store.clone(),
+                self.lifecycle.clone(),
+                freshness.clone(),
+                feed,
+            )));
+            background.push(tokio::spawn(report_freshness(
+                health.clone(),
+                freshness,
+                feed.heartbeat(),
+            )));
+        }
         let requested = Arc::new(tokio::sync::Notify::new());
         let shutdown = {
             let requested = requested.clone();
@@ -239,6 +277,30 @@ impl Application {
         self.store.close().await;
         tracing::info!("keyward stopped");
         Ok(served?)
+    }
+}
+
+/// Tells health checks, so a load balancer can route around it, while this
+/// replica's index is too stale for Validate to answer.
+async fn report_freshness(
+    health: tonic_health::server::HealthReporter,
+    freshness: Arc<Freshness>,
+    every: Duration,
+) {
+    type Keys = pb::key_service_server::KeyServiceServer<KeyService>;
+    let mut serving = true;
+    let mut ticks = tokio::time::interval(every);
+    loop {
+        ticks.tick().await;
+        let fresh = freshness.check().is_ok();
+        if fresh != serving {
+            serving = fresh;
+            if fresh {
+                health.set_serving::<Keys>().await;
+            } else {
+                health.set_not_serving::<Keys>().await;
+            }
+        }
     }
 }
 

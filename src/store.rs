@@ -1,56 +1,84 @@
-//! The durable store: keys, roles and the audit log in SQLite (the embedded
-//! default), behind one small set of methods so a PostgreSQL store can sit
-//! beside it.
+//! The durable store: keys, roles and the audit log, in SQLite (the embedded
+//! default, one server) or PostgreSQL (one database, many replicas), behind
+//! one set of methods and one set of queries.
 //!
 //! Every write is one transaction that also appends its audit record: the
-//! change and its record commit together or not at all. Writes start with
-//! `BEGIN IMMEDIATE`, taking SQLite's write lock up front, so two concurrent
-//! read-then-write transactions queue instead of failing with `SQLITE_BUSY`.
+//! change and its record commit together or not at all. Writes take the
+//! database's write turn first (`BEGIN IMMEDIATE` on SQLite, a transaction
+//! advisory lock on PostgreSQL), so read-then-write transactions queue
+//! instead of failing, on one server or across replicas. On PostgreSQL each
+//! write also notifies the [change feed](feed) in the same transaction.
 //!
 //! The store is never on the validate path of a known key; it feeds the
 //! in-memory index at start and returns [`Change`]s for every write.
+//!
+//! The queries are written once, for sqlx's `Any` driver, in the SQL both
+//! databases accept: numbered placeholders (`$1`), `ON CONFLICT`,
+//! `RETURNING`, aggregate `FILTER`. What does differ is in [`Backend`].
+
+pub mod feed;
 
 use std::{
     collections::{BTreeMap, HashMap},
+    fmt::Write as _,
     fs::OpenOptions,
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     str::FromStr,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
 use sqlx::{
-    QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool,
-    sqlite::{
-        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-    },
+    Any, AnyConnection, AnyPool, Arguments, AssertSqlSafe, Encode, Executor, Row, Transaction,
+    Type,
+    any::{AnyArguments, AnyPoolOptions, AnyRow},
+    postgres::PgConnectOptions,
 };
 
 use crate::{
     cidr::Cidr,
     clock::Timestamp,
     key::{KeyDigest, KeyId, Prefix},
-    model::{Actor, AuditAction, AuditRecord, KeyRecord, KeySettings, KeyState, Labels, Role},
+    model::{
+        Actor, AuditAction, AuditRecord, Change, IndexedKey, KeyRecord, KeySettings, KeyState,
+        Labels, Role,
+    },
     permission::{Permission, RoleName},
     rate_limit::RateLimit,
     usage::UsageDelta,
 };
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+use self::feed::Topic;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The key of the PostgreSQL advisory lock that serialises writes across
+/// replicas (the ASCII of "keyward").
+const WRITE_LOCK: i64 = 0x006b_6579_7761_7264;
 
 /// Errors of the store layer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("unsupported database URL (expected sqlite://PATH)")]
+    #[error("unsupported database URL (expected sqlite://PATH or postgres://USER@HOST/DATABASE)")]
     UnsupportedUrl,
+    #[error("invalid PostgreSQL URL: {0}")]
+    InvalidUrl(String),
     #[error("cannot create database file {path}: {source}")]
     CreateFile {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot open database {path}: {source}")]
-    Open { path: PathBuf, source: sqlx::Error },
+    /// `database` names the file or the server, never a password.
+    #[error("cannot open database {database}: {source}")]
+    Open {
+        database: String,
+        source: sqlx::Error,
+    },
     #[error("cannot apply database migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("the database is already initialised")]
@@ -75,6 +103,8 @@ pub enum StoreError {
     },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("the change feed's connection to the database closed")]
+    FeedClosed,
     #[error("corrupt row in {table}: {what}")]
     Corrupt {
         table: &'static str,
@@ -173,44 +203,159 @@ pub struct AuditPage {
     pub next_before_seq: Option<i64>,
 }
 
-/// The SQLite store.
+/// Which database a [`Store`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// One file, one server: the embedded default.
+    Sqlite,
+    /// One database shared by many replicas, with a change feed.
+    Postgres,
+}
+
+/// Connection pool settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// The most connections one server opens.
+    pub max_connections: u32,
+    /// How long a query waits for a connection (including connecting)
+    /// before it fails with "unavailable".
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 8,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Where a database URL points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Location {
+    SqliteFile(PathBuf),
+    /// The URL as given, and a description for messages (no password).
+    Postgres {
+        url: String,
+        shown: String,
+    },
+}
+
+impl Location {
+    fn parse(database_url: &str) -> Result<Self, StoreError> {
+        if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
+            let options = PgConnectOptions::from_str(database_url)
+                .map_err(|error| StoreError::InvalidUrl(without_secrets(&error.to_string())))?;
+            let shown = format!(
+                "postgres://{}:{}/{}",
+                options.get_host(),
+                options.get_port(),
+                options.get_database().unwrap_or_default()
+            );
+            return Ok(Self::Postgres {
+                url: database_url.to_owned(),
+                shown,
+            });
+        }
+        sqlite_path(database_url).map(Self::SqliteFile)
+    }
+
+    fn shown(&self) -> String {
+        match self {
+            Self::SqliteFile(path) => path.display().to_string(),
+            Self::Postgres { shown, .. } => shown.clone(),
+        }
+    }
+}
+
+/// Keeps a URL-parsing error's message but drops any URL it quotes, which
+/// could hold a password.
+fn without_secrets(message: &str) -> String {
+    match message.split_once("://") {
+        Some((head, _)) => format!("{head}://… (check the URL's syntax)"),
+        None => message.to_owned(),
+    }
+}
+
+/// The durable store.
 #[derive(Debug)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
+    /// For the change feed's own connection (PostgreSQL only).
+    postgres_url: Option<String>,
     calls: AtomicU64,
 }
 
 impl Store {
-    /// Opens (creating with mode 0600 if missing) and migrates the database
-    /// at `database_url`, `sqlite://PATH`.
+    /// Opens and migrates the database at `database_url` with default pool
+    /// settings.
     ///
     /// # Errors
-    /// A [`StoreError`] naming the path when the file cannot be created or
-    /// opened, or the migrations fail.
+    /// See [`Store::open_with`].
     pub async fn open(database_url: &str) -> Result<Self, StoreError> {
-        let path = sqlite_path(database_url)?;
-        create_private_file(&path)?;
-        let options = SqliteConnectOptions::new()
-            .filename(&path)
-            .journal_mode(SqliteJournalMode::Wal)
-            // FULL: a revocation or audit record acknowledged to an operator
-            // survives a power cut. Writes are rare; the validate path never writes.
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(options)
+        Self::open_with(database_url, PoolSettings::default()).await
+    }
+
+    /// Opens and migrates the database at `database_url`: `sqlite://PATH`
+    /// (the file is created with mode 0600 if missing) or `postgres://…`
+    /// (the database must exist).
+    ///
+    /// # Errors
+    /// A [`StoreError`] naming the file or server (never a password) when it
+    /// cannot be created, reached or migrated.
+    pub async fn open_with(database_url: &str, pool: PoolSettings) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let location = Location::parse(database_url)?;
+        let (backend, url) = match &location {
+            Location::SqliteFile(path) => {
+                create_private_file(path)?;
+                (Backend::Sqlite, format!("sqlite://{}", path.display()))
+            }
+            Location::Postgres { url, .. } => (Backend::Postgres, url.clone()),
+        };
+        let open_error = |source| StoreError::Open {
+            database: location.shown(),
+            source,
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(pool.max_connections)
+            .acquire_timeout(pool.acquire_timeout)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL: readers never wait for the writer. FULL: a
+                        // revocation or audit record acknowledged to an
+                        // operator survives a power cut. Writes are rare; the
+                        // validate path never writes.
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
             .await
-            .map_err(|source| StoreError::Open {
-                path: path.clone(),
-                source,
-            })?;
-        MIGRATOR.run(&pool).await?;
+            .map_err(open_error)?;
+        match backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
+            Backend::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
+        }
         Ok(Self {
             pool,
+            backend,
+            postgres_url: (backend == Backend::Postgres).then_some(url),
             calls: AtomicU64::new(0),
         })
+    }
+
+    /// The database this store runs on.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// How many store operations (each one or more queries) ran so far. Tests
@@ -226,6 +371,41 @@ impl Store {
     /// Closes the pool, waiting for connections to finish.
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+
+    /// Starts a write transaction holding the database's write turn.
+    async fn begin_write(&self) -> Result<Transaction<'static, Any>, StoreError> {
+        match self.backend {
+            Backend::Sqlite => Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?),
+            Backend::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("SELECT 1 FROM pg_advisory_xact_lock($1)")
+                    .bind(WRITE_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(tx)
+            }
+        }
+    }
+
+    /// Tells the other replicas, when `tx` commits, what to reload. Nothing
+    /// to do on SQLite, where this server is the only one.
+    async fn notify(
+        &self,
+        tx: &mut AnyConnection,
+        topics: impl IntoIterator<Item = Topic>,
+    ) -> Result<(), StoreError> {
+        if self.backend != Backend::Postgres {
+            return Ok(());
+        }
+        for payload in topics.into_iter().flat_map(|topic| topic.payloads()) {
+            sqlx::query("SELECT 1 FROM pg_notify($1, $2)")
+                .bind(feed::CHANNEL)
+                .bind(payload)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Whether the built-in roles and first admin key exist.
@@ -251,9 +431,9 @@ impl Store {
         now: Timestamp,
     ) -> Result<KeyRecord, StoreError> {
         self.count();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let marked = sqlx::query(
-            "INSERT INTO keyward_meta (name, value) VALUES ('initialized_at', ?) ON CONFLICT DO NOTHING",
+            "INSERT INTO keyward_meta (name, value) VALUES ('initialized_at', $1) ON CONFLICT DO NOTHING",
         )
         .bind(now.as_millis().to_string())
         .execute(&mut *tx)
@@ -274,6 +454,12 @@ impl Store {
             None,
         )
         .await?;
+        let mut topics: Vec<Topic> = roles
+            .iter()
+            .map(|role| Topic::Role(role.name.clone()))
+            .collect();
+        topics.push(Topic::Keys(vec![record.id]));
+        self.notify(&mut tx, topics).await?;
         tx.commit().await?;
         Ok(record)
     }
@@ -286,7 +472,7 @@ impl Store {
         self.count();
         let mut conn = self.pool.acquire().await?;
         let rows = sqlx::query(
-            "SELECT * FROM api_keys WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?) AND (uses_remaining IS NULL OR uses_remaining > 0)",
+            "SELECT * FROM api_keys WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1) AND (uses_remaining IS NULL OR uses_remaining > 0)",
         )
         .bind(now.as_millis())
         .fetch_all(&mut *conn)
@@ -311,7 +497,7 @@ impl Store {
         now: Timestamp,
     ) -> Result<KeyRecord, StoreError> {
         self.count();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let record = insert_key(&mut tx, key, None, now).await?;
         append_audit(
             &mut tx,
@@ -322,6 +508,7 @@ impl Store {
             None,
         )
         .await?;
+        self.notify(&mut tx, [Topic::Keys(vec![record.id])]).await?;
         tx.commit().await?;
         Ok(record)
     }
@@ -342,7 +529,7 @@ impl Store {
     /// On a database failure.
     pub async fn list_keys(&self, query: &KeyQuery, now: Timestamp) -> Result<KeyPage, StoreError> {
         self.count();
-        let mut sql = QueryBuilder::<Sqlite>::new("SELECT * FROM api_keys k WHERE 1 = 1");
+        let mut sql = Sql::new("SELECT * FROM api_keys k WHERE 1 = 1");
         push_label_filters(&mut sql, &query.labels);
         if let Some(owner) = &query.owner {
             sql.push(" AND k.owner = ").push_bind(owner.clone());
@@ -418,7 +605,7 @@ impl Store {
         now: Timestamp,
     ) -> Result<Rotation, StoreError> {
         self.count();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let mut previous = fetch_key(&mut tx, id).await?;
         let refusal = match previous.state(now) {
             KeyState::Revoked => Some("it is revoked"),
@@ -456,8 +643,8 @@ impl Store {
             });
         }
         sqlx::query(
-            "UPDATE api_keys SET rotated_to = ?, expires_at = ?, revoked_at = ?, revoke_reason = ?, uses_remaining = ?
-             WHERE id = ?",
+            "UPDATE api_keys SET rotated_to = $1, expires_at = $2, revoked_at = $3, revoke_reason = $4, uses_remaining = $5
+             WHERE id = $6",
         )
         .bind(successor.id.to_string())
         .bind(previous.settings.expires_at.map(Timestamp::as_millis))
@@ -491,6 +678,8 @@ impl Store {
             Some(&format!("rotation of {id}")),
         )
         .await?;
+        self.notify(&mut tx, [Topic::Keys(vec![id, successor.id])])
+            .await?;
         tx.commit().await?;
         Ok(Rotation {
             previous,
@@ -511,7 +700,7 @@ impl Store {
         now: Timestamp,
     ) -> Result<Revocation, StoreError> {
         self.count();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let mut key = fetch_key(&mut tx, id).await?;
         if key.revoked_at.is_some() {
             return Ok(Revocation {
@@ -521,6 +710,7 @@ impl Store {
         }
         let reason = (!reason.is_empty()).then_some(reason);
         mark_revoked(&mut tx, id, reason, actor, now).await?;
+        self.notify(&mut tx, [Topic::Keys(vec![id])]).await?;
         tx.commit().await?;
         key.revoked_at = Some(now);
         key.revoke_reason = reason.map(str::to_owned);
@@ -546,9 +736,8 @@ impl Store {
         now: Timestamp,
     ) -> Result<Vec<KeyId>, StoreError> {
         self.count();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let mut sql =
-            QueryBuilder::<Sqlite>::new("SELECT k.id FROM api_keys k WHERE k.revoked_at IS NULL");
+        let mut tx = self.begin_write().await?;
+        let mut sql = Sql::new("SELECT k.id FROM api_keys k WHERE k.revoked_at IS NULL");
         push_label_filters(&mut sql, labels);
         if let Some(owner) = owner {
             sql.push(" AND k.owner = ").push_bind(owner.to_owned());
@@ -568,6 +757,7 @@ impl Store {
         for id in &ids {
             mark_revoked(&mut tx, *id, reason, actor, now).await?;
         }
+        self.notify(&mut tx, [Topic::Keys(ids.clone())]).await?;
         tx.commit().await?;
         Ok(ids)
     }
@@ -588,7 +778,7 @@ impl Store {
     /// [`StoreError::RoleExists`] for a taken name.
     pub async fn create_role(&self, role: &Role, actor: Actor) -> Result<(), StoreError> {
         self.count();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         if !insert_role(&mut tx, role).await? {
             return Err(StoreError::RoleExists(role.name.clone()));
         }
@@ -602,6 +792,8 @@ impl Store {
             Some(&detail),
         )
         .await?;
+        self.notify(&mut tx, [Topic::Role(role.name.clone())])
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -618,7 +810,7 @@ impl Store {
         now: Timestamp,
     ) -> Result<Role, StoreError> {
         self.count();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let mut role = load_roles(&mut tx)
             .await?
             .into_iter()
@@ -648,9 +840,9 @@ impl Store {
         }
         role.updated_at = now;
         sqlx::query(
-            "UPDATE roles SET description = ?, max_ttl_ms = ?, updated_at = ?,
-                              rate_requests = ?, rate_period_ms = ?, rate_burst = ?
-             WHERE name = ?",
+            "UPDATE roles SET description = $1, max_ttl_ms = $2, updated_at = $3,
+                              rate_requests = $4, rate_period_ms = $5, rate_burst = $6
+             WHERE name = $7",
         )
         .bind(role.description.clone())
         .bind(role.max_ttl.map(duration_millis))
@@ -661,7 +853,7 @@ impl Store {
         .bind(name.as_str().to_owned())
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM role_permissions WHERE role = ?")
+        sqlx::query("DELETE FROM role_permissions WHERE role = $1")
             .bind(name.as_str().to_owned())
             .execute(&mut *tx)
             .await?;
@@ -676,6 +868,7 @@ impl Store {
             Some(&detail),
         )
         .await?;
+        self.notify(&mut tx, [Topic::Role(name.clone())]).await?;
         tx.commit().await?;
         Ok(role)
     }
@@ -693,8 +886,8 @@ impl Store {
         now: Timestamp,
     ) -> Result<(), StoreError> {
         self.count();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let builtin: Option<i64> = sqlx::query("SELECT builtin FROM roles WHERE name = ?")
+        let mut tx = self.begin_write().await?;
+        let builtin: Option<i64> = sqlx::query("SELECT builtin FROM roles WHERE name = $1")
             .bind(name.as_str().to_owned())
             .fetch_optional(&mut *tx)
             .await?
@@ -706,8 +899,8 @@ impl Store {
             Some(_) => {}
         }
         let holders = sqlx::query(
-            "SELECT COUNT(*) AS keys, COALESCE(SUM(k.revoked_at IS NULL), 0) AS active
-             FROM key_roles r JOIN api_keys k ON k.id = r.key_id WHERE r.role = ?",
+            "SELECT COUNT(*) AS keys, COUNT(*) FILTER (WHERE k.revoked_at IS NULL) AS active
+             FROM key_roles r JOIN api_keys k ON k.id = r.key_id WHERE r.role = $1",
         )
         .bind(name.as_str().to_owned())
         .fetch_one(&mut *tx)
@@ -720,7 +913,7 @@ impl Store {
                 active: holders.try_get("active")?,
             });
         }
-        sqlx::query("DELETE FROM roles WHERE name = ?")
+        sqlx::query("DELETE FROM roles WHERE name = $1")
             .bind(name.as_str().to_owned())
             .execute(&mut *tx)
             .await?;
@@ -733,6 +926,7 @@ impl Store {
             None,
         )
         .await?;
+        self.notify(&mut tx, [Topic::Role(name.clone())]).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -743,7 +937,7 @@ impl Store {
     /// On a database failure or a row keyward could not have written.
     pub async fn list_audit(&self, query: &AuditQuery) -> Result<AuditPage, StoreError> {
         self.count();
-        let mut sql = QueryBuilder::<Sqlite>::new("SELECT * FROM audit_log WHERE 1 = 1");
+        let mut sql = Sql::new("SELECT * FROM audit_log WHERE 1 = 1");
         if let Some(since) = query.since {
             sql.push(" AND at >= ").push_bind(since.as_millis());
         }
@@ -795,6 +989,70 @@ impl Store {
         })
     }
 
+    /// Listens to the change feed, on a connection of its own: `None` on
+    /// SQLite, where this server is the only writer.
+    ///
+    /// # Errors
+    /// When PostgreSQL cannot be reached within the pool's acquire timeout.
+    pub async fn subscribe(
+        &self,
+        timeout: Duration,
+    ) -> Option<Result<feed::Subscription, StoreError>> {
+        let url = self.postgres_url.as_deref()?;
+        Some(
+            feed::Subscription::connect(url, timeout)
+                .await
+                .map_err(StoreError::from),
+        )
+    }
+
+    /// What the index must do to reflect `topic` as the database holds it
+    /// now: keys that can validate are (re)loaded, every other named key is
+    /// removed; a role is (re)loaded or removed.
+    ///
+    /// # Errors
+    /// On a database failure or a row keyward could not have written.
+    pub async fn changes_for(
+        &self,
+        topic: &Topic,
+        now: Timestamp,
+    ) -> Result<Vec<Change>, StoreError> {
+        self.count();
+        let mut conn = self.pool.acquire().await?;
+        match topic {
+            Topic::Keys(ids) => {
+                let texts: Vec<String> = ids.iter().map(ToString::to_string).collect();
+                let rows = fetch_for_ids(&mut conn, "SELECT * FROM api_keys", "id", &texts).await?;
+                let mut live: HashMap<KeyId, Arc<IndexedKey>> = with_details(&mut conn, rows, true)
+                    .await?
+                    .into_iter()
+                    .filter(|(record, _)| record.state(now) == KeyState::Active)
+                    .map(|(record, digest)| {
+                        let digest = digest.expect("digest requested");
+                        (record.id, Arc::new(IndexedKey::new(&record, digest)))
+                    })
+                    .collect();
+                Ok(ids
+                    .iter()
+                    .map(|id| match live.remove(id) {
+                        Some(key) => Change::KeyUpserted(key),
+                        None => Change::KeyRemoved(*id),
+                    })
+                    .collect())
+            }
+            Topic::Role(name) => {
+                let role = load_roles(&mut conn)
+                    .await?
+                    .into_iter()
+                    .find(|role| &role.name == name);
+                Ok(vec![match role {
+                    Some(role) => Change::RoleUpserted(role),
+                    None => Change::RoleRemoved(name.clone()),
+                }])
+            }
+        }
+    }
+
     /// Spends one use of capped key `id`, durably, with a conditional update
     /// (never read-modify-write), so concurrent validations never exceed the
     /// cap. Returns the uses left, or `None` when none were left.
@@ -805,7 +1063,7 @@ impl Store {
         self.count();
         let row = sqlx::query(
             "UPDATE api_keys SET uses_remaining = uses_remaining - 1
-             WHERE id = ? AND uses_remaining > 0 AND revoked_at IS NULL
+             WHERE id = $1 AND uses_remaining > 0 AND revoked_at IS NULL
              RETURNING uses_remaining",
         )
         .bind(id.to_string())
@@ -824,12 +1082,13 @@ impl Store {
             return Ok(());
         }
         self.count();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         for delta in deltas {
             sqlx::query(
-                "UPDATE api_keys SET use_count = use_count + ?,
-                                     last_used_at = MAX(COALESCE(last_used_at, 0), ?)
-                 WHERE id = ?",
+                "UPDATE api_keys SET use_count = use_count + $1,
+                                     last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $2
+                                                         THEN $2 ELSE last_used_at END
+                 WHERE id = $3",
             )
             .bind(count_to_i64(delta.uses))
             .bind(delta.last_used_at.as_millis())
@@ -853,9 +1112,9 @@ impl Store {
         now: Timestamp,
     ) -> Result<KeyRecord, StoreError> {
         self.count();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let mut key = fetch_key(&mut tx, id).await?;
-        sqlx::query("UPDATE api_keys SET rate_requests = ?, rate_period_ms = ?, rate_burst = ? WHERE id = ?")
+        sqlx::query("UPDATE api_keys SET rate_requests = $1, rate_period_ms = $2, rate_burst = $3 WHERE id = $4")
             .bind(rate_limit.map(|l| i64::from(l.requests())))
             .bind(rate_limit.map(|l| duration_millis(l.per())))
             .bind(rate_limit.map(|l| i64::from(l.burst())))
@@ -875,6 +1134,7 @@ impl Store {
             Some(&detail),
         )
         .await?;
+        self.notify(&mut tx, [Topic::Keys(vec![id])]).await?;
         tx.commit().await?;
         key.settings.rate_limit = rate_limit;
         Ok(key)
@@ -883,13 +1143,13 @@ impl Store {
 
 /// Revokes key `id` and records it: the one way a key is revoked.
 async fn mark_revoked(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     id: KeyId,
     reason: Option<&str>,
     actor: Actor,
     now: Timestamp,
 ) -> Result<(), StoreError> {
-    sqlx::query("UPDATE api_keys SET revoked_at = ?, revoke_reason = ? WHERE id = ?")
+    sqlx::query("UPDATE api_keys SET revoked_at = $1, revoke_reason = $2 WHERE id = $3")
         .bind(now.as_millis())
         .bind(reason.map(str::to_owned))
         .bind(id.to_string())
@@ -906,8 +1166,46 @@ async fn mark_revoked(
     .await
 }
 
+/// Dynamic SQL with numbered placeholders (`$1`, `$2`, …), which SQLite and
+/// PostgreSQL both accept. (sqlx's `QueryBuilder` writes `?` for `Any`.)
+struct Sql {
+    text: String,
+    arguments: AnyArguments,
+}
+
+impl Sql {
+    fn new(text: &'static str) -> Self {
+        Self {
+            text: text.to_owned(),
+            arguments: AnyArguments::default(),
+        }
+    }
+
+    fn push(&mut self, text: &'static str) -> &mut Self {
+        self.text.push_str(text);
+        self
+    }
+
+    fn push_bind<T>(&mut self, value: T) -> &mut Self
+    where
+        T: for<'q> Encode<'q, Any> + Type<Any>,
+    {
+        self.arguments
+            .add(value)
+            .expect("encoding to Any cannot fail");
+        write!(self.text, "${}", self.arguments.len()).expect("writing to a String cannot fail");
+        self
+    }
+
+    /// The query, ready to run. Only `&'static str` fragments went into the
+    /// text; every value is a bound parameter.
+    fn build(self) -> sqlx::query::Query<'static, Any, AnyArguments> {
+        sqlx::query_with(AssertSqlSafe(self.text), self.arguments)
+    }
+}
+
 /// Adds `AND` clauses matching keys (aliased `k`) that carry every label.
-fn push_label_filters(sql: &mut QueryBuilder<Sqlite>, labels: &BTreeMap<String, String>) {
+fn push_label_filters(sql: &mut Sql, labels: &BTreeMap<String, String>) {
     for (name, value) in labels {
         sql.push(" AND EXISTS (SELECT 1 FROM key_labels l WHERE l.key_id = k.id AND l.name = ")
             .push_bind(name.clone())
@@ -952,11 +1250,11 @@ fn create_private_file(path: &Path) -> Result<(), StoreError> {
 }
 
 /// Inserts `role`; `Ok(false)` when a role of that name exists.
-async fn insert_role(conn: &mut SqliteConnection, role: &Role) -> Result<bool, StoreError> {
+async fn insert_role(conn: &mut AnyConnection, role: &Role) -> Result<bool, StoreError> {
     let inserted = sqlx::query(
         "INSERT INTO roles (name, description, builtin, max_ttl_ms, created_at, updated_at,
                             rate_requests, rate_period_ms, rate_burst)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (name) DO NOTHING",
     )
     .bind(role.name.as_str().to_owned())
     .bind(role.description.clone())
@@ -976,12 +1274,9 @@ async fn insert_role(conn: &mut SqliteConnection, role: &Role) -> Result<bool, S
     Ok(true)
 }
 
-async fn insert_role_permissions(
-    conn: &mut SqliteConnection,
-    role: &Role,
-) -> Result<(), StoreError> {
+async fn insert_role_permissions(conn: &mut AnyConnection, role: &Role) -> Result<(), StoreError> {
     for permission in role.permissions.iter() {
-        sqlx::query("INSERT INTO role_permissions (role, permission) VALUES (?, ?)")
+        sqlx::query("INSERT INTO role_permissions (role, permission) VALUES ($1, $2)")
             .bind(role.name.as_str().to_owned())
             .bind(permission.as_str().to_owned())
             .execute(&mut *conn)
@@ -999,10 +1294,7 @@ fn count_to_i64(count: u64) -> i64 {
 }
 
 /// The rate limit stored in `rate_requests`, `rate_period_ms`, `rate_burst`.
-fn rate_limit_columns(
-    row: &SqliteRow,
-    table: &'static str,
-) -> Result<Option<RateLimit>, StoreError> {
+fn rate_limit_columns(row: &AnyRow, table: &'static str) -> Result<Option<RateLimit>, StoreError> {
     let requests: Option<i64> = row.try_get("rate_requests")?;
     let period: Option<i64> = row.try_get("rate_period_ms")?;
     let burst: Option<i64> = row.try_get("rate_burst")?;
@@ -1024,14 +1316,14 @@ fn rate_limit_columns(
     }
 }
 
-fn optional_count(row: &SqliteRow, column: &str) -> Result<Option<u64>, StoreError> {
+fn optional_count(row: &AnyRow, column: &str) -> Result<Option<u64>, StoreError> {
     Ok(row
         .try_get::<Option<i64>, _>(column)?
         .map(i64::unsigned_abs))
 }
 
 async fn insert_key(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     key: NewKey,
     rotated_from: Option<KeyId>,
     now: Timestamp,
@@ -1040,7 +1332,7 @@ async fn insert_key(
     let inserted = sqlx::query(
         "INSERT INTO api_keys (id, prefix, digest, owner, description, created_at, created_by, expires_at, rotated_from,
                                rate_requests, rate_period_ms, rate_burst, max_uses, uses_remaining)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT (id) DO NOTHING",
     )
     .bind(id.clone())
     .bind(key.settings.prefix.as_str().to_owned())
@@ -1063,7 +1355,7 @@ async fn insert_key(
     }
     let children = [
         (
-            "INSERT INTO key_roles (key_id, role) VALUES (?, ?)",
+            "INSERT INTO key_roles (key_id, role) VALUES ($1, $2)",
             key.settings
                 .roles
                 .iter()
@@ -1071,7 +1363,7 @@ async fn insert_key(
                 .collect::<Vec<_>>(),
         ),
         (
-            "INSERT INTO key_permissions (key_id, permission) VALUES (?, ?)",
+            "INSERT INTO key_permissions (key_id, permission) VALUES ($1, $2)",
             key.settings
                 .permissions
                 .iter()
@@ -1079,7 +1371,7 @@ async fn insert_key(
                 .collect(),
         ),
         (
-            "INSERT INTO key_cidrs (key_id, cidr) VALUES (?, ?)",
+            "INSERT INTO key_cidrs (key_id, cidr) VALUES ($1, $2)",
             key.settings
                 .allowed_cidrs
                 .iter()
@@ -1097,7 +1389,7 @@ async fn insert_key(
         }
     }
     for (name, value) in key.settings.labels.as_map() {
-        sqlx::query("INSERT INTO key_labels (key_id, name, value) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO key_labels (key_id, name, value) VALUES ($1, $2, $3)")
             .bind(id.clone())
             .bind(name.clone())
             .bind(value.clone())
@@ -1110,26 +1402,28 @@ async fn insert_key(
 }
 
 async fn append_audit(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     at: Timestamp,
     actor: Actor,
     action: AuditAction,
     target: Option<&str>,
     reason: Option<&str>,
 ) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO audit_log (at, actor, action, target, reason) VALUES (?, ?, ?, ?, ?)")
-        .bind(at.as_millis())
-        .bind(actor.key_id().map(|id| id.to_string()))
-        .bind(action.as_str())
-        .bind(target.map(str::to_owned))
-        .bind(reason.map(str::to_owned))
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO audit_log (at, actor, action, target, reason) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(at.as_millis())
+    .bind(actor.key_id().map(|id| id.to_string()))
+    .bind(action.as_str())
+    .bind(target.map(str::to_owned))
+    .bind(reason.map(str::to_owned))
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
-async fn fetch_key(conn: &mut SqliteConnection, id: KeyId) -> Result<KeyRecord, StoreError> {
-    let row = sqlx::query("SELECT * FROM api_keys WHERE id = ?")
+async fn fetch_key(conn: &mut AnyConnection, id: KeyId) -> Result<KeyRecord, StoreError> {
+    let row = sqlx::query("SELECT * FROM api_keys WHERE id = $1")
         .bind(id.to_string())
         .fetch_optional(&mut *conn)
         .await?
@@ -1141,8 +1435,8 @@ async fn fetch_key(conn: &mut SqliteConnection, id: KeyId) -> Result<KeyRecord, 
 /// Turns `api_keys` rows into records, loading their roles, permissions,
 /// CIDRs and labels with one query each. Keeps the order of `rows`.
 async fn with_details(
-    conn: &mut SqliteConnection,
-    rows: Vec<SqliteRow>,
+    conn: &mut AnyConnection,
+    rows: Vec<AnyRow>,
     with_digest: bool,
 ) -> Result<Vec<(KeyRecord, Option<KeyDigest>)>, StoreError> {
     if rows.is_empty() {
@@ -1153,24 +1447,44 @@ async fn with_details(
         .map(|row| row.try_get::<String, _>("id"))
         .collect::<Result<_, _>>()?;
     let mut roles: HashMap<String, Vec<RoleName>> = group_by_key(
-        fetch_for_ids(conn, "SELECT key_id, role AS item FROM key_roles", &ids).await?,
+        fetch_for_ids(
+            conn,
+            "SELECT key_id, role AS item FROM key_roles",
+            "key_id",
+            &ids,
+        )
+        .await?,
         "key_roles",
     )?;
     let mut permissions: HashMap<String, Vec<Permission>> = group_by_key(
         fetch_for_ids(
             conn,
             "SELECT key_id, permission AS item FROM key_permissions",
+            "key_id",
             &ids,
         )
         .await?,
         "key_permissions",
     )?;
     let mut cidrs: HashMap<String, Vec<Cidr>> = group_by_key(
-        fetch_for_ids(conn, "SELECT key_id, cidr AS item FROM key_cidrs", &ids).await?,
+        fetch_for_ids(
+            conn,
+            "SELECT key_id, cidr AS item FROM key_cidrs",
+            "key_id",
+            &ids,
+        )
+        .await?,
         "key_cidrs",
     )?;
     let mut labels: HashMap<String, BTreeMap<String, String>> = HashMap::new();
-    for row in fetch_for_ids(conn, "SELECT key_id, name, value FROM key_labels", &ids).await? {
+    for row in fetch_for_ids(
+        conn,
+        "SELECT key_id, name, value FROM key_labels",
+        "key_id",
+        &ids,
+    )
+    .await?
+    {
         labels
             .entry(row.try_get("key_id")?)
             .or_default()
@@ -1200,7 +1514,7 @@ async fn with_details(
 
 /// Groups `(key_id, item)` rows by key id, parsing each item.
 fn group_by_key<T: FromStr>(
-    rows: Vec<SqliteRow>,
+    rows: Vec<AnyRow>,
     table: &'static str,
 ) -> Result<HashMap<String, Vec<T>>, StoreError> {
     let mut grouped: HashMap<String, Vec<T>> = HashMap::new();
@@ -1214,20 +1528,23 @@ fn group_by_key<T: FromStr>(
     Ok(grouped)
 }
 
-/// Runs `select` restricted to `key_id IN ids`, in chunks that stay below
-/// SQLite's bound-parameter limit.
+/// Runs `select` restricted to `column IN ids`, in chunks that stay below
+/// both databases' bound-parameter limits.
 async fn fetch_for_ids(
-    conn: &mut SqliteConnection,
-    select: &str,
+    conn: &mut AnyConnection,
+    select: &'static str,
+    column: &'static str,
     ids: &[String],
-) -> Result<Vec<SqliteRow>, StoreError> {
+) -> Result<Vec<AnyRow>, StoreError> {
     let mut rows = Vec::new();
     for chunk in ids.chunks(10_000) {
-        let mut sql = QueryBuilder::<Sqlite>::new(select);
-        sql.push(" WHERE key_id IN (");
-        let mut list = sql.separated(", ");
-        for id in chunk {
-            list.push_bind(id.clone());
+        let mut sql = Sql::new(select);
+        sql.push(" WHERE ").push(column).push(" IN (");
+        for (position, id) in chunk.iter().enumerate() {
+            if position > 0 {
+                sql.push(", ");
+            }
+            sql.push_bind(id.clone());
         }
         sql.push(")");
         rows.extend(sql.build().fetch_all(&mut *conn).await?);
@@ -1235,7 +1552,7 @@ async fn fetch_for_ids(
     Ok(rows)
 }
 
-async fn load_roles(conn: &mut SqliteConnection) -> Result<Vec<Role>, StoreError> {
+async fn load_roles(conn: &mut AnyConnection) -> Result<Vec<Role>, StoreError> {
     let mut permissions: HashMap<String, Vec<Permission>> = HashMap::new();
     for row in sqlx::query("SELECT role, permission FROM role_permissions")
         .fetch_all(&mut *conn)
@@ -1269,11 +1586,7 @@ async fn load_roles(conn: &mut SqliteConnection) -> Result<Vec<Role>, StoreError
         .collect()
 }
 
-fn key_record(
-    row: &SqliteRow,
-    roles: Vec<RoleName>,
-    labels: Labels,
-) -> Result<KeyRecord, StoreError> {
+fn key_record(row: &AnyRow, roles: Vec<RoleName>, labels: Labels) -> Result<KeyRecord, StoreError> {
     let timestamp = |column: &str| -> Result<Option<Timestamp>, StoreError> {
         Ok(row
             .try_get::<Option<i64>, _>(column)?
@@ -1315,7 +1628,7 @@ fn key_record(
     })
 }
 
-fn key_digest(row: &SqliteRow) -> Result<KeyDigest, StoreError> {
+fn key_digest(row: &AnyRow) -> Result<KeyDigest, StoreError> {
     let bytes: Vec<u8> = row.try_get("digest")?;
     let bytes: [u8; 32] = bytes.try_into().map_err(|_| StoreError::Corrupt {
         table: "api_keys",
@@ -1325,7 +1638,7 @@ fn key_digest(row: &SqliteRow) -> Result<KeyDigest, StoreError> {
 }
 
 fn parse_column<T: FromStr>(
-    row: &SqliteRow,
+    row: &AnyRow,
     column: &'static str,
     table: &'static str,
 ) -> Result<T, StoreError> {
@@ -1393,9 +1706,15 @@ mod tests {
         assert!(message.contains("/dev/null/keyward.db"), "{message}");
     }
 
-    #[tokio::test]
-    async fn audit_log_is_append_only() {
-        let (store, _dir) = open_temporary().await;
+    /// A fresh PostgreSQL store, or `None` (skipped, reason printed) when
+    /// PostgreSQL is unreachable outside CI.
+    async fn open_postgres() -> Option<(Arc<Store>, crate::testing::ScratchDatabase)> {
+        let database = crate::testing::ScratchDatabase::create().await?;
+        let store = Store::open(database.url()).await.unwrap();
+        Some((Arc::new(store), database))
+    }
+
+    async fn audit_log_is_append_only(store: &Store) {
         sqlx::query("INSERT INTO audit_log (at, action) VALUES (1, 'key.mint')")
             .execute(&store.pool)
             .await
@@ -1404,5 +1723,161 @@ mod tests {
             let err = sqlx::query(sql).execute(&store.pool).await.unwrap_err();
             assert!(err.to_string().contains("append-only"), "{err}");
         }
+    }
+
+    #[tokio::test]
+    async fn sqlite_audit_log_is_append_only() {
+        let (store, _dir) = open_temporary().await;
+        audit_log_is_append_only(&store).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_audit_log_is_append_only() {
+        if let Some((store, _database)) = open_postgres().await {
+            audit_log_is_append_only(&store).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn sqlite_writes_are_durable_and_wal() {
+        let (store, _dir) = open_temporary().await;
+        let mut conn = store.pool.acquire().await.unwrap();
+        for (pragma, expected) in [
+            ("PRAGMA journal_mode", "wal"),
+            ("PRAGMA synchronous", "2"),
+            ("PRAGMA foreign_keys", "1"),
+        ] {
+            let row = sqlx::query(pragma).fetch_one(&mut *conn).await.unwrap();
+            let value: String = row
+                .try_get::<String, _>(0)
+                .or_else(|_| row.try_get::<i64, _>(0).map(|n| n.to_string()))
+                .unwrap();
+            assert_eq!(value, expected, "{pragma}");
+        }
+    }
+
+    #[tokio::test]
+    async fn database_urls_are_shown_without_their_password() {
+        let location = Location::parse("postgres://kw:hunter2@db.internal:6543/keys").unwrap();
+        assert_eq!(location.shown(), "postgres://db.internal:6543/keys");
+        let err = Location::parse("postgres://kw:hunter2@db.internal:notaport/keys").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let err = Store::open("postgres://kw:hunter2@127.0.0.1:1/keys")
+            .await
+            .unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("127.0.0.1:1"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+    }
+
+    /// What another replica's notification makes of the database's rows.
+    async fn changes_follow_the_database(store: &Store) {
+        let now = Timestamp::from_millis(1_000_000);
+        let new_key = |n: u64| NewKey {
+            id: KeyId::from_u64(n),
+            digest: KeyDigest::from_bytes([n as u8; 32]),
+            settings: KeySettings::default(),
+            created_by: None,
+        };
+        let (live, revoked, unknown) = (KeyId::from_u64(1), KeyId::from_u64(2), KeyId::from_u64(3));
+        store
+            .insert_key(new_key(1), Actor::Local, now)
+            .await
+            .unwrap();
+        store
+            .insert_key(new_key(2), Actor::Local, now)
+            .await
+            .unwrap();
+        store
+            .revoke_key(revoked, "", Actor::Local, now)
+            .await
+            .unwrap();
+
+        let changes = store
+            .changes_for(&Topic::Keys(vec![live, revoked, unknown]), now)
+            .await
+            .unwrap();
+        assert!(
+            matches!(&changes[0], Change::KeyUpserted(key) if key.id == live && key.digest.as_bytes() == &[1; 32])
+        );
+        assert!(matches!(changes[1], Change::KeyRemoved(id) if id == revoked));
+        assert!(matches!(changes[2], Change::KeyRemoved(id) if id == unknown));
+
+        let name: RoleName = "deployer".parse().unwrap();
+        let changes = store
+            .changes_for(&Topic::Role(name.clone()), now)
+            .await
+            .unwrap();
+        assert!(matches!(&changes[..], [Change::RoleRemoved(gone)] if *gone == name));
+        let role = Role {
+            name: name.clone(),
+            description: String::new(),
+            permissions: ["deploy:write".parse().unwrap()].into(),
+            max_ttl: None,
+            rate_limit: None,
+            builtin: false,
+            created_at: now,
+            updated_at: now,
+        };
+        store.create_role(&role, Actor::Local).await.unwrap();
+        let changes = store.changes_for(&Topic::Role(name), now).await.unwrap();
+        assert!(matches!(
+            &changes[..],
+            [Change::RoleUpserted(found)] if found.name == role.name && found.permissions == role.permissions
+        ));
+    }
+
+    #[tokio::test]
+    async fn sqlite_changes_follow_the_database() {
+        let (store, _dir) = open_temporary().await;
+        changes_follow_the_database(&store).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_changes_follow_the_database() {
+        if let Some((store, _database)) = open_postgres().await {
+            changes_follow_the_database(&store).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn postgres_writes_notify_the_feed_on_commit() {
+        let Some((store, _database)) = open_postgres().await else {
+            return;
+        };
+        let mut subscription = store
+            .subscribe(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap();
+        let now = Timestamp::from_millis(1_000_000);
+        let id = KeyId::from_u64(7);
+        let key = NewKey {
+            id,
+            digest: KeyDigest::from_bytes([7; 32]),
+            settings: KeySettings::default(),
+            created_by: None,
+        };
+        store.insert_key(key, Actor::Local, now).await.unwrap();
+        store
+            .revoke_key(id, "leaked", Actor::Local, now)
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            let topic = tokio::time::timeout(Duration::from_secs(5), subscription.next())
+                .await
+                .expect("a notification within 5 s")
+                .unwrap();
+            assert_eq!(topic, Some(Topic::Keys(vec![id])));
+        }
+        // A write that fails notifies nobody.
+        assert!(
+            store
+                .revoke_key(KeyId::from_u64(8), "", Actor::Local, now)
+                .await
+                .is_err()
+        );
+        subscription.ping(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(subscription.next_received(), None);
     }
 }

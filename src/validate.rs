@@ -30,6 +30,7 @@ use crate::{
     model::{Change, IndexedKey},
     permission::Permission,
     rate_limit::{Admission, RateLimit, RateLimiters},
+    replica::{Freshness, Stale},
     store::{Store, StoreError},
 };
 
@@ -148,6 +149,8 @@ pub struct Validator {
     default_rate_limit: Option<RateLimit>,
     /// Where capped keys spend their uses; without it they are refused.
     store: Option<Arc<Store>>,
+    /// On a replica of many: how current the index is known to be.
+    freshness: Option<Arc<Freshness>>,
 }
 
 impl Validator {
@@ -160,6 +163,7 @@ impl Validator {
             clock,
             default_rate_limit: None,
             store: None,
+            freshness: None,
         }
     }
 
@@ -175,6 +179,24 @@ impl Validator {
     pub fn with_store(mut self, store: Arc<Store>) -> Self {
         self.store = Some(store);
         self
+    }
+
+    /// Refuses to answer once the index is older than `freshness` allows.
+    #[must_use]
+    pub fn with_freshness(mut self, freshness: Arc<Freshness>) -> Self {
+        self.freshness = Some(freshness);
+        self
+    }
+
+    /// Whether the index may be trusted: always on a single server; on a
+    /// replica, until it has gone too long without hearing the database.
+    ///
+    /// # Errors
+    /// [`Stale`] when answers from the index could miss a revocation.
+    pub fn ensure_fresh(&self) -> Result<(), Stale> {
+        self.freshness
+            .as_ref()
+            .map_or(Ok(()), |freshness| freshness.check())
     }
 
     /// The rate limiters, for the timer that reclaims idle state.

@@ -1,0 +1,266 @@
+//! Keeping a replica's index current when many replicas share one
+//! PostgreSQL database.
+//!
+//! Each replica listens to the store's [change feed](crate::store::feed) and
+//! reloads what every notification names. Notifications sent while its
+//! connection was down are lost, so after every (re)connect the replica
+//! resyncs in full before it trusts its index again, and it resyncs on a
+//! timer as well, to repair anything missed some other way.
+//!
+//! **Fail-static, then closed.** When the database cannot be reached, Validate
+//! goes on answering from the index: a database outage does not take every
+//! backend down with it. But a replica that cannot hear the feed also cannot
+//! hear revocations, so this lasts only up to `max_staleness` after the last
+//! moment the index was known to be current; after that, Validate fails with
+//! `UNAVAILABLE` until the feed is back and the index resynced.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::{
+    lifecycle::Lifecycle,
+    store::{
+        Store, StoreError,
+        feed::{Subscription, Topic},
+    },
+};
+
+/// Reconnection waits double from the first to the last.
+const RECONNECT_BACKOFF: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(1));
+
+/// How a replica follows the change feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedSettings {
+    /// After this long without confirming its index current, a replica
+    /// refuses to validate.
+    pub max_staleness: Duration,
+    /// How often the index is reloaded in full.
+    pub resync_interval: Duration,
+    /// How long connecting to the feed may take.
+    pub connect_timeout: Duration,
+}
+
+impl FeedSettings {
+    /// How often the feed's connection is checked: often enough that a dead
+    /// connection is noticed well within `max_staleness`.
+    pub fn heartbeat(&self) -> Duration {
+        (self.max_staleness / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
+    }
+}
+
+/// When the index was last known to hold everything committed to the
+/// database. Shared by the feed (which confirms) and Validate (which checks).
+#[derive(Debug)]
+pub struct Freshness {
+    origin: Instant,
+    /// Milliseconds after `origin` of the last confirmation.
+    confirmed: AtomicU64,
+    max_staleness: Duration,
+}
+
+/// The index is older than the replica may trust.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error(
+    "this replica has not been able to confirm its key index with the database for {}s (the limit is {}s)",
+    .age.as_secs(),
+    .limit.as_secs()
+)]
+pub struct Stale {
+    pub age: Duration,
+    pub limit: Duration,
+}
+
+impl Freshness {
+    /// Confirmed current as of now.
+    pub fn new(max_staleness: Duration) -> Self {
+        Self {
+            origin: Instant::now(),
+            confirmed: AtomicU64::new(0),
+            max_staleness,
+        }
+    }
+
+    /// The index holds everything committed up to `as_of`.
+    pub fn confirm(&self, as_of: Instant) {
+        let at = millis(as_of.saturating_duration_since(self.origin));
+        self.confirmed.fetch_max(at, Ordering::AcqRel);
+    }
+
+    /// How long since the index was last confirmed current.
+    pub fn age(&self) -> Duration {
+        let confirmed = Duration::from_millis(self.confirmed.load(Ordering::Acquire));
+        self.origin.elapsed().saturating_sub(confirmed)
+    }
+
+    /// Whether the index may still be trusted.
+    ///
+    /// # Errors
+    /// [`Stale`] once it is older than the limit.
+    pub fn check(&self) -> Result<(), Stale> {
+        let age = self.age();
+        if age > self.max_staleness {
+            Err(Stale {
+                age,
+                limit: self.max_staleness,
+            })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Follows the change feed for as long as the server runs: connects,
+/// resyncs, applies changes, checks the connection; on any failure starts
+/// over. Returns at once on SQLite, which has no feed.
+pub async fn follow(
+    store: Arc<Store>,
+    lifecycle: Arc<Lifecycle>,
+    freshness: Arc<Freshness>,
+    settings: FeedSettings,
+) {
+    let mut backoff = RECONNECT_BACKOFF.0;
+    let mut healthy = true;
+    loop {
+        let Some(subscribed) = store.subscribe(settings.connect_timeout).await else {
+            return;
+        };
+        let connected = match subscribed {
+            Ok(subscription) => {
+                // Listening from here on: a resync now misses nothing.
+                let as_of = Instant::now();
+                lifecycle
+                    .resync()
+                    .await
+                    .map(|keys| (subscription, as_of, keys))
+            }
+            Err(error) => Err(error),
+        };
+        let (mut subscription, as_of, keys) = match connected {
+            Ok(connected) => connected,
+            Err(error) => {
+                if healthy {
+                    tracing::warn!(%error, "change feed: cannot reach the database; Validate answers from the index until it is stale");
+                    healthy = false;
+                } else {
+                    tracing::debug!(%error, "change feed: still cannot reach the database");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RECONNECT_BACKOFF.1);
+                continue;
+            }
+        };
+        freshness.confirm(as_of);
+        backoff = RECONNECT_BACKOFF.0;
+        tracing::info!(keys, "change feed: listening; index resynced");
+        let error = listen(&mut subscription, &lifecycle, &freshness, settings).await;
+        tracing::warn!(%error, "change feed: connection lost; reconnecting");
+        healthy = false;
+    }
+}
+
+/// Applies changes as they come, until the connection fails.
+async fn listen(
+    subscription: &mut Subscription,
+    lifecycle: &Lifecycle,
+    freshness: &Freshness,
+    settings: FeedSettings,
+) -> StoreError {
+    let heartbeat_every = settings.heartbeat();
+    let mut heartbeat = tokio::time::interval(heartbeat_every);
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut resync = tokio::time::interval_at(
+        Instant::now() + settings.resync_interval,
+        settings.resync_interval,
+    );
+    resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        let step = tokio::select! {
+            topic = subscription.next() => match topic {
+                Ok(Some(topic)) => apply(lifecycle, &topic).await,
+                Ok(None) => Err(StoreError::FeedClosed),
+                Err(error) => Err(error.into()),
+            },
+            _ = heartbeat.tick() => {
+                let as_of = Instant::now();
+                let mut checked = subscription.ping(heartbeat_every * 2).await.map_err(StoreError::from);
+                while let (Ok(()), Some(topic)) = (&checked, subscription.next_received()) {
+                    checked = apply(lifecycle, &topic).await;
+                }
+                checked.map(|()| freshness.confirm(as_of))
+            }
+            _ = resync.tick() => {
+                let as_of = Instant::now();
+                lifecycle.resync().await.map(|keys| {
+                    tracing::debug!(keys, "change feed: periodic resync");
+                    freshness.confirm(as_of);
+                })
+            }
+        };
+        if let Err(error) = step {
+            return error;
+        }
+    }
+}
+
+async fn apply(lifecycle: &Lifecycle, topic: &Topic) -> Result<(), StoreError> {
+    let applied = lifecycle.reload(topic).await?;
+    tracing::debug!(?topic, changes = applied, "change feed: applied");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn freshness_expires_after_the_limit_and_confirmation_renews_it() {
+        let freshness = Freshness::new(Duration::from_secs(10));
+        assert!(freshness.check().is_ok());
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(freshness.check().is_ok());
+        let as_of = Instant::now();
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let stale = freshness.check().unwrap_err();
+        assert_eq!(stale.age, Duration::from_secs(11));
+        assert!(
+            stale.to_string().contains("for 11s (the limit is 10s)"),
+            "{stale}"
+        );
+
+        freshness.confirm(as_of);
+        assert_eq!(freshness.age(), Duration::from_secs(2));
+        assert!(freshness.check().is_ok());
+        // An older confirmation never moves it back.
+        freshness.confirm(as_of - Duration::from_secs(5));
+        assert_eq!(freshness.age(), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn the_heartbeat_fits_well_within_the_staleness_limit() {
+        let settings = |max_staleness| FeedSettings {
+            max_staleness,
+            resync_interval: Duration::from_secs(300),
+            connect_timeout: Duration::from_secs(5),
+        };
+        assert_eq!(
+            settings(Duration::from_secs(60)).heartbeat(),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            settings(Duration::from_secs(2)).heartbeat(),
+            Duration::from_millis(500)
+        );
+    }
+}

@@ -1,0 +1,176 @@
+//! The change feed between replicas on PostgreSQL: every write transaction
+//! notifies channel [`CHANNEL`] with what it changed, and each replica's
+//! [`Subscription`] hears it once the transaction commits.
+//!
+//! A notification names what changed, never how: the replica reloads those
+//! rows ([`super::Store::changes_for`]), so a late or repeated notification
+//! can only ever bring the index to the database's current state.
+//! Notifications sent while a replica was disconnected are lost; the replica
+//! resyncs in full after every reconnect (see [`crate::replica`]).
+
+use std::{str::FromStr, time::Duration};
+
+use sqlx::postgres::PgListener;
+
+use crate::{key::KeyId, permission::RoleName};
+
+/// The PostgreSQL channel keyward's writes notify.
+pub const CHANNEL: &str = "keyward_changes";
+
+/// Key ids per notification: a payload must stay under PostgreSQL's 8000
+/// bytes, and an id takes 12.
+const IDS_PER_PAYLOAD: usize = 500;
+
+/// What a write changed, as sent on the feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Topic {
+    /// These keys were minted, changed, rotated or revoked.
+    Keys(Vec<KeyId>),
+    /// This role was created, changed or deleted.
+    Role(RoleName),
+}
+
+impl Topic {
+    /// The notification payloads: `keys:ID,ID,…` (in chunks) or `role:NAME`.
+    pub(super) fn payloads(self) -> Vec<String> {
+        match self {
+            Self::Keys(ids) => ids
+                .chunks(IDS_PER_PAYLOAD)
+                .map(|chunk| {
+                    let ids: Vec<String> = chunk.iter().map(ToString::to_string).collect();
+                    format!("keys:{}", ids.join(","))
+                })
+                .collect(),
+            Self::Role(name) => vec![format!("role:{name}")],
+        }
+    }
+}
+
+/// A payload keyward did not write.
+#[derive(Debug, thiserror::Error)]
+#[error("not a keyward change notification: {0:?}")]
+pub struct UnknownPayload(String);
+
+impl FromStr for Topic {
+    type Err = UnknownPayload;
+
+    fn from_str(payload: &str) -> Result<Self, Self::Err> {
+        let unknown = || UnknownPayload(payload.chars().take(64).collect());
+        match payload.split_once(':') {
+            Some(("keys", ids)) => ids
+                .split(',')
+                .map(|id| id.parse().map_err(|_| unknown()))
+                .collect::<Result<_, _>>()
+                .map(Self::Keys),
+            Some(("role", name)) => name.parse().map(Self::Role).map_err(|_| unknown()),
+            _ => Err(unknown()),
+        }
+    }
+}
+
+/// A replica's connection listening on [`CHANNEL`].
+#[derive(Debug)]
+pub struct Subscription {
+    listener: PgListener,
+}
+
+impl Subscription {
+    /// Connects (giving up after `timeout`) and starts listening.
+    pub(super) async fn connect(url: &str, timeout: Duration) -> Result<Self, sqlx::Error> {
+        let connect = async {
+            let mut listener = PgListener::connect(url).await?;
+            // The replica decides when to reconnect: it must resync first.
+            listener.eager_reconnect(false);
+            listener.listen(CHANNEL).await?;
+            Ok(Self { listener })
+        };
+        tokio::time::timeout(timeout, connect)
+            .await
+            .unwrap_or(Err(sqlx::Error::PoolTimedOut))
+    }
+
+    /// The next change, waiting for one; `Ok(None)` when the connection was
+    /// lost (changes may have been missed). Payloads keyward did not write
+    /// are logged and skipped.
+    ///
+    /// Cancel-safe: a notification is taken off the connection whole.
+    ///
+    /// # Errors
+    /// When the connection fails other than by closing.
+    pub async fn next(&mut self) -> Result<Option<Topic>, sqlx::Error> {
+        loop {
+            let Some(notification) = self.listener.try_recv().await? else {
+                return Ok(None);
+            };
+            match notification.payload().parse() {
+                Ok(topic) => return Ok(Some(topic)),
+                Err(error) => tracing::warn!(%error, "change feed: payload skipped"),
+            }
+        }
+    }
+
+    /// A change already received, without waiting.
+    pub fn next_received(&mut self) -> Option<Topic> {
+        while let Some(notification) = self.listener.next_buffered() {
+            match notification.payload().parse() {
+                Ok(topic) => return Some(topic),
+                Err(error) => tracing::warn!(%error, "change feed: payload skipped"),
+            }
+        }
+        None
+    }
+
+    /// A round trip on the listening connection itself, within `timeout`.
+    /// When it succeeds, every change committed before it was sent has been
+    /// received (PostgreSQL delivers notifications before the reply).
+    ///
+    /// # Errors
+    /// When the connection is dead or too slow.
+    pub async fn ping(&mut self, timeout: Duration) -> Result<(), sqlx::Error> {
+        let ping = sqlx::query("SELECT 1").execute(&mut self.listener);
+        match tokio::time::timeout(timeout, ping).await {
+            Ok(result) => result.map(drop),
+            Err(_) => Err(sqlx::Error::PoolTimedOut),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_round_trip_in_chunks_under_the_size_limit() {
+        let ids: Vec<KeyId> = (0..1_234).map(KeyId::from_u64).collect();
+        let payloads = Topic::Keys(ids.clone()).payloads();
+        assert_eq!(payloads.len(), 3);
+        let mut back = Vec::new();
+        for payload in &payloads {
+            assert!(payload.len() < 8000, "{}", payload.len());
+            let Topic::Keys(chunk) = payload.parse().unwrap() else {
+                panic!("keys expected")
+            };
+            back.extend(chunk);
+        }
+        assert_eq!(back, ids);
+
+        let role: RoleName = "deployer".parse().unwrap();
+        let payloads = Topic::Role(role.clone()).payloads();
+        assert_eq!(payloads, ["role:deployer"]);
+        assert_eq!(payloads[0].parse::<Topic>().unwrap(), Topic::Role(role));
+    }
+
+    #[test]
+    fn foreign_payloads_are_refused() {
+        for payload in [
+            "",
+            "keys:",
+            "keys:not-an-id",
+            "role:Not A Role",
+            "other:x",
+            "hello",
+        ] {
+            assert!(payload.parse::<Topic>().is_err(), "{payload}");
+        }
+    }
+}
