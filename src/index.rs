@@ -93,11 +93,18 @@ impl Index {
         for change in changes {
             match change {
                 Change::KeyUpserted(key) => {
-                    if let Some(previous) = state.keys.insert(key.id, key.clone())
-                        && let Some(pending) = previous.usage.take(key.id)
-                    {
-                        key.usage.restore(&pending);
-                    }
+                    // Every version of a key shares one usage counter, so a
+                    // validation still holding the previous version counts.
+                    let key = match state.keys.get(&key.id) {
+                        Some(previous) if !Arc::ptr_eq(&previous.usage, &key.usage) => {
+                            Arc::new(IndexedKey {
+                                usage: previous.usage.clone(),
+                                ..(*key).clone()
+                            })
+                        }
+                        _ => key,
+                    };
+                    state.keys.insert(key.id, key);
                 }
                 Change::KeyRemoved(id) => {
                     if let Some(removed) = state.keys.remove(&id)
@@ -298,23 +305,22 @@ pub(crate) mod tests {
         let index = Index::default();
         let entry = || Arc::new(IndexedKey::new(&record(&minted, &[]), minted.digest));
         index.apply([Change::KeyUpserted(entry())]);
-        index
-            .get(minted.id)
-            .unwrap()
-            .usage
-            .record(Timestamp::from_millis(5));
+        let first_version = index.get(minted.id).unwrap();
+        first_version.usage.record(Timestamp::from_millis(5));
         index.apply([Change::KeyUpserted(entry())]);
         index
             .get(minted.id)
             .unwrap()
             .usage
             .record(Timestamp::from_millis(6));
+        // A validation that looked the key up before the replacement still counts.
+        first_version.usage.record(Timestamp::from_millis(7));
         index.apply([Change::KeyRemoved(minted.id)]);
         let deltas = index.take_usage();
         assert_eq!(deltas.len(), 1);
         assert_eq!(
             (deltas[0].uses, deltas[0].last_used_at),
-            (2, Timestamp::from_millis(6))
+            (3, Timestamp::from_millis(7))
         );
         assert!(index.take_usage().is_empty());
         index.restore_usage(deltas.clone());

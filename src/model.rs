@@ -168,7 +168,7 @@ impl KeyRecord {
 
 /// A key as the validate path needs it: the digest to compare and what a
 /// Validate response reports. Shared behind `Arc` so lookups copy nothing.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct IndexedKey {
     pub id: KeyId,
     pub digest: KeyDigest,

@@ -14,6 +14,32 @@ use sqlx::{Connection, Executor, PgConnection};
 /// The server test databases are created on, by default.
 const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
+/// Whether PostgreSQL can be reached for tests; prints why not.
+///
+/// # Panics
+/// When it cannot be reached and `CI=true`.
+pub async fn postgres_reachable() -> bool {
+    admin_connection().await.is_some()
+}
+
+async fn admin_connection() -> Option<(PgConnection, String)> {
+    let admin_url =
+        std::env::var("KEYWARD_TEST_POSTGRES").unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_owned());
+    match PgConnection::connect(&admin_url).await {
+        Ok(admin) => Some((admin, admin_url)),
+        Err(error) if std::env::var("CI").is_ok_and(|ci| ci == "true") => {
+            panic!("CI=true and PostgreSQL is unreachable at {admin_url}: {error}")
+        }
+        Err(error) => {
+            eprintln!(
+                "skipped: PostgreSQL is unreachable at {admin_url} ({error}); \
+                 set KEYWARD_TEST_POSTGRES to test against it"
+            );
+            None
+        }
+    }
+}
+
 /// A PostgreSQL database that exists for one test.
 #[derive(Debug)]
 pub struct ScratchDatabase {
@@ -29,20 +55,7 @@ impl ScratchDatabase {
     /// # Panics
     /// When PostgreSQL cannot be reached and `CI=true`.
     pub async fn create() -> Option<Self> {
-        let admin_url =
-            std::env::var("KEYWARD_TEST_POSTGRES").unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_owned());
-        let mut admin = match PgConnection::connect(&admin_url).await {
-            Ok(admin) => admin,
-            Err(error) if std::env::var("CI").is_ok_and(|ci| ci == "true") => {
-                panic!("CI=true and PostgreSQL is unreachable at {admin_url}: {error}")
-            }
-            Err(error) => {
-                eprintln!(
-                    "skipped: PostgreSQL is unreachable at {admin_url} ({error}); set KEYWARD_TEST_POSTGRES to test against it"
-                );
-                return None;
-            }
-        };
+        let (mut admin, admin_url) = admin_connection().await?;
         let name = unique_name();
         admin
             .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))

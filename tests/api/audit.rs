@@ -5,11 +5,10 @@ use std::time::Duration;
 use keyward::pb;
 use tonic::Code;
 
-use crate::helpers::{authed, spawn_app};
+use crate::helpers::{Backend, authed, spawn_app};
 
-#[tokio::test]
-async fn audit_records_every_change_and_pages_through_them() {
-    let app = spawn_app().await;
+async fn audit_records_every_change_and_pages_through_them(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.clock.advance(Duration::from_secs(10));
     let start = app.clock_seconds();
     let mut ids = Vec::new();
@@ -134,3 +133,5 @@ async fn audit_records_every_change_and_pages_through_them() {
     .unwrap_err();
     assert!(bad.message().contains("actor"));
 }
+
+on_both_stores!(audit_records_every_change_and_pages_through_them,);

@@ -1,6 +1,10 @@
-//! Test harness: the real server on port 0 with a fresh SQLite database,
-//! driven by the generated tonic clients as a user's backend would.
-//! Logs are quiet unless `TEST_LOG` is set.
+//! Test harness: the real server on port 0 with a fresh database (SQLite or
+//! PostgreSQL), driven by the generated tonic clients as a user's backend
+//! would. Logs are quiet unless `TEST_LOG` is set.
+//!
+//! Tests of the service are written once, as `async fn name(backend: Backend)`,
+//! and listed in [`on_both_stores!`], which runs each as `name::sqlite` and
+//! `name::postgres`.
 
 use std::{sync::Arc, sync::Once, time::Duration};
 
@@ -9,9 +13,72 @@ use keyward::{
     pb::{self, admin_service_client::AdminServiceClient, key_service_client::KeyServiceClient},
     server::{Application, Settings},
     store::Store,
+    testing::ScratchDatabase,
 };
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{Request, Status, transport::Channel};
+
+/// Runs each listed test, an `async fn(Backend)`, once per store, as tests
+/// `NAME::sqlite` and `NAME::postgres`. PostgreSQL runs are skipped, with the
+/// reason printed, when it is unreachable (they fail instead under `CI=true`).
+/// Prefix the list with `multi_thread:` for tests that need two workers.
+macro_rules! on_both_stores {
+    (multi_thread: $($test:ident),+ $(,)?) => {
+        $(on_both_stores!(@one $test, #[tokio::test(flavor = "multi_thread", worker_threads = 2)]);)+
+    };
+    ($($test:ident),+ $(,)?) => {
+        $(on_both_stores!(@one $test, #[tokio::test]);)+
+    };
+    (@one $test:ident, #[$runtime:meta]) => {
+        mod $test {
+            #[$runtime]
+            async fn sqlite() {
+                super::$test($crate::helpers::Backend::Sqlite).await;
+            }
+
+            #[$runtime]
+            async fn postgres() {
+                if keyward::testing::postgres_reachable().await {
+                    super::$test($crate::helpers::Backend::Postgres).await;
+                }
+            }
+        }
+    };
+}
+
+/// Which store a test's server runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The database of a test's servers. A PostgreSQL one is dropped with the
+/// last server that uses it.
+pub struct TestDatabase {
+    pub url: String,
+    _scratch: Option<ScratchDatabase>,
+}
+
+impl TestDatabase {
+    async fn create(backend: Backend, dir: &tempfile::TempDir) -> Self {
+        match backend {
+            Backend::Sqlite => Self {
+                url: format!("sqlite://{}", dir.path().join("keyward.db").display()),
+                _scratch: None,
+            },
+            Backend::Postgres => {
+                let scratch = ScratchDatabase::create()
+                    .await
+                    .expect("PostgreSQL was reachable a moment ago");
+                Self {
+                    url: scratch.url().to_owned(),
+                    _scratch: Some(scratch),
+                }
+            }
+        }
+    }
+}
 
 static TRACING: Once = Once::new();
 
@@ -34,29 +101,40 @@ pub struct TestApp {
     pub clock: ManualClock,
     pub store: Arc<Store>,
     pub dir: Arc<tempfile::TempDir>,
+    pub database: Arc<TestDatabase>,
     settings: Settings,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
 }
 
 /// Starts a server on a new database.
-pub async fn spawn_app() -> TestApp {
-    spawn_with(Settings::default()).await
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_with(backend, Settings::default()).await
 }
 
 /// Starts a server on a new database with `settings` (its address, database
 /// and key file are replaced by fresh ones).
-pub async fn spawn_with(settings: Settings) -> TestApp {
+pub async fn spawn_with(backend: Backend, settings: Settings) -> TestApp {
     let dir = Arc::new(tempfile::tempdir().unwrap());
-    spawn_on(dir, ManualClock::starting_now(), settings).await
+    let database = Arc::new(TestDatabase::create(backend, &dir).await);
+    let url = database.url.clone();
+    spawn_on(dir, database, url, ManualClock::starting_now(), settings).await
 }
 
-async fn spawn_on(dir: Arc<tempfile::TempDir>, clock: ManualClock, base: Settings) -> TestApp {
+/// Starts a server on `database_url` (the test database itself, or a proxy
+/// in front of it).
+async fn spawn_on(
+    dir: Arc<tempfile::TempDir>,
+    database: Arc<TestDatabase>,
+    database_url: String,
+    clock: ManualClock,
+    base: Settings,
+) -> TestApp {
     init_test_logging();
     let key_file = dir.path().join("admin.key");
     let settings = Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: format!("sqlite://{}", dir.path().join("keyward.db").display()),
+        database_url,
         bootstrap_key_file: key_file.clone(),
         ..base.clone()
     };
@@ -73,16 +151,17 @@ async fn spawn_on(dir: Arc<tempfile::TempDir>, clock: ManualClock, base: Setting
         .await
         .expect("server runs");
     });
+    // A replica joining an initialised database writes no key file.
     let admin_key = std::fs::read_to_string(&key_file)
-        .unwrap()
-        .trim()
-        .to_owned();
+        .map(|key| key.trim().to_owned())
+        .unwrap_or_default();
     TestApp {
         addr,
         admin_key,
         clock,
         store,
         dir,
+        database,
         settings: base,
         shutdown: Some(tx),
         server: Some(server),
@@ -253,10 +332,38 @@ impl TestApp {
     /// Stops the server and starts a new one on the same database and clock.
     pub async fn restart(mut self) -> TestApp {
         self.stop().await;
-        let admin_key = self.admin_key.clone();
-        let mut app = spawn_on(self.dir.clone(), self.clock.clone(), self.settings.clone()).await;
-        app.admin_key = admin_key;
+        let mut app = spawn_on(
+            self.dir.clone(),
+            self.database.clone(),
+            self.database.url.clone(),
+            self.clock.clone(),
+            self.settings.clone(),
+        )
+        .await;
+        app.admin_key.clone_from(&self.admin_key);
         app
+    }
+
+    /// Starts another server on the same database (reached at
+    /// `database_url`, e.g. through a proxy), clock and settings: a replica.
+    pub async fn replica_via(&self, database_url: &str, settings: Settings) -> TestApp {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let mut replica = spawn_on(
+            dir,
+            self.database.clone(),
+            database_url.to_owned(),
+            self.clock.clone(),
+            settings,
+        )
+        .await;
+        replica.admin_key.clone_from(&self.admin_key);
+        replica
+    }
+
+    /// Starts another server on the same database, clock and settings.
+    pub async fn replica(&self) -> TestApp {
+        self.replica_via(&self.database.url, self.settings.clone())
+            .await
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 use keyward::pb::{self, Denial, KeyState};
 use tonic::Code;
 
-use crate::helpers::{authed, denial, spawn_app};
+use crate::helpers::{Backend, authed, denial, spawn_app};
 
 fn ttl(seconds: i64) -> Option<pb::mint_key_request::Expiry> {
     Some(pb::mint_key_request::Expiry::Ttl(prost_types::Duration {
@@ -14,9 +14,8 @@ fn ttl(seconds: i64) -> Option<pb::mint_key_request::Expiry> {
     }))
 }
 
-#[tokio::test]
-async fn bad_mint_input_names_the_field_and_writes_nothing() {
-    let app = spawn_app().await;
+async fn bad_mint_input_names_the_field_and_writes_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
     let past = prost_types::Timestamp {
         seconds: app.clock_seconds() - 60,
         nanos: 0,
@@ -85,9 +84,8 @@ async fn bad_mint_input_names_the_field_and_writes_nothing() {
     assert_eq!(all.keys.len(), 1, "only the first admin key exists");
 }
 
-#[tokio::test]
-async fn get_and_list_with_filters_and_pages() {
-    let app = spawn_app().await;
+async fn get_and_list_with_filters_and_pages(backend: Backend) {
+    let app = spawn_app(backend).await;
     let mut minted = Vec::new();
     for i in 0..5 {
         // Distinct creation times, after the first admin key's, fix the order.
@@ -189,9 +187,8 @@ async fn get_and_list_with_filters_and_pages() {
     assert!(bad.message().contains("page_token"));
 }
 
-#[tokio::test]
-async fn rotation_keeps_the_old_key_for_the_grace_period() {
-    let app = spawn_app().await;
+async fn rotation_keeps_the_old_key_for_the_grace_period(backend: Backend) {
+    let app = spawn_app(backend).await;
     let (old_id, old_key) = app
         .mint(pb::MintKeyRequest {
             roles: vec!["validator".into()],
@@ -248,9 +245,8 @@ async fn rotation_keeps_the_old_key_for_the_grace_period() {
     assert_eq!(app.get(&old_id).await.unwrap().state(), KeyState::Expired);
 }
 
-#[tokio::test]
-async fn rotation_without_grace_revokes_at_once() {
-    let app = spawn_app().await;
+async fn rotation_without_grace_revokes_at_once(backend: Backend) {
+    let app = spawn_app(backend).await;
     let (old_id, old_key) = app.mint_with_roles(&[]).await;
     let rotated = app.rotate(&old_id, Duration::ZERO).await.unwrap();
     assert_eq!(denial(&app.validate(&old_key, &[]).await), Denial::Invalid);
@@ -267,9 +263,8 @@ async fn rotation_without_grace_revokes_at_once() {
     assert!(twice.message().contains("revoked"), "{}", twice.message());
 }
 
-#[tokio::test]
-async fn revoke_is_immediate_and_idempotent() {
-    let app = spawn_app().await;
+async fn revoke_is_immediate_and_idempotent(backend: Backend) {
+    let app = spawn_app(backend).await;
     let (id, key) = app.mint_with_roles(&["validator"]).await;
     assert!(app.validate(&key, &[]).await.valid);
 
@@ -291,9 +286,8 @@ async fn revoke_is_immediate_and_idempotent() {
     assert_eq!(second_key.revoke_reason, "leaked in a build log");
 }
 
-#[tokio::test]
-async fn unknown_and_malformed_ids() {
-    let app = spawn_app().await;
+async fn unknown_and_malformed_ids(backend: Backend) {
+    let app = spawn_app(backend).await;
     for status in [
         app.revoke("0000000000A", "").await.unwrap_err(),
         app.rotate("0000000000A", Duration::ZERO).await.unwrap_err(),
@@ -311,9 +305,8 @@ async fn unknown_and_malformed_ids() {
     assert!(malformed.message().contains("id"));
 }
 
-#[tokio::test]
-async fn admin_rpcs_need_keyward_admin() {
-    let app = spawn_app().await;
+async fn admin_rpcs_need_keyward_admin(backend: Backend) {
+    let app = spawn_app(backend).await;
     let (_, validator) = app.mint_with_roles(&["validator"]).await;
     let mut client = app.admin_client().await;
     let denied = client
@@ -333,9 +326,8 @@ async fn admin_rpcs_need_keyward_admin() {
     assert_eq!(anonymous.code(), Code::Unauthenticated);
 }
 
-#[tokio::test]
-async fn state_survives_a_restart() {
-    let app = spawn_app().await;
+async fn state_survives_a_restart(backend: Backend) {
+    let app = spawn_app(backend).await;
     let (_, kept) = app.mint_with_roles(&["validator"]).await;
     let (revoked_id, revoked) = app.mint_with_roles(&["validator"]).await;
     let (rotated_id, rotated_old) = app.mint_with_roles(&["validator"]).await;
@@ -362,9 +354,8 @@ async fn state_survives_a_restart() {
 
 /// A client that gives up (deadline, dropped connection) mid-revoke must not
 /// leave the key revoked in the database but still valid in the index.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancelled_revoke_still_takes_effect() {
-    let app = spawn_app().await;
+async fn a_cancelled_revoke_still_takes_effect(backend: Backend) {
+    let app = spawn_app(backend).await;
     let mut keys = Vec::new();
     for _ in 0..40 {
         keys.push(app.mint_with_roles(&[]).await);
@@ -396,3 +387,16 @@ async fn a_cancelled_revoke_still_takes_effect() {
     }
     assert!(revoked > 0, "some revocations got through");
 }
+
+on_both_stores!(
+    bad_mint_input_names_the_field_and_writes_nothing,
+    get_and_list_with_filters_and_pages,
+    rotation_keeps_the_old_key_for_the_grace_period,
+    rotation_without_grace_revokes_at_once,
+    revoke_is_immediate_and_idempotent,
+    unknown_and_malformed_ids,
+    admin_rpcs_need_keyward_admin,
+    state_survives_a_restart,
+);
+
+on_both_stores!(multi_thread: a_cancelled_revoke_still_takes_effect);

@@ -9,7 +9,7 @@ use keyward::{
 };
 use tonic::Code;
 
-use crate::helpers::{TestApp, authed, denial, forge, spawn_app, spawn_with};
+use crate::helpers::{Backend, TestApp, authed, denial, forge, spawn_app, spawn_with};
 
 fn limit(requests: u32, per_seconds: u64, burst: u32) -> Option<pb::RateLimit> {
     Some(pb::RateLimit {
@@ -32,9 +32,8 @@ async fn validate_raw(app: &TestApp, key: &str) -> tonic::Response<pb::ValidateR
         .unwrap()
 }
 
-#[tokio::test]
-async fn a_burst_is_cut_at_the_limit_and_recovers() {
-    let app = spawn_app().await;
+async fn a_burst_is_cut_at_the_limit_and_recovers(backend: Backend) {
+    let app = spawn_app(backend).await;
     let (_, key) = app
         .mint(pb::MintKeyRequest {
             rate_limit: limit(5, 1, 5),
@@ -96,13 +95,15 @@ async fn a_burst_is_cut_at_the_limit_and_recovers() {
     assert!(app.validate(&key, &[]).await.valid);
 }
 
-#[tokio::test]
-async fn limits_come_from_the_key_its_roles_or_the_server() {
+async fn limits_come_from_the_key_its_roles_or_the_server(backend: Backend) {
     let default = RateLimit::new(2, Duration::from_secs(60), 2).unwrap();
-    let app = spawn_with(Settings {
-        default_rate_limit: Some(default),
-        ..Settings::default()
-    })
+    let app = spawn_with(
+        backend,
+        Settings {
+            default_rate_limit: Some(default),
+            ..Settings::default()
+        },
+    )
     .await;
     let mut admin = app.admin_client().await;
     let role = pb::CreateRoleRequest {
@@ -189,9 +190,8 @@ async fn limits_come_from_the_key_its_roles_or_the_server() {
     );
 }
 
-#[tokio::test]
-async fn a_usage_cap_holds_across_a_restart() {
-    let app = spawn_app().await;
+async fn a_usage_cap_holds_across_a_restart(backend: Backend) {
+    let app = spawn_app(backend).await;
     let (id, key) = app
         .mint(pb::MintKeyRequest {
             max_uses: 3,
@@ -221,9 +221,8 @@ async fn a_usage_cap_holds_across_a_restart() {
     assert_eq!(app.validate(&uncapped, &[]).await.remaining_uses, None);
 }
 
-#[tokio::test]
-async fn rotation_hands_on_the_remaining_uses_and_spent_keys_show_it() {
-    let app = spawn_app().await;
+async fn rotation_hands_on_the_remaining_uses_and_spent_keys_show_it(backend: Backend) {
+    let app = spawn_app(backend).await;
     let (id, key) = app
         .mint(pb::MintKeyRequest {
             max_uses: 3,
@@ -271,9 +270,8 @@ async fn rotation_hands_on_the_remaining_uses_and_spent_keys_show_it() {
     assert_eq!(again.code(), Code::FailedPrecondition);
 }
 
-#[tokio::test]
-async fn a_role_default_rate_limit_can_be_changed_and_cleared() {
-    let app = spawn_app().await;
+async fn a_role_default_rate_limit_can_be_changed_and_cleared(backend: Backend) {
+    let app = spawn_app(backend).await;
     let mut admin = app.admin_client().await;
     let role = pb::CreateRoleRequest {
         name: "r".into(),
@@ -328,9 +326,8 @@ async fn a_role_default_rate_limit_can_be_changed_and_cleared() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_validations_never_exceed_the_cap() {
-    let app = Arc::new(spawn_app().await);
+async fn concurrent_validations_never_exceed_the_cap(backend: Backend) {
+    let app = Arc::new(spawn_app(backend).await);
     let (_, key) = app
         .mint(pb::MintKeyRequest {
             max_uses: 10,
@@ -352,9 +349,8 @@ async fn concurrent_validations_never_exceed_the_cap() {
     assert_eq!(valid, 10);
 }
 
-#[tokio::test]
-async fn last_used_is_recorded_and_survives_a_restart() {
-    let app = spawn_app().await;
+async fn last_used_is_recorded_and_survives_a_restart(backend: Backend) {
+    let app = spawn_app(backend).await;
     let (id, key) = app.mint_with_roles(&[]).await;
     assert!(app.get(&id).await.unwrap().last_used_at.is_none());
     app.clock.advance(Duration::from_secs(5));
@@ -377,9 +373,8 @@ async fn last_used_is_recorded_and_survives_a_restart() {
     assert_eq!(record.last_used_at.unwrap().seconds, used_at + 60);
 }
 
-#[tokio::test]
-async fn the_last_use_of_a_capped_key_is_counted() {
-    let app = spawn_app().await;
+async fn the_last_use_of_a_capped_key_is_counted(backend: Backend) {
+    let app = spawn_app(backend).await;
     let (id, key) = app
         .mint(pb::MintKeyRequest {
             max_uses: 1,
@@ -395,9 +390,8 @@ async fn the_last_use_of_a_capped_key_is_counted() {
     assert_eq!(record.state(), KeyState::Exhausted);
 }
 
-#[tokio::test]
-async fn traffic_outside_the_allow_list_spends_no_quota() {
-    let app = spawn_app().await;
+async fn traffic_outside_the_allow_list_spends_no_quota(backend: Backend) {
+    let app = spawn_app(backend).await;
     let (_, key) = app
         .mint(pb::MintKeyRequest {
             rate_limit: limit(2, 60, 2),
@@ -432,12 +426,14 @@ async fn traffic_outside_the_allow_list_spends_no_quota() {
     }
 }
 
-#[tokio::test]
-async fn usage_is_flushed_on_the_interval_without_a_restart() {
-    let app = spawn_with(Settings {
-        usage_flush_interval: Duration::from_millis(50),
-        ..Settings::default()
-    })
+async fn usage_is_flushed_on_the_interval_without_a_restart(backend: Backend) {
+    let app = spawn_with(
+        backend,
+        Settings {
+            usage_flush_interval: Duration::from_millis(50),
+            ..Settings::default()
+        },
+    )
     .await;
     let (id, key) = app.mint_with_roles(&[]).await;
     assert!(app.validate(&key, &[]).await.valid);
@@ -453,3 +449,17 @@ async fn usage_is_flushed_on_the_interval_without_a_restart() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+on_both_stores!(
+    a_burst_is_cut_at_the_limit_and_recovers,
+    limits_come_from_the_key_its_roles_or_the_server,
+    a_usage_cap_holds_across_a_restart,
+    rotation_hands_on_the_remaining_uses_and_spent_keys_show_it,
+    a_role_default_rate_limit_can_be_changed_and_cleared,
+    last_used_is_recorded_and_survives_a_restart,
+    the_last_use_of_a_capped_key_is_counted,
+    traffic_outside_the_allow_list_spends_no_quota,
+    usage_is_flushed_on_the_interval_without_a_restart,
+);
+
+on_both_stores!(multi_thread: concurrent_validations_never_exceed_the_cap);

@@ -1,9 +1,13 @@
 //! Integration tests: the real server over gRPC. One binary, one module per area.
 
-mod audit;
+#[macro_use]
 mod helpers;
+
+mod audit;
 mod lifecycle;
 mod limits;
+mod proxy;
+mod replicas;
 mod roles;
 mod scoped;
 mod secrets;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use keyward::pb::{self, Denial};
 use tonic::Code;
 
-use crate::helpers::{authed, denial, spawn_app};
+use crate::helpers::{Backend, authed, denial, spawn_app};
 
 fn ttl(seconds: i64) -> Option<pb::mint_key_request::Expiry> {
     Some(pb::mint_key_request::Expiry::Ttl(prost_types::Duration {
@@ -14,9 +14,8 @@ fn ttl(seconds: i64) -> Option<pb::mint_key_request::Expiry> {
     }))
 }
 
-#[tokio::test]
-async fn role_crud_and_changes_apply_on_the_next_validate() {
-    let app = spawn_app().await;
+async fn role_crud_and_changes_apply_on_the_next_validate(backend: Backend) {
+    let app = spawn_app(backend).await;
     let created = app
         .create_role("deployer", &["deploy:*", "build:read"], None)
         .await
@@ -115,9 +114,8 @@ async fn role_crud_and_changes_apply_on_the_next_validate() {
     );
 }
 
-#[tokio::test]
-async fn builtin_roles_cannot_change_and_bad_roles_are_refused() {
-    let app = spawn_app().await;
+async fn builtin_roles_cannot_change_and_bad_roles_are_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
     let mut admin = app.admin_client().await;
     for name in ["admin", "validator"] {
         let update = pb::UpdateRoleRequest {
@@ -171,9 +169,8 @@ async fn builtin_roles_cannot_change_and_bad_roles_are_refused() {
     assert_eq!(roles.len(), 3, "nothing half-written");
 }
 
-#[tokio::test]
-async fn direct_permissions_add_to_roles() {
-    let app = spawn_app().await;
+async fn direct_permissions_add_to_roles(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create_role("reader", &["docs:read"], None)
         .await
         .unwrap();
@@ -199,9 +196,8 @@ async fn direct_permissions_add_to_roles() {
     assert_eq!(star.code(), Code::InvalidArgument);
 }
 
-#[tokio::test]
-async fn scoped_admin_keys_cannot_escalate() {
-    let app = spawn_app().await;
+async fn scoped_admin_keys_cannot_escalate(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create_role("minter", &["keyward:keys:write", "deploy:read"], None)
         .await
         .unwrap();
@@ -315,9 +311,8 @@ async fn scoped_admin_keys_cannot_escalate() {
     assert!(status.message().contains("keyward:roles:write"));
 }
 
-#[tokio::test]
-async fn fine_admin_permissions_gate_each_rpc() {
-    let app = spawn_app().await;
+async fn fine_admin_permissions_gate_each_rpc(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create_role(
         "auditor",
         &["keyward:audit:read", "keyward:keys:read"],
@@ -348,9 +343,8 @@ async fn fine_admin_permissions_gate_each_rpc() {
     assert!(status.message().contains("keyward:roles:read"));
 }
 
-#[tokio::test]
-async fn a_role_max_ttl_caps_key_lifetimes() {
-    let app = spawn_app().await;
+async fn a_role_max_ttl_caps_key_lifetimes(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create_role("ci", &["deploy:write"], Some(Duration::from_secs(3600)))
         .await
         .unwrap();
@@ -422,9 +416,8 @@ async fn a_role_max_ttl_caps_key_lifetimes() {
     .unwrap();
 }
 
-#[tokio::test]
-async fn narrow_admin_keys_manage_only_narrower_keys() {
-    let app = spawn_app().await;
+async fn narrow_admin_keys_manage_only_narrower_keys(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create_role(
         "keys-admin",
         &["keyward:keys:write", "keyward:keys:read", "deploy:*"],
@@ -519,9 +512,8 @@ async fn narrow_admin_keys_manage_only_narrower_keys() {
         .unwrap();
 }
 
-#[tokio::test]
-async fn capped_keys_cannot_authenticate_rpcs() {
-    let app = spawn_app().await;
+async fn capped_keys_cannot_authenticate_rpcs(backend: Backend) {
+    let app = spawn_app(backend).await;
     let (_, capped) = app
         .mint(pb::MintKeyRequest {
             roles: vec!["admin".into()],
@@ -541,9 +533,8 @@ async fn capped_keys_cannot_authenticate_rpcs() {
     assert_eq!(app.validate(&capped, &[]).await.remaining_uses, Some(4));
 }
 
-#[tokio::test]
-async fn narrow_role_writers_cannot_weaken_broader_roles() {
-    let app = spawn_app().await;
+async fn narrow_role_writers_cannot_weaken_broader_roles(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.create_role("deployer", &["deploy:*"], None)
         .await
         .unwrap();
@@ -597,3 +588,15 @@ async fn narrow_role_writers_cannot_weaken_broader_roles() {
         .await
         .unwrap();
 }
+
+on_both_stores!(
+    role_crud_and_changes_apply_on_the_next_validate,
+    builtin_roles_cannot_change_and_bad_roles_are_refused,
+    direct_permissions_add_to_roles,
+    scoped_admin_keys_cannot_escalate,
+    fine_admin_permissions_gate_each_rpc,
+    a_role_max_ttl_caps_key_lifetimes,
+    narrow_admin_keys_manage_only_narrower_keys,
+    capped_keys_cannot_authenticate_rpcs,
+    narrow_role_writers_cannot_weaken_broader_roles,
+);

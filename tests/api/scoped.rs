@@ -3,7 +3,7 @@
 use keyward::pb::{self, Denial, KeyState};
 use tonic::Code;
 
-use crate::helpers::{authed, denial, spawn_app};
+use crate::helpers::{Backend, authed, denial, spawn_app};
 
 async fn validate_from(
     app: &crate::helpers::TestApp,
@@ -23,9 +23,8 @@ async fn validate_from(
         .into_inner())
 }
 
-#[tokio::test]
-async fn allow_lists_gate_by_client_ip() {
-    let app = spawn_app().await;
+async fn allow_lists_gate_by_client_ip(backend: Backend) {
+    let app = spawn_app(backend).await;
     let (_, fenced) = app
         .mint(pb::MintKeyRequest {
             allowed_cidrs: vec![
@@ -108,9 +107,8 @@ async fn allow_lists_gate_by_client_ip() {
     }
 }
 
-#[tokio::test]
-async fn bulk_revoke_by_label_in_one_go() {
-    let app = spawn_app().await;
+async fn bulk_revoke_by_label_in_one_go(backend: Backend) {
+    let app = spawn_app(backend).await;
     let label = |team: &str| [("team".to_owned(), team.to_owned())].into();
     let mut red = Vec::new();
     for owner in ["alice", "alice", "bob"] {
@@ -205,9 +203,8 @@ async fn bulk_revoke_by_label_in_one_go() {
     assert_eq!(audit.records.len(), 3, "one audit record per revoked key");
 }
 
-#[tokio::test]
-async fn oversized_labels_are_refused() {
-    let app = spawn_app().await;
+async fn oversized_labels_are_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
     let many: std::collections::HashMap<String, String> =
         (0..65).map(|i| (format!("k{i}"), "v".to_owned())).collect();
     let cases = [
@@ -227,3 +224,9 @@ async fn oversized_labels_are_refused() {
         assert!(status.message().contains("labels"), "{}", status.message());
     }
 }
+
+on_both_stores!(
+    allow_lists_gate_by_client_ip,
+    bulk_revoke_by_label_in_one_go,
+    oversized_labels_are_refused,
+);

@@ -5,11 +5,10 @@ use std::time::Duration;
 use keyward::pb::{self, Denial, key_service_client::KeyServiceClient};
 use tonic::{Code, Request};
 
-use crate::helpers::{authed, denial, forge, spawn_app};
+use crate::helpers::{Backend, authed, denial, forge, spawn_app};
 
-#[tokio::test]
-async fn a_live_key_is_valid_and_described() {
-    let app = spawn_app().await;
+async fn a_live_key_is_valid_and_described(backend: Backend) {
+    let app = spawn_app(backend).await;
     let (id, key) = app
         .mint(pb::MintKeyRequest {
             roles: vec!["validator".into()],
@@ -38,9 +37,8 @@ async fn a_live_key_is_valid_and_described() {
     assert_eq!(expires.seconds - now, 3600);
 }
 
-#[tokio::test]
-async fn every_kind_of_bad_key_is_just_invalid() {
-    let app = spawn_app().await;
+async fn every_kind_of_bad_key_is_just_invalid(backend: Backend) {
+    let app = spawn_app(backend).await;
     let (id, key) = app.mint_with_roles(&["validator"]).await;
     let (_, other) = app.mint_with_roles(&["validator"]).await;
     let (revoked_id, revoked) = app.mint_with_roles(&[]).await;
@@ -84,9 +82,8 @@ async fn every_kind_of_bad_key_is_just_invalid() {
     }
 }
 
-#[tokio::test]
-async fn expiry_follows_the_clock() {
-    let app = spawn_app().await;
+async fn expiry_follows_the_clock(backend: Backend) {
+    let app = spawn_app(backend).await;
     let (_, key) = app
         .mint(pb::MintKeyRequest {
             expiry: Some(pb::mint_key_request::Expiry::Ttl(
@@ -103,9 +100,8 @@ async fn expiry_follows_the_clock() {
     assert_eq!(denial(&app.validate(&key, &[]).await), Denial::Invalid);
 }
 
-#[tokio::test]
-async fn missing_permissions_are_forbidden_with_the_key_described() {
-    let app = spawn_app().await;
+async fn missing_permissions_are_forbidden_with_the_key_described(backend: Backend) {
+    let app = spawn_app(backend).await;
     let (id, key) = app.mint_with_roles(&["validator"]).await;
     let response = app
         .validate(&key, &["keyward:validate", "deploy:write"])
@@ -125,9 +121,8 @@ async fn missing_permissions_are_forbidden_with_the_key_described() {
     );
 }
 
-#[tokio::test]
-async fn malformed_requests_are_invalid_argument_without_the_key() {
-    let app = spawn_app().await;
+async fn malformed_requests_are_invalid_argument_without_the_key(backend: Backend) {
+    let app = spawn_app(backend).await;
     let (_, key) = app.mint_with_roles(&[]).await;
     let too_many: Vec<String> = (0..65).map(|i| format!("p:{i}")).collect();
     let too_many: Vec<&str> = too_many.iter().map(String::as_str).collect();
@@ -153,9 +148,8 @@ async fn malformed_requests_are_invalid_argument_without_the_key() {
     assert!(app.validate(&key, &[]).await.valid);
 }
 
-#[tokio::test]
-async fn callers_must_present_a_key_with_keyward_validate() {
-    let app = spawn_app().await;
+async fn callers_must_present_a_key_with_keyward_validate(backend: Backend) {
+    let app = spawn_app(backend).await;
     let (_, key) = app.mint_with_roles(&[]).await;
     let (_, validator) = app.mint_with_roles(&["validator"]).await;
     let (_, unprivileged) = app.mint_with_roles(&[]).await;
@@ -205,9 +199,8 @@ async fn callers_must_present_a_key_with_keyward_validate() {
     assert!(ok.valid);
 }
 
-#[tokio::test]
-async fn validating_a_known_key_issues_no_query() {
-    let app = spawn_app().await;
+async fn validating_a_known_key_issues_no_query(backend: Backend) {
+    let app = spawn_app(backend).await;
     let (_, key) = app.mint_with_roles(&["validator"]).await;
     let (_, caller) = app.mint_with_roles(&["validator"]).await;
     let before = app.store.operations();
@@ -229,9 +222,8 @@ async fn validating_a_known_key_issues_no_query() {
     assert_eq!(app.store.operations(), before + 1);
 }
 
-#[tokio::test]
-async fn health_and_reflection_are_served() {
-    let app = spawn_app().await;
+async fn health_and_reflection_are_served(backend: Backend) {
+    let app = spawn_app(backend).await;
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
         .unwrap()
         .connect()
@@ -281,3 +273,14 @@ async fn health_and_reflection_are_served() {
         assert!(names.contains(&expected), "{names:?}");
     }
 }
+
+on_both_stores!(
+    a_live_key_is_valid_and_described,
+    every_kind_of_bad_key_is_just_invalid,
+    expiry_follows_the_clock,
+    missing_permissions_are_forbidden_with_the_key_described,
+    malformed_requests_are_invalid_argument_without_the_key,
+    callers_must_present_a_key_with_keyward_validate,
+    validating_a_known_key_issues_no_query,
+    health_and_reflection_are_served,
+);

@@ -1,0 +1,286 @@
+//! Many replicas over one PostgreSQL database: what one replica changes,
+//! every other one sees through the change feed, without a database round
+//! trip per Validate. PostgreSQL only (SQLite is one server by design);
+//! skipped with a printed reason when it is unreachable, failing under CI.
+
+use std::{future::Future, time::Duration};
+
+use keyward::{pb, server::Settings};
+use tonic::Code;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use crate::{
+    helpers::{Backend, TestApp, authed, denial, spawn_app, spawn_with},
+    proxy::CuttableProxy,
+};
+
+/// Longest a change may take to reach another replica in these tests: the
+/// product promises under a second; this leaves room for a loaded machine.
+/// BENCHMARKS.md has the measured figures.
+const DEADLINE: Duration = Duration::from_secs(5);
+
+/// Polls `check` until it holds, failing after `DEADLINE`; returns how long
+/// it took.
+async fn eventually<F, Fut>(what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        if check().await {
+            let took = start.elapsed();
+            println!("{what}: {took:?}");
+            return took;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{what}: not within {DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Replica tests run on PostgreSQL only.
+async fn two_replicas() -> Option<(TestApp, TestApp)> {
+    if !keyward::testing::postgres_reachable().await {
+        return None;
+    }
+    let a = spawn_app(Backend::Postgres).await;
+    let b = a.replica().await;
+    Some((a, b))
+}
+
+#[tokio::test]
+async fn keys_minted_and_revoked_on_one_replica_are_seen_by_another() {
+    let Some((a, b)) = two_replicas().await else {
+        return;
+    };
+    let (id, key) = a.mint_with_roles(&["validator"]).await;
+    eventually("mint on A seen by B", || async {
+        b.validate(&key, &[]).await.valid
+    })
+    .await;
+    let response = b.validate(&key, &["keyward:validate"]).await;
+    assert_eq!(response.key_id, id);
+
+    a.revoke(&id, "leaked").await.unwrap();
+    eventually("revocation on A seen by B", || async {
+        denial(&b.validate(&key, &[]).await) == pb::Denial::Invalid
+    })
+    .await;
+    // And the other way round: B's writes reach A.
+    let (id, key) = b.mint_with_roles(&[]).await;
+    eventually("mint on B seen by A", || async {
+        a.validate(&key, &[]).await.valid
+    })
+    .await;
+    b.revoke(&id, "").await.unwrap();
+    eventually("revocation on B seen by A", || async {
+        !a.validate(&key, &[]).await.valid
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn role_changes_and_rotations_reach_every_replica() {
+    let Some((a, b)) = two_replicas().await else {
+        return;
+    };
+    a.create_role("deployer", &["deploy:write"], None)
+        .await
+        .unwrap();
+    let (id, key) = a.mint_with_roles(&["deployer"]).await;
+    eventually("role and key seen by B", || async {
+        b.validate(&key, &["deploy:write"]).await.valid
+    })
+    .await;
+
+    let update = pb::UpdateRoleRequest {
+        name: "deployer".to_owned(),
+        add_permissions: vec!["deploy:read".to_owned()],
+        remove_permissions: vec!["deploy:write".to_owned()],
+        ..Default::default()
+    };
+    a.admin_client()
+        .await
+        .update_role(authed(&a.admin_key, update))
+        .await
+        .unwrap();
+    eventually("role update seen by B", || async {
+        let response = b.validate(&key, &["deploy:write"]).await;
+        denial(&response) == pb::Denial::Forbidden && b.validate(&key, &["deploy:read"]).await.valid
+    })
+    .await;
+
+    // Rotation without grace: the old key dies and the successor lives, on B too.
+    let rotated = a.rotate(&id, Duration::ZERO).await.unwrap();
+    eventually("rotation seen by B", || async {
+        !b.validate(&key, &[]).await.valid
+            && b.validate(&rotated.plaintext, &["deploy:read"]).await.valid
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_replica_started_later_sees_every_earlier_change() {
+    if !keyward::testing::postgres_reachable().await {
+        return;
+    }
+    let a = spawn_app(Backend::Postgres).await;
+    a.create_role("reader", &["docs:read"], None).await.unwrap();
+    let (_, live) = a.mint_with_roles(&["reader"]).await;
+    let (revoked_id, revoked) = a.mint_with_roles(&["reader"]).await;
+    a.revoke(&revoked_id, "").await.unwrap();
+
+    let b = a.replica().await;
+    // No polling: the index is loaded before the replica serves.
+    assert!(b.validate(&live, &["docs:read"]).await.valid);
+    assert_eq!(
+        denial(&b.validate(&revoked, &[]).await),
+        pb::Denial::Invalid
+    );
+}
+
+#[tokio::test]
+async fn usage_caps_hold_across_replicas() {
+    let Some((a, b)) = two_replicas().await else {
+        return;
+    };
+    let (_, key) = a
+        .mint(pb::MintKeyRequest {
+            max_uses: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    eventually("capped key seen by B", || async {
+        b.validate(&key, &[]).await.valid
+    })
+    .await;
+    // That call spent the first use. Of six more, across both replicas,
+    // exactly the four left succeed: the database decides, not the replicas.
+    let mut valid = 0;
+    for replica in [&a, &b, &a, &b, &a, &b] {
+        if replica.validate(&key, &[]).await.valid {
+            valid += 1;
+        }
+    }
+    assert_eq!(valid, 4);
+}
+
+/// Replica B reaches PostgreSQL through a proxy the test can cut.
+async fn replica_behind_a_proxy(settings: Settings) -> Option<(TestApp, TestApp, CuttableProxy)> {
+    if !keyward::testing::postgres_reachable().await {
+        return None;
+    }
+    let a = spawn_with(Backend::Postgres, settings.clone()).await;
+    let proxy = CuttableProxy::start(&a.database.url).await;
+    let b = a.replica_via(&proxy.url(&a.database.url), settings).await;
+    Some((a, b, proxy))
+}
+
+#[tokio::test]
+async fn a_replica_cut_off_resyncs_and_refuses_keys_revoked_meanwhile() {
+    let Some((a, b, proxy)) = replica_behind_a_proxy(Settings::default()).await else {
+        return;
+    };
+    let (id, key) = a.mint_with_roles(&[]).await;
+    eventually("mint on A seen by B", || async {
+        b.validate(&key, &[]).await.valid
+    })
+    .await;
+
+    proxy.cut();
+    a.revoke(&id, "leaked").await.unwrap();
+    // Fail-static: B cannot hear the revocation and answers from its index.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(b.validate(&key, &[]).await.valid);
+
+    proxy.restore();
+    eventually("revocation seen by B after reconnecting", || async {
+        !b.validate(&key, &[]).await.valid
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_replica_cut_off_too_long_fails_closed_and_recovers() {
+    let settings = Settings {
+        max_staleness: Duration::from_secs(1),
+        pool: keyward::store::PoolSettings {
+            max_connections: 4,
+            acquire_timeout: Duration::from_millis(500),
+        },
+        ..Settings::default()
+    };
+    let Some((a, b, proxy)) = replica_behind_a_proxy(settings).await else {
+        return;
+    };
+    let (_, key) = a.mint_with_roles(&[]).await;
+    eventually("mint on A seen by B", || async {
+        b.validate(&key, &[]).await.valid
+    })
+    .await;
+
+    proxy.cut();
+    let unavailable = || async {
+        b.validate_as(&b.admin_key, &key, &[])
+            .await
+            .is_err_and(|status| status.code() == Code::Unavailable)
+    };
+    eventually("B refuses to validate once stale", unavailable).await;
+    let status = b.validate_as(&b.admin_key, &key, &[]).await.unwrap_err();
+    assert!(
+        status
+            .message()
+            .contains("has not been able to confirm its key index"),
+        "{}",
+        status.message()
+    );
+    let health = HealthClient::new(b.channel().await);
+    let key_service_status = || {
+        let mut health = health.clone();
+        async move {
+            let check = HealthCheckRequest {
+                service: "keyward.v1.KeyService".to_owned(),
+            };
+            health.check(check).await.unwrap().into_inner().status()
+        }
+    };
+    eventually("B's health check reports NOT_SERVING", || async {
+        key_service_status().await == ServingStatus::NotServing
+    })
+    .await;
+
+    // Admin writes need the database: UNAVAILABLE, with a message that says so.
+    let refused = b
+        .mint_as(&b.admin_key, pb::MintKeyRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("database is unavailable"),
+        "{}",
+        refused.message()
+    );
+
+    proxy.restore();
+    eventually("B validates again after recovering", || async {
+        b.validate_as(&b.admin_key, &key, &[])
+            .await
+            .is_ok_and(|response| response.valid)
+    })
+    .await;
+    eventually("B's health check reports SERVING again", || async {
+        key_service_status().await == ServingStatus::Serving
+    })
+    .await;
+    assert!(
+        b.mint_as(&b.admin_key, pb::MintKeyRequest::default())
+            .await
+            .is_ok()
+    );
+}
