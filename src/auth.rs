@@ -60,12 +60,15 @@ impl Caller {
 /// `Unauthenticated` when the credential is missing or not a live key;
 /// `PermissionDenied` when it lacks the permission or its allow-list excludes
 /// the connection's address; `ResourceExhausted` when the caller's key is
-/// over its rate limit. None echoes the key.
+/// over its rate limit; `Unavailable` on a replica whose index is too stale
+/// to trust (the caller's key itself may have been revoked meanwhile). None
+/// echoes the key.
 pub fn authenticate<T>(
     request: &Request<T>,
     validator: &Validator,
     needed: &Permission,
 ) -> Result<Caller, ServiceError> {
+    validator.ensure_fresh()?;
     let token = bearer_token(request.metadata())?;
     let outcome = validator.check_credential(token, request.remote_addr().map(|addr| addr.ip()));
     let grant = match outcome {

@@ -16,7 +16,7 @@ use crate::{
 /// Issues prefixed API keys, stores only their BLAKE3 digests, validates
 /// them in constant time from an in-memory index, and audits every change.
 /// Operators use `keywardctl`; backend servers call keyward.v1.KeyService/Validate.
-#[derive(Debug, Parser)]
+#[derive(Parser)]
 #[command(name = "keyward", version)]
 pub struct Cli {
     #[command(subcommand)]
@@ -24,7 +24,7 @@ pub struct Cli {
 }
 
 /// What the binary does.
-#[derive(Debug, Subcommand)]
+#[derive(Subcommand)]
 pub enum Command {
     /// Run the gRPC server.
     ///
@@ -33,8 +33,9 @@ pub enum Command {
     Serve(ServeArgs),
 }
 
-/// Flags of `keyward serve`.
-#[derive(Debug, clap::Args)]
+/// Flags of `keyward serve`. No `Debug`: the database URL may hold a
+/// password ([`Settings`]' `Debug` redacts it).
+#[derive(clap::Args)]
 pub struct ServeArgs {
     /// Address to serve gRPC on.
     #[arg(
@@ -52,7 +53,9 @@ pub struct ServeArgs {
         long,
         env = "KEYWARD_DATABASE_URL",
         default_value = "sqlite://keyward.db",
-        value_name = "URL"
+        value_name = "URL",
+        // A postgres URL may hold a password: keep the value out of `--help`.
+        hide_env_values = true
     )]
     pub database_url: String,
 
@@ -162,6 +165,24 @@ mod tests {
         assert_eq!(settings.pool, defaults.pool);
         assert_eq!(settings.max_staleness, defaults.max_staleness);
         assert_eq!(settings.resync_interval, defaults.resync_interval);
+    }
+
+    #[test]
+    fn settings_never_show_a_database_password() {
+        let Command::Serve(args) = Cli::try_parse_from([
+            "keyward",
+            "serve",
+            "--database-url",
+            "postgres://kw:hunter2@db.internal/keys",
+        ])
+        .unwrap()
+        .command;
+        let shown = format!("{:?}", Settings::from(args));
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("postgres://db.internal:5432/keys"),
+            "{shown}"
+        );
     }
 
     #[test]

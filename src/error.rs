@@ -39,8 +39,9 @@ pub enum ServiceError {
     /// The caller's own key is over its rate limit.
     #[error("{0}")]
     ResourceExhausted(String),
-    /// The database cannot be reached; retrying later may succeed.
-    #[error("the database is unavailable; try again: {0}")]
+    /// The database cannot be reached, or this replica's index may be out of
+    /// date; retrying later (or on another replica) may succeed.
+    #[error("{0}")]
     Unavailable(String),
     /// Anything keyward did not expect; details go to the log only.
     #[error("internal error")]
@@ -68,9 +69,11 @@ impl From<StoreError> for ServiceError {
             | StoreError::BuiltinRole(_)
             | StoreError::RoleInUse { .. } => Self::FailedPrecondition(error.to_string()),
             StoreError::Database(ref cause) if is_connection_failure(cause) => {
-                Self::Unavailable(error.to_string())
+                Self::Unavailable(format!("the database is unavailable; try again: {error}"))
             }
-            StoreError::FeedClosed => Self::Unavailable(error.to_string()),
+            StoreError::FeedClosed => {
+                Self::Unavailable(format!("the database is unavailable; try again: {error}"))
+            }
             other => Self::Internal(other.to_string()),
         }
     }
@@ -80,23 +83,29 @@ impl From<StoreError> for ServiceError {
 /// retry, unlike a query keyward got wrong.
 fn is_connection_failure(error: &sqlx::Error) -> bool {
     match error {
+        // `Protocol` is also how sqlx reports a connection closed during its
+        // handshake (an answer cut short), which is an outage, not a bug.
         sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::Protocol(_) => true,
         // PostgreSQL's SQLSTATE classes 08 (connection exception) and 57P
-        // (operator intervention: shutdown, restart, terminated sessions).
-        sqlx::Error::Database(database) => database
-            .code()
-            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        // (shutdown, restart, terminated sessions); 53300 too many
+        // connections; 55P03 the write turn not had within the lock
+        // timeout; 25006 a read-only standby (mid-failover).
+        sqlx::Error::Database(database) => database.code().is_some_and(|code| {
+            code.starts_with("08")
+                || code.starts_with("57P")
+                || ["53300", "55P03", "25006"].contains(&code.as_ref())
+        }),
         _ => false,
     }
 }
 
 impl From<Stale> for ServiceError {
     fn from(stale: Stale) -> Self {
-        Self::Unavailable(stale.to_string())
+        Self::Unavailable(format!("{stale}; try again, or another replica"))
     }
 }
 
@@ -157,9 +166,9 @@ mod tests {
                 "slow down",
             ),
             (
-                ServiceError::Unavailable("pool timed out".into()),
+                ServiceError::Unavailable("the database is unavailable".into()),
                 Code::Unavailable,
-                "the database is unavailable; try again: pool timed out",
+                "the database is unavailable",
             ),
             (
                 ServiceError::Internal("disk on fire".into()),

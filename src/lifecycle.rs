@@ -399,17 +399,7 @@ impl Lifecycle {
         let (labels, owner, reason) = (labels.clone(), owner.map(str::to_owned), reason.to_owned());
         self.commit(caller, move |store, index, now| async move {
             let caller = caller_copy;
-            // Writes are serialised, so the keys checked here are the keys revoked.
-            let matching = store
-                .revoke_matching(
-                    &labels,
-                    owner.as_deref(),
-                    &reason,
-                    true,
-                    caller.actor(),
-                    now,
-                )
-                .await?;
+            let matching = store.unrevoked_matching(&labels, owner.as_deref()).await?;
             if !caller.is_root {
                 for id in &matching {
                     check_may_manage(&index, &caller, &store.get_key(*id).await?)?;
@@ -418,12 +408,15 @@ impl Lifecycle {
             if dry_run {
                 return Ok(matching);
             }
+            // Only keys the caller was checked against: another replica may
+            // have minted a matching one since.
+            let only = (!caller.is_root).then_some(matching.as_slice());
             let ids = store
                 .revoke_matching(
                     &labels,
                     owner.as_deref(),
+                    only,
                     &reason,
-                    false,
                     caller.actor(),
                     now,
                 )

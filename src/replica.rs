@@ -79,10 +79,11 @@ pub struct Stale {
 }
 
 impl Freshness {
-    /// Confirmed current as of now.
-    pub fn new(max_staleness: Duration) -> Self {
+    /// Confirmed current as of `as_of` (a moment just before the index was
+    /// loaded).
+    pub fn new(max_staleness: Duration, as_of: Instant) -> Self {
         Self {
-            origin: Instant::now(),
+            origin: as_of,
             confirmed: AtomicU64::new(0),
             max_staleness,
         }
@@ -162,11 +163,18 @@ pub async fn follow(
             }
         };
         freshness.confirm(as_of);
-        backoff = RECONNECT_BACKOFF.0;
+        healthy = true;
         tracing::info!(keys, "change feed: listening; index resynced");
         let error = listen(&mut subscription, &lifecycle, &freshness, settings).await;
         tracing::warn!(%error, "change feed: connection lost; reconnecting");
-        healthy = false;
+        if as_of.elapsed() < RECONNECT_BACKOFF.1 {
+            // A connection that keeps dropping would otherwise cost a full
+            // resync each time.
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(RECONNECT_BACKOFF.1);
+        } else {
+            backoff = RECONNECT_BACKOFF.0;
+        }
     }
 }
 
@@ -190,15 +198,15 @@ async fn listen(
             topic = subscription.next() => match topic {
                 Ok(Some(topic)) => apply(lifecycle, &topic).await,
                 Ok(None) => Err(StoreError::FeedClosed),
-                Err(error) => Err(error.into()),
+                Err(error) => Err(error),
             },
             _ = heartbeat.tick() => {
                 let as_of = Instant::now();
-                let mut checked = subscription.ping(heartbeat_every * 2).await.map_err(StoreError::from);
-                while let (Ok(()), Some(topic)) = (&checked, subscription.next_received()) {
-                    checked = apply(lifecycle, &topic).await;
+                let checked = subscription.ping(heartbeat_every * 2).await.map_err(StoreError::from);
+                match checked {
+                    Ok(()) => apply_received(subscription, lifecycle).await.map(|()| freshness.confirm(as_of)),
+                    Err(error) => Err(error),
                 }
-                checked.map(|()| freshness.confirm(as_of))
             }
             _ = resync.tick() => {
                 let as_of = Instant::now();
@@ -214,6 +222,17 @@ async fn listen(
     }
 }
 
+/// Applies the changes received before a heartbeat's reply.
+async fn apply_received(
+    subscription: &mut Subscription,
+    lifecycle: &Lifecycle,
+) -> Result<(), StoreError> {
+    while let Some(topic) = subscription.next_received()? {
+        apply(lifecycle, &topic).await?;
+    }
+    Ok(())
+}
+
 async fn apply(lifecycle: &Lifecycle, topic: &Topic) -> Result<(), StoreError> {
     let applied = lifecycle.reload(topic).await?;
     tracing::debug!(?topic, changes = applied, "change feed: applied");
@@ -226,7 +245,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn freshness_expires_after_the_limit_and_confirmation_renews_it() {
-        let freshness = Freshness::new(Duration::from_secs(10));
+        let freshness = Freshness::new(Duration::from_secs(10), Instant::now());
         assert!(freshness.check().is_ok());
         tokio::time::advance(Duration::from_secs(9)).await;
         assert!(freshness.check().is_ok());

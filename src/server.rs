@@ -18,7 +18,7 @@ use crate::{
     rate_limit::RateLimit,
     replica::{self, FeedSettings, Freshness},
     service::{AdminService, KeyService},
-    store::{Backend, PoolSettings, Store, StoreError},
+    store::{Backend, PoolSettings, Store, StoreError, redacted_url},
     validate::Validator,
 };
 
@@ -34,8 +34,9 @@ const EXPIRY_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// How often idle rate-limiter state is reclaimed.
 const LIMITER_RECLAIM_INTERVAL: Duration = Duration::from_secs(60);
 
-/// What `keyward serve` needs to start.
-#[derive(Debug, Clone)]
+/// What `keyward serve` needs to start. Its `Debug` shows the database URL
+/// without a password.
+#[derive(Clone)]
 pub struct Settings {
     /// Address for gRPC; port 0 picks a free port.
     pub listen: SocketAddr,
@@ -72,6 +73,21 @@ impl Default for Settings {
             max_staleness: Duration::from_secs(60),
             resync_interval: Duration::from_secs(300),
         }
+    }
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("listen", &self.listen)
+            .field("database", &redacted_url(&self.database_url))
+            .field("pool", &self.pool)
+            .field("bootstrap_key_file", &self.bootstrap_key_file)
+            .field("default_rate_limit", &self.default_rate_limit)
+            .field("usage_flush_interval", &self.usage_flush_interval)
+            .field("max_staleness", &self.max_staleness)
+            .field("resync_interval", &self.resync_interval)
+            .finish()
     }
 }
 
@@ -150,6 +166,8 @@ impl Application {
                  move it to a secret store and delete the file"
             );
         }
+        // Confirmed current as of before the load, not after.
+        let loaded_as_of = tokio::time::Instant::now();
         let index = Arc::new(Index::from_snapshot(
             store.load_snapshot(clock.now()).await?,
         ));
@@ -160,7 +178,10 @@ impl Application {
                 resync_interval: settings.resync_interval,
                 connect_timeout: settings.pool.acquire_timeout,
             };
-            (Arc::new(Freshness::new(feed.max_staleness)), feed)
+            (
+                Arc::new(Freshness::new(feed.max_staleness, loaded_as_of)),
+                feed,
+            )
         });
         let mut validator = Validator::new(index.clone(), clock.clone())
             .with_default_rate_limit(settings.default_rate_limit)
@@ -292,12 +313,18 @@ async fn report_freshness(
     let mut ticks = tokio::time::interval(every);
     loop {
         ticks.tick().await;
-        let fresh = freshness.check().is_ok();
-        if fresh != serving {
-            serving = fresh;
-            if fresh {
+        let checked = freshness.check();
+        if checked.is_ok() == serving {
+            continue;
+        }
+        serving = checked.is_ok();
+        match checked {
+            Ok(()) => {
+                tracing::info!("index confirmed current again; Validate answers");
                 health.set_serving::<Keys>().await;
-            } else {
+            }
+            Err(stale) => {
+                tracing::error!(%stale, "failing closed: Validate answers UNAVAILABLE until the database is back");
                 health.set_not_serving::<Keys>().await;
             }
         }

@@ -20,7 +20,7 @@ pub mod feed;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    fmt::Write as _,
+    fmt::{self, Write as _},
     fs::OpenOptions,
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
@@ -105,6 +105,8 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("the change feed's connection to the database closed")]
     FeedClosed,
+    #[error(transparent)]
+    FeedPayload(#[from] feed::UnknownPayload),
     #[error("corrupt row in {table}: {what}")]
     Corrupt {
         table: &'static str,
@@ -231,8 +233,8 @@ impl Default for PoolSettings {
     }
 }
 
-/// Where a database URL points.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a database URL points. Its `Debug` never shows a password.
+#[derive(Clone, PartialEq, Eq)]
 enum Location {
     SqliteFile(PathBuf),
     /// The URL as given, and a description for messages (no password).
@@ -269,6 +271,21 @@ impl Location {
     }
 }
 
+impl fmt::Debug for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.shown())
+    }
+}
+
+/// `database_url` for logs and `Debug`: the file, or the PostgreSQL server
+/// and database, never a password.
+pub fn redacted_url(database_url: &str) -> String {
+    Location::parse(database_url).map_or_else(
+        |_| "(unparseable URL)".to_owned(),
+        |location| location.shown(),
+    )
+}
+
 /// Keeps a URL-parsing error's message but drops any URL it quotes, which
 /// could hold a password.
 fn without_secrets(message: &str) -> String {
@@ -278,14 +295,22 @@ fn without_secrets(message: &str) -> String {
     }
 }
 
-/// The durable store.
-#[derive(Debug)]
+/// The durable store. Its `Debug` never shows the database URL, which may
+/// hold a password.
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
     /// For the change feed's own connection (PostgreSQL only).
     postgres_url: Option<String>,
     calls: AtomicU64,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Store {
@@ -319,21 +344,35 @@ impl Store {
             database: location.shown(),
             source,
         };
+        let lock_timeout_ms = pool.acquire_timeout.as_millis().max(1);
         let pool = AnyPoolOptions::new()
             .max_connections(pool.max_connections)
             .acquire_timeout(pool.acquire_timeout)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
-                    if backend == Backend::Sqlite {
+                    match backend {
                         // WAL: readers never wait for the writer. FULL: a
                         // revocation or audit record acknowledged to an
                         // operator survives a power cut. Writes are rare; the
                         // validate path never writes.
-                        conn.execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
-                        )
-                        .await?;
+                        Backend::Sqlite => {
+                            conn.execute(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                                 PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+                            )
+                            .await?;
+                        }
+                        // A write waits for the write turn no longer than for
+                        // a connection, and a session that dies mid-write
+                        // (say, a replica cut off) releases it within 30 s,
+                        // instead of holding every replica's writes.
+                        Backend::Postgres => {
+                            conn.execute(AssertSqlSafe(format!(
+                                "SET lock_timeout = {lock_timeout_ms}; \
+                                 SET idle_in_transaction_session_timeout = 30000;"
+                            )))
+                            .await?;
+                        }
                     }
                     Ok(())
                 })
@@ -388,6 +427,20 @@ impl Store {
                 Ok(tx)
             }
         }
+    }
+
+    /// On PostgreSQL, locks key `id`'s row until `tx` ends. Validations on
+    /// any replica spend uses (`consume_use`) without the write turn, so a
+    /// write that reads the remaining uses and writes them back must hold
+    /// the row meanwhile. (SQLite's write lock already covers it.)
+    async fn lock_key(&self, tx: &mut AnyConnection, id: KeyId) -> Result<(), StoreError> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT 1 FROM api_keys WHERE id = $1 FOR UPDATE")
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Tells the other replicas, when `tx` commits, what to reload. Nothing
@@ -607,6 +660,7 @@ impl Store {
     ) -> Result<Rotation, StoreError> {
         self.count();
         let mut tx = self.begin_write().await?;
+        self.lock_key(&mut tx, id).await?;
         let mut previous = fetch_key(&mut tx, id).await?;
         let refusal = match previous.state(now) {
             KeyState::Revoked => Some("it is revoked"),
@@ -721,9 +775,24 @@ impl Store {
         })
     }
 
+    /// The unrevoked keys carrying all `labels` (and `owner`, if given).
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub async fn unrevoked_matching(
+        &self,
+        labels: &BTreeMap<String, String>,
+        owner: Option<&str>,
+    ) -> Result<Vec<KeyId>, StoreError> {
+        self.count();
+        let mut conn = self.pool.acquire().await?;
+        unrevoked_matching(&mut conn, labels, owner).await
+    }
+
     /// Revokes every unrevoked key carrying all `labels` (and `owner`, if
-    /// given), one audit record per key, in one transaction. With `dry_run`
-    /// it only returns which keys would be revoked.
+    /// given), and among `only` when given (the keys a caller was checked
+    /// against: another replica may have minted a matching key since), one
+    /// audit record per key, in one transaction.
     ///
     /// # Errors
     /// On a database failure; nothing is revoked then.
@@ -731,28 +800,16 @@ impl Store {
         &self,
         labels: &BTreeMap<String, String>,
         owner: Option<&str>,
+        only: Option<&[KeyId]>,
         reason: &str,
-        dry_run: bool,
         actor: Actor,
         now: Timestamp,
     ) -> Result<Vec<KeyId>, StoreError> {
         self.count();
         let mut tx = self.begin_write().await?;
-        let mut sql = Sql::new("SELECT k.id FROM api_keys k WHERE k.revoked_at IS NULL");
-        push_label_filters(&mut sql, labels);
-        if let Some(owner) = owner {
-            sql.push(" AND k.owner = ").push_bind(owner.to_owned());
-        }
-        sql.push(" ORDER BY k.id");
-        let ids: Vec<KeyId> = sql
-            .build()
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(|row| parse_column(row, "id", "api_keys"))
-            .collect::<Result<_, _>>()?;
-        if dry_run {
-            return Ok(ids);
+        let mut ids = unrevoked_matching(&mut tx, labels, owner).await?;
+        if let Some(only) = only {
+            ids.retain(|id| only.contains(id));
         }
         let reason = (!reason.is_empty()).then_some(reason);
         for id in &ids {
@@ -1139,6 +1196,25 @@ impl Store {
         key.settings.rate_limit = rate_limit;
         Ok(key)
     }
+}
+
+async fn unrevoked_matching(
+    conn: &mut AnyConnection,
+    labels: &BTreeMap<String, String>,
+    owner: Option<&str>,
+) -> Result<Vec<KeyId>, StoreError> {
+    let mut sql = Sql::new("SELECT k.id FROM api_keys k WHERE k.revoked_at IS NULL");
+    push_label_filters(&mut sql, labels);
+    if let Some(owner) = owner {
+        sql.push(" AND k.owner = ").push_bind(owner.to_owned());
+    }
+    sql.push(" ORDER BY k.id");
+    sql.build()
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|row| parse_column(row, "id", "api_keys"))
+        .collect()
 }
 
 /// Revokes key `id` and records it: the one way a key is revoked.
@@ -1870,14 +1946,10 @@ mod tests {
                 .unwrap();
             assert_eq!(topic, Some(Topic::Keys(vec![id])));
         }
-        // A write that fails notifies nobody.
-        assert!(
-            store
-                .revoke_key(KeyId::from_u64(8), "", Actor::Local, now)
-                .await
-                .is_err()
-        );
+        // Revoking again changes nothing, so it tells nobody.
+        let again = store.revoke_key(id, "", Actor::Local, now).await.unwrap();
+        assert!(again.already_revoked);
         subscription.ping(Duration::from_secs(5)).await.unwrap();
-        assert_eq!(subscription.next_received(), None);
+        assert_eq!(subscription.next_received().unwrap(), None);
     }
 }

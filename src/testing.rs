@@ -4,8 +4,9 @@
 //! Each test gets a database of its own, created from the server given by
 //! `KEYWARD_TEST_POSTGRES` (default `postgres://postgres@127.0.0.1:5432/postgres`)
 //! and dropped when the test ends. When that server cannot be reached the
-//! tests are skipped with a printed reason, except under `CI=true`, where
-//! they fail: CI must never go green by skipping them.
+//! tests are skipped with a printed reason, except under `CI` (set to
+//! anything but empty, `0` or `false`), where they fail: CI must never go
+//! green by skipping them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -27,7 +28,7 @@ async fn admin_connection() -> Option<(PgConnection, String)> {
         std::env::var("KEYWARD_TEST_POSTGRES").unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_owned());
     match PgConnection::connect(&admin_url).await {
         Ok(admin) => Some((admin, admin_url)),
-        Err(error) if std::env::var("CI").is_ok_and(|ci| ci == "true") => {
+        Err(error) if running_in_ci() => {
             panic!("CI=true and PostgreSQL is unreachable at {admin_url}: {error}")
         }
         Err(error) => {
@@ -38,6 +39,11 @@ async fn admin_connection() -> Option<(PgConnection, String)> {
             None
         }
     }
+}
+
+/// `CI` set to anything but empty, `0` or `false`.
+fn running_in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|ci| !matches!(ci.as_str(), "" | "0" | "false"))
 }
 
 /// A PostgreSQL database that exists for one test.
@@ -61,11 +67,18 @@ impl ScratchDatabase {
             .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .await
             .expect("can create a test database");
-        let (base, _) = admin_url
+        // Same server, user and parameters; the new database's name.
+        let (address, parameters) = admin_url.split_once('?').unwrap_or((&admin_url, ""));
+        let (base, _) = address
             .rsplit_once('/')
             .expect("the admin URL names a database");
+        let parameters = if parameters.is_empty() {
+            String::new()
+        } else {
+            format!("?{parameters}")
+        };
         Some(Self {
-            url: format!("{base}/{name}"),
+            url: format!("{base}/{name}{parameters}"),
             name,
             admin_url,
         })

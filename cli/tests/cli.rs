@@ -718,6 +718,39 @@ fn init_creates_a_working_admin_key_and_refuses_to_run_twice() {
 }
 
 #[test]
+fn init_works_on_postgres_once() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some(database) = runtime.block_on(keyward::testing::ScratchDatabase::create()) else {
+        return;
+    };
+    let init = || {
+        run(
+            keywardctl().args(["init", "--database-url", database.url()]),
+            None,
+        )
+    };
+    let first = init();
+    let id = field(first.ok(), "id").expect("id line").to_owned();
+    let key = field(first.ok(), "key").expect("key line").to_owned();
+    let second = init();
+    let message = second.error(&[]);
+    assert!(message.to_lowercase().contains("already"), "{message}");
+    assert!(!message.contains(&key), "{message}");
+
+    let server = TestServer::start_on(tempfile::tempdir().unwrap(), database.url());
+    let json = server
+        .run_cmd(
+            keywardctl()
+                .env("KEYWARD_SERVER", &server.url)
+                .env("KEYWARD_ADMIN_KEY", &key)
+                .args(["show", &id, "--output", "json"]),
+            None,
+        )
+        .json();
+    assert_eq!(json["roles"], serde_json::json!(["admin"]));
+}
+
+#[test]
 fn init_prints_json_and_reads_the_database_url_from_the_environment() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("keyward.db");

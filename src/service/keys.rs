@@ -38,7 +38,6 @@ impl pb::key_service_server::KeyService for KeyService {
         &self,
         request: Request<pb::ValidateRequest>,
     ) -> Result<Response<pb::ValidateResponse>, Status> {
-        self.validator.ensure_fresh().map_err(ServiceError::from)?;
         let caller = authenticate(&request, &self.validator, &self.validate_permission)?.id;
         let request = request.into_inner();
         let required = required_permissions(&request.required_permissions)?;

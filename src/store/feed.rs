@@ -7,11 +7,16 @@
 //! can only ever bring the index to the database's current state.
 //! Notifications sent while a replica was disconnected are lost; the replica
 //! resyncs in full after every reconnect (see [`crate::replica`]).
+//!
+//! LISTEN needs a session of its own: point replicas at PostgreSQL itself
+//! or at a pooler in session mode, never at transaction pooling (PgBouncer's
+//! `pool_mode = transaction` drops notifications silently).
 
 use std::{str::FromStr, time::Duration};
 
 use sqlx::postgres::PgListener;
 
+use super::StoreError;
 use crate::{key::KeyId, permission::RoleName};
 
 /// The PostgreSQL channel keyward's writes notify.
@@ -90,34 +95,30 @@ impl Subscription {
     }
 
     /// The next change, waiting for one; `Ok(None)` when the connection was
-    /// lost (changes may have been missed). Payloads keyward did not write
-    /// are logged and skipped.
+    /// lost (changes may have been missed).
     ///
     /// Cancel-safe: a notification is taken off the connection whole.
     ///
     /// # Errors
-    /// When the connection fails other than by closing.
-    pub async fn next(&mut self) -> Result<Option<Topic>, sqlx::Error> {
-        loop {
-            let Some(notification) = self.listener.try_recv().await? else {
-                return Ok(None);
-            };
-            match notification.payload().parse() {
-                Ok(topic) => return Ok(Some(topic)),
-                Err(error) => tracing::warn!(%error, "change feed: payload skipped"),
-            }
+    /// When the connection fails other than by closing, or a payload is not
+    /// one this version of keyward writes (from a newer version during a
+    /// rolling upgrade, say): a change may have been missed either way.
+    pub async fn next(&mut self) -> Result<Option<Topic>, StoreError> {
+        match self.listener.try_recv().await? {
+            Some(notification) => Ok(Some(notification.payload().parse()?)),
+            None => Ok(None),
         }
     }
 
     /// A change already received, without waiting.
-    pub fn next_received(&mut self) -> Option<Topic> {
-        while let Some(notification) = self.listener.next_buffered() {
-            match notification.payload().parse() {
-                Ok(topic) => return Some(topic),
-                Err(error) => tracing::warn!(%error, "change feed: payload skipped"),
-            }
-        }
-        None
+    ///
+    /// # Errors
+    /// A payload this version does not read, as for [`Subscription::next`].
+    pub fn next_received(&mut self) -> Result<Option<Topic>, StoreError> {
+        self.listener
+            .next_buffered()
+            .map(|notification| notification.payload().parse().map_err(StoreError::from))
+            .transpose()
     }
 
     /// A round trip on the listening connection itself, within `timeout`.
