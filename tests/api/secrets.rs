@@ -283,3 +283,40 @@ fn an_unwritable_database_path_is_one_clear_line() {
         "{stderr}"
     );
 }
+
+#[test]
+fn an_unreachable_postgres_is_one_line_without_its_password() {
+    let dir = tempfile::tempdir().unwrap();
+    // Port 1 on loopback: refused at once, whatever the machine runs.
+    let url = "postgres://keyward:hunter2@127.0.0.1:1/keyward";
+    let output = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-acquire-timeout",
+            "1s",
+        ])
+        .env("KEYWARD_DATABASE_URL", url)
+        .env("RUST_LOG", "off")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("cannot open database postgres://127.0.0.1:1/keyward"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+
+    let help = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["serve", "--help"])
+        .env("KEYWARD_DATABASE_URL", url)
+        .output()
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    assert!(help.contains("KEYWARD_DATABASE_URL"), "{help}");
+    assert!(!help.contains("hunter2"), "{help}");
+}
