@@ -221,4 +221,40 @@ mod tests {
             "nothing half-written"
         );
     }
+
+    /// Replicas starting together on a new PostgreSQL database: exactly one
+    /// initialises it, the others carry on, and no dead key file is left.
+    #[tokio::test]
+    async fn replicas_starting_together_initialise_once() {
+        let Some(database) = crate::testing::ScratchDatabase::create().await else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut starts = tokio::task::JoinSet::new();
+        for replica in 0..4 {
+            let url = database.url().to_owned();
+            let key_file = dir.path().join(format!("admin-{replica}.key"));
+            starts.spawn(async move {
+                let store = Arc::new(Store::open(&url).await.unwrap());
+                let outcome = initialize_if_new(&store, &SystemClock, &key_file).await;
+                store.close().await;
+                (outcome.unwrap(), key_file)
+            });
+        }
+        let mut initialised = 0;
+        for (outcome, key_file) in starts.join_all().await {
+            match outcome {
+                Some(id) => {
+                    initialised += 1;
+                    assert!(
+                        fs::read_to_string(&key_file)
+                            .unwrap()
+                            .starts_with(&format!("kw_{id}"))
+                    );
+                }
+                None => assert!(!key_file.exists(), "{}", key_file.display()),
+            }
+        }
+        assert_eq!(initialised, 1);
+    }
 }

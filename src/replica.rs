@@ -124,7 +124,7 @@ fn millis(duration: Duration) -> u64 {
 
 /// Follows the change feed for as long as the server runs: connects,
 /// resyncs, applies changes, checks the connection; on any failure starts
-/// over. Returns at once on SQLite, which has no feed.
+/// over. For PostgreSQL stores (SQLite has no feed, and needs none).
 pub async fn follow(
     store: Arc<Store>,
     lifecycle: Arc<Lifecycle>,
@@ -134,10 +134,7 @@ pub async fn follow(
     let mut backoff = RECONNECT_BACKOFF.0;
     let mut healthy = true;
     loop {
-        let Some(subscribed) = store.subscribe(settings.connect_timeout).await else {
-            return;
-        };
-        let connected = match subscribed {
+        let connected = match store.subscribe(settings.connect_timeout).await {
             Ok(subscription) => {
                 // Listening from here on: a resync now misses nothing.
                 let as_of = Instant::now();
@@ -202,8 +199,7 @@ async fn listen(
             },
             _ = heartbeat.tick() => {
                 let as_of = Instant::now();
-                let checked = subscription.ping(heartbeat_every * 2).await.map_err(StoreError::from);
-                match checked {
+                match subscription.ping(heartbeat_every * 2).await {
                     Ok(()) => apply_received(subscription, lifecycle).await.map(|()| freshness.confirm(as_of)),
                     Err(error) => Err(error),
                 }

@@ -105,6 +105,10 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("the change feed's connection to the database closed")]
     FeedClosed,
+    #[error("the change feed's connection to the database did not answer within {0:?}")]
+    FeedTimeout(Duration),
+    #[error("SQLite has no change feed: one server is the only writer")]
+    NoFeed,
     #[error(transparent)]
     FeedPayload(#[from] feed::UnknownPayload),
     #[error("corrupt row in {table}: {what}")]
@@ -1047,21 +1051,14 @@ impl Store {
         })
     }
 
-    /// Listens to the change feed, on a connection of its own: `None` on
-    /// SQLite, where this server is the only writer.
+    /// Listens to the change feed, on a connection of its own.
     ///
     /// # Errors
-    /// When PostgreSQL cannot be reached within the pool's acquire timeout.
-    pub async fn subscribe(
-        &self,
-        timeout: Duration,
-    ) -> Option<Result<feed::Subscription, StoreError>> {
-        let url = self.postgres_url.as_deref()?;
-        Some(
-            feed::Subscription::connect(url, timeout)
-                .await
-                .map_err(StoreError::from),
-        )
+    /// [`StoreError::NoFeed`] on SQLite, where this server is the only
+    /// writer; otherwise when PostgreSQL cannot be reached within `timeout`.
+    pub async fn subscribe(&self, timeout: Duration) -> Result<feed::Subscription, StoreError> {
+        let url = self.postgres_url.as_deref().ok_or(StoreError::NoFeed)?;
+        feed::Subscription::connect(url, timeout).await
     }
 
     /// What the index must do to reflect `topic` as the database holds it
@@ -1815,6 +1812,13 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn sqlite_has_no_change_feed() {
+        let (store, _dir) = open_temporary().await;
+        let refused = store.subscribe(Duration::from_secs(1)).await.unwrap_err();
+        assert!(matches!(refused, StoreError::NoFeed), "{refused}");
+    }
+
+    #[tokio::test]
     async fn sqlite_writes_are_durable_and_wal() {
         let (store, _dir) = open_temporary().await;
         let mut conn = store.pool.acquire().await.unwrap();
@@ -1921,11 +1925,7 @@ mod tests {
         let Some((store, _database)) = open_postgres().await else {
             return;
         };
-        let mut subscription = store
-            .subscribe(Duration::from_secs(5))
-            .await
-            .unwrap()
-            .unwrap();
+        let mut subscription = store.subscribe(Duration::from_secs(5)).await.unwrap();
         let now = Timestamp::from_millis(1_000_000);
         let id = KeyId::from_u64(7);
         let key = NewKey {

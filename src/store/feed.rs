@@ -81,7 +81,7 @@ pub struct Subscription {
 
 impl Subscription {
     /// Connects (giving up after `timeout`) and starts listening.
-    pub(super) async fn connect(url: &str, timeout: Duration) -> Result<Self, sqlx::Error> {
+    pub(super) async fn connect(url: &str, timeout: Duration) -> Result<Self, StoreError> {
         let connect = async {
             let mut listener = PgListener::connect(url).await?;
             // The replica decides when to reconnect: it must resync first.
@@ -91,7 +91,7 @@ impl Subscription {
         };
         tokio::time::timeout(timeout, connect)
             .await
-            .unwrap_or(Err(sqlx::Error::PoolTimedOut))
+            .unwrap_or(Err(StoreError::FeedTimeout(timeout)))
     }
 
     /// The next change, waiting for one; `Ok(None)` when the connection was
@@ -127,11 +127,11 @@ impl Subscription {
     ///
     /// # Errors
     /// When the connection is dead or too slow.
-    pub async fn ping(&mut self, timeout: Duration) -> Result<(), sqlx::Error> {
+    pub async fn ping(&mut self, timeout: Duration) -> Result<(), StoreError> {
         let ping = sqlx::query("SELECT 1").execute(&mut self.listener);
         match tokio::time::timeout(timeout, ping).await {
-            Ok(result) => result.map(drop),
-            Err(_) => Err(sqlx::Error::PoolTimedOut),
+            Ok(result) => result.map(drop).map_err(StoreError::from),
+            Err(_) => Err(StoreError::FeedTimeout(timeout)),
         }
     }
 }
