@@ -71,7 +71,7 @@ impl From<StoreError> for ServiceError {
             StoreError::Database(ref cause) if is_connection_failure(cause) => {
                 Self::Unavailable(format!("the database is unavailable; try again: {error}"))
             }
-            StoreError::FeedClosed | StoreError::FeedTimeout(_) => {
+            StoreError::FeedClosed | StoreError::Timeout(_) => {
                 Self::Unavailable(format!("the database is unavailable; try again: {error}"))
             }
             other => Self::Internal(other.to_string()),

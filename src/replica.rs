@@ -138,8 +138,7 @@ pub async fn follow(
             Ok(subscription) => {
                 // Listening from here on: a resync now misses nothing.
                 let as_of = Instant::now();
-                lifecycle
-                    .resync()
+                resync(&lifecycle, settings)
                     .await
                     .map(|keys| (subscription, as_of, keys))
             }
@@ -185,28 +184,30 @@ async fn listen(
     let heartbeat_every = settings.heartbeat();
     let mut heartbeat = tokio::time::interval(heartbeat_every);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut resync = tokio::time::interval_at(
+    let mut resync_timer = tokio::time::interval_at(
         Instant::now() + settings.resync_interval,
         settings.resync_interval,
     );
-    resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    resync_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         let step = tokio::select! {
             topic = subscription.next() => match topic {
-                Ok(Some(topic)) => apply(lifecycle, &topic).await,
+                Ok(Some(topic)) => apply(lifecycle, &topic, settings).await,
                 Ok(None) => Err(StoreError::FeedClosed),
                 Err(error) => Err(error),
             },
             _ = heartbeat.tick() => {
                 let as_of = Instant::now();
                 match subscription.ping(heartbeat_every * 2).await {
-                    Ok(()) => apply_received(subscription, lifecycle).await.map(|()| freshness.confirm(as_of)),
+                    Ok(()) => apply_received(subscription, lifecycle, settings)
+                        .await
+                        .map(|()| freshness.confirm(as_of)),
                     Err(error) => Err(error),
                 }
             }
-            _ = resync.tick() => {
+            _ = resync_timer.tick() => {
                 let as_of = Instant::now();
-                lifecycle.resync().await.map(|keys| {
+                resync(lifecycle, settings).await.map(|keys| {
                     tracing::debug!(keys, "change feed: periodic resync");
                     freshness.confirm(as_of);
                 })
@@ -222,17 +223,39 @@ async fn listen(
 async fn apply_received(
     subscription: &mut Subscription,
     lifecycle: &Lifecycle,
+    settings: FeedSettings,
 ) -> Result<(), StoreError> {
     while let Some(topic) = subscription.next_received()? {
-        apply(lifecycle, &topic).await?;
+        apply(lifecycle, &topic, settings).await?;
     }
     Ok(())
 }
 
-async fn apply(lifecycle: &Lifecycle, topic: &Topic) -> Result<(), StoreError> {
-    let applied = lifecycle.reload(topic).await?;
+async fn apply(
+    lifecycle: &Lifecycle,
+    topic: &Topic,
+    settings: FeedSettings,
+) -> Result<(), StoreError> {
+    let applied = within(settings.max_staleness, lifecycle.reload(topic)).await?;
     tracing::debug!(?topic, changes = applied, "change feed: applied");
     Ok(())
+}
+
+async fn resync(lifecycle: &Lifecycle, settings: FeedSettings) -> Result<usize, StoreError> {
+    within(settings.max_staleness, lifecycle.resync()).await
+}
+
+/// Gives up on a database operation after `limit`. A connection can hang
+/// without failing (a network partition), and by `max_staleness` an answer
+/// would come too late to keep the index fresh anyway; the feed then starts
+/// over.
+async fn within<T>(
+    limit: Duration,
+    operation: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, operation)
+        .await
+        .unwrap_or(Err(StoreError::Timeout(limit)))
 }
 
 #[cfg(test)]

@@ -105,8 +105,8 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("the change feed's connection to the database closed")]
     FeedClosed,
-    #[error("the change feed's connection to the database did not answer within {0:?}")]
-    FeedTimeout(Duration),
+    #[error("the database did not answer within {0:?}")]
+    Timeout(Duration),
     #[error("SQLite has no change feed: one server is the only writer")]
     NoFeed,
     #[error(transparent)]

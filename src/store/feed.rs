@@ -91,7 +91,7 @@ impl Subscription {
         };
         tokio::time::timeout(timeout, connect)
             .await
-            .unwrap_or(Err(StoreError::FeedTimeout(timeout)))
+            .unwrap_or(Err(StoreError::Timeout(timeout)))
     }
 
     /// The next change, waiting for one; `Ok(None)` when the connection was
@@ -131,7 +131,7 @@ impl Subscription {
         let ping = sqlx::query("SELECT 1").execute(&mut self.listener);
         match tokio::time::timeout(timeout, ping).await {
             Ok(result) => result.map(drop).map_err(StoreError::from),
-            Err(_) => Err(StoreError::FeedTimeout(timeout)),
+            Err(_) => Err(StoreError::Timeout(timeout)),
         }
     }
 }

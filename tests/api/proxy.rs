@@ -1,6 +1,6 @@
-//! A TCP proxy between a server and PostgreSQL that a test can cut and
-//! restore: a database outage for one replica, without touching the shared
-//! PostgreSQL server.
+//! A TCP proxy between a server and PostgreSQL that a test can cut, freeze
+//! and restore: a database outage for one replica, without touching the
+//! shared PostgreSQL server.
 
 use std::{net::SocketAddr, str::FromStr};
 
@@ -11,10 +11,23 @@ use tokio::{
     task::JoinHandle,
 };
 
+/// What the proxy does with connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Forward,
+    /// Connections are closed, new ones refused: what a server sees when
+    /// the database goes down.
+    Cut,
+    /// Connections stay open but nothing goes through, now or ever, new
+    /// ones included until restored: a network partition, which only a
+    /// timeout can reveal.
+    Frozen,
+}
+
 pub struct CuttableProxy {
     addr: SocketAddr,
     upstream: SocketAddr,
-    cut: watch::Sender<bool>,
+    mode: watch::Sender<Mode>,
     task: JoinHandle<()>,
 }
 
@@ -27,25 +40,29 @@ impl CuttableProxy {
             .expect("test PostgreSQL is addressed by IP");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (cut, _) = watch::channel(false);
-        let watch = cut.clone();
+        let (mode, _) = watch::channel(Mode::Forward);
+        let watch = mode.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
                     return;
                 };
-                if *watch.borrow() {
-                    // Cut: the connection is refused as soon as it is made.
-                    drop(client);
-                    continue;
+                let now = *watch.borrow();
+                match now {
+                    Mode::Forward => {
+                        tokio::spawn(forward(client, upstream, watch.subscribe()));
+                    }
+                    Mode::Cut => drop(client),
+                    Mode::Frozen => {
+                        tokio::spawn(hold(client));
+                    }
                 }
-                tokio::spawn(forward(client, upstream, watch.subscribe()));
             }
         });
         Self {
             addr,
             upstream,
-            cut,
+            mode,
             task,
         }
     }
@@ -57,12 +74,19 @@ impl CuttableProxy {
 
     /// Closes every forwarded connection and refuses new ones.
     pub fn cut(&self) {
-        self.cut.send_replace(true);
+        self.mode.send_replace(Mode::Cut);
+    }
+
+    /// Stops every forwarded connection dead, without closing it; new
+    /// connections are accepted and go nowhere. Restoring does not revive
+    /// the frozen ones.
+    pub fn freeze(&self) {
+        self.mode.send_replace(Mode::Frozen);
     }
 
     /// Forwards new connections again.
     pub fn restore(&self) {
-        self.cut.send_replace(false);
+        self.mode.send_replace(Mode::Forward);
     }
 }
 
@@ -73,12 +97,21 @@ impl Drop for CuttableProxy {
     }
 }
 
-async fn forward(mut client: TcpStream, upstream: SocketAddr, mut cut: watch::Receiver<bool>) {
+async fn forward(mut client: TcpStream, upstream: SocketAddr, mut mode: watch::Receiver<Mode>) {
     let Ok(mut server) = TcpStream::connect(upstream).await else {
         return;
     };
-    tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-        _ = cut.wait_for(|cut| *cut) => {}
+    let stopped = tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => return,
+        stopped = mode.wait_for(|mode| *mode != Mode::Forward) => stopped.map(|mode| *mode),
+    };
+    if matches!(stopped, Ok(Mode::Frozen)) {
+        hold((client, server)).await;
     }
+}
+
+/// Keeps sockets open, silently, until the test's runtime ends.
+async fn hold<T>(sockets: T) {
+    let _open = sockets;
+    std::future::pending::<()>().await;
 }

@@ -23,7 +23,16 @@ const DEADLINE: Duration = Duration::from_secs(5);
 
 /// Polls `check` until it holds, failing after `DEADLINE`; returns how long
 /// it took.
-async fn eventually<F, Fut>(what: &str, mut check: F) -> Duration
+async fn eventually<F, Fut>(what: &str, check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    eventually_within(DEADLINE, what, check).await
+}
+
+/// [`eventually`] with a deadline of its own.
+async fn eventually_within<F, Fut>(deadline: Duration, what: &str, mut check: F) -> Duration
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -36,8 +45,8 @@ where
             return took;
         }
         assert!(
-            start.elapsed() < DEADLINE,
-            "{what}: not within {DEADLINE:?}"
+            start.elapsed() < deadline,
+            "{what}: not within {deadline:?}"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -203,6 +212,49 @@ async fn a_replica_cut_off_resyncs_and_refuses_keys_revoked_meanwhile() {
     eventually("revocation seen by B after reconnecting", || async {
         !b.validate(&key, &[]).await.valid
     })
+    .await;
+}
+
+#[tokio::test]
+async fn a_replica_whose_connection_hangs_notices_by_heartbeat_and_resyncs() {
+    // Heartbeat every 750 ms, answered within 1.5 s, or the feed reconnects;
+    // a pooled connection that does not answer its check within 500 ms is
+    // dropped.
+    let settings = Settings {
+        max_staleness: Duration::from_secs(3),
+        pool: keyward::store::PoolSettings {
+            max_connections: 4,
+            acquire_timeout: Duration::from_millis(500),
+        },
+        ..Settings::default()
+    };
+    let Some((a, b, proxy)) = replica_behind_a_proxy(settings).await else {
+        return;
+    };
+    let (id, key) = a.mint_with_roles(&[]).await;
+    eventually("mint on A seen by B", || async {
+        b.validate(&key, &[]).await.valid
+    })
+    .await;
+
+    // B's connections go silent: no error, no end of stream.
+    proxy.freeze();
+    a.revoke(&id, "leaked").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(b.validate(&key, &[]).await.valid, "fail-static meanwhile");
+    // New connections go through again; the frozen ones never will, so only
+    // the heartbeat's timeout can tell B to reconnect and resync.
+    proxy.restore();
+    // Up to 2.25 s to notice, then reconnecting past dead pooled connections.
+    eventually_within(
+        Duration::from_secs(15),
+        "revocation seen by B after its heartbeat failed",
+        || async {
+            b.validate_as(&b.admin_key, &key, &[])
+                .await
+                .is_ok_and(|response| !response.valid)
+        },
+    )
     .await;
 }
 
