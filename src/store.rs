@@ -340,7 +340,7 @@ impl Store {
         let (backend, url) = match &location {
             Location::SqliteFile(path) => {
                 create_private_file(path)?;
-                (Backend::Sqlite, format!("sqlite://{}", path.display()))
+                (Backend::Sqlite, sqlite_url(path))
             }
             Location::Postgres { url, .. } => (Backend::Postgres, url.clone()),
         };
@@ -1307,6 +1307,22 @@ fn sqlite_path(database_url: &str) -> Result<PathBuf, StoreError> {
     Ok(PathBuf::from(path))
 }
 
+/// `sqlite://PATH` for sqlx, which percent-decodes the path: every byte
+/// but unreserved ones and `/` is encoded, so the file opened is the file
+/// created, whatever its name holds (` `, `%`, `#`).
+fn sqlite_url(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut url = String::from("sqlite://");
+    for &byte in path.as_os_str().as_bytes() {
+        if byte.is_ascii_alphanumeric() || b"/-._~".contains(&byte) {
+            url.push(char::from(byte));
+        } else {
+            write!(url, "%{byte:02X}").expect("writing to a String cannot fail");
+        }
+    }
+    url
+}
+
 /// Creates the database file readable by its owner only, before SQLite
 /// opens it (SQLite gives its WAL and shared-memory files the same mode).
 fn create_private_file(path: &Path) -> Result<(), StoreError> {
@@ -1757,6 +1773,28 @@ mod tests {
             sqlite_path("sqlite://"),
             Err(StoreError::UnsupportedUrl)
         ));
+    }
+
+    #[tokio::test]
+    async fn odd_file_names_open_the_file_they_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key ward%20#1.db");
+        let store = Store::open(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        store.close().await;
+        let files: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert!(
+            files.iter().any(|name| name == "key ward%20#1.db"),
+            "{files:?}"
+        );
+        assert!(
+            std::fs::metadata(&path).unwrap().len() > 0,
+            "migrated in place"
+        );
     }
 
     #[tokio::test]
