@@ -1958,6 +1958,63 @@ mod tests {
         }
     }
 
+    /// Validations spend uses while the key is rotated: the uses spent and
+    /// the uses handed to the successor never add up to more than the cap.
+    async fn a_rotation_never_raises_a_cap_under_concurrent_use(store: Arc<Store>) {
+        const CAP: u64 = 40;
+        let now = Timestamp::from_millis(1_000_000);
+        let id = KeyId::from_u64(11);
+        let key = NewKey {
+            id,
+            digest: KeyDigest::from_bytes([11; 32]),
+            settings: KeySettings {
+                max_uses: Some(CAP),
+                ..KeySettings::default()
+            },
+            created_by: None,
+        };
+        store.insert_key(key, Actor::Local, now).await.unwrap();
+        let spenders: Vec<_> = (0..CAP)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.consume_use(id).await.unwrap().is_some() })
+            })
+            .collect();
+        let successor = (KeyId::from_u64(12), KeyDigest::from_bytes([12; 32]));
+        let rotation = store
+            .rotate_key(id, successor, Duration::ZERO, Actor::Local, now)
+            .await
+            .unwrap();
+        let mut spent = 0;
+        for spender in spenders {
+            spent += u64::from(spender.await.unwrap());
+        }
+        let handed_on = store
+            .get_key(rotation.successor.id)
+            .await
+            .unwrap()
+            .uses_remaining
+            .unwrap();
+        assert_eq!(
+            spent + handed_on,
+            CAP,
+            "spent {spent}, handed on {handed_on}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_a_rotation_never_raises_a_cap_under_concurrent_use() {
+        let (store, _dir) = open_temporary().await;
+        a_rotation_never_raises_a_cap_under_concurrent_use(store).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_a_rotation_never_raises_a_cap_under_concurrent_use() {
+        if let Some((store, _database)) = open_postgres().await {
+            a_rotation_never_raises_a_cap_under_concurrent_use(store).await;
+        }
+    }
+
     #[tokio::test]
     async fn postgres_writes_notify_the_feed_on_commit() {
         let Some((store, _database)) = open_postgres().await else {
