@@ -18,8 +18,8 @@ use crate::{
     permission::{Permission, RoleName},
     rate_limit::RateLimit,
     store::{
-        AuditPage, AuditQuery, KeyPage, KeyQuery, NewKey, Revocation, RoleUpdate, Rotation, Store,
-        StoreError, feed::Topic,
+        AuditPage, AuditQuery, Backend, KeyPage, KeyQuery, NewKey, Revocation, RoleUpdate,
+        Rotation, Store, StoreError, feed::Topic,
     },
 };
 
@@ -107,7 +107,8 @@ impl Lifecycle {
     ///
     /// `write` gets the time read once its turn has come, and runs only if
     /// the caller's key is still live then: a key revoked while its writes
-    /// were queued makes no further change.
+    /// were queued (or, on PostgreSQL, on another replica) makes no further
+    /// change.
     async fn commit<T, F>(
         &self,
         caller: &Caller,
@@ -130,6 +131,10 @@ impl Lifecycle {
             let live = index.get(caller).is_some_and(|key| {
                 key.revoked_at.is_none() && key.expires_at.is_none_or(|at| at > now)
             });
+            // With replicas, the caller's key may have been revoked on
+            // another one a moment ago: ask the database, the only authority.
+            let live = live
+                && (store.backend() != Backend::Postgres || store.key_is_live(caller, now).await?);
             if !live {
                 return Err(ServiceError::Unauthenticated(
                     "the caller's key was revoked or expired",
@@ -598,4 +603,61 @@ fn generate(prefix: &Prefix) -> Result<MintedKey, ServiceError> {
 
 fn upserted(key: &KeyRecord, minted: &MintedKey) -> Change {
     Change::KeyUpserted(Arc::new(IndexedKey::new(key, minted.digest)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{clock::SystemClock, model::Actor, testing::ScratchDatabase};
+
+    /// On PostgreSQL the database, not this replica's index, decides whether
+    /// the caller may still write: its key may have been revoked on another
+    /// replica a moment ago.
+    #[tokio::test]
+    async fn a_caller_revoked_on_another_replica_cannot_write() {
+        let Some(database) = ScratchDatabase::create().await else {
+            return;
+        };
+        let store = Arc::new(Store::open(database.url()).await.unwrap());
+        let clock = Arc::new(SystemClock);
+        let minted = MintedKey::generate(&Prefix::default()).unwrap();
+        let new_key = NewKey {
+            id: minted.id,
+            digest: minted.digest,
+            settings: KeySettings::default(),
+            created_by: None,
+        };
+        store
+            .insert_key(new_key, Actor::Local, clock.now())
+            .await
+            .unwrap();
+        let index = Arc::new(Index::from_snapshot(
+            store.load_snapshot(clock.now()).await.unwrap(),
+        ));
+        // Revoked in the database; this replica has not heard yet.
+        store
+            .revoke_key(minted.id, "leaked", Actor::Local, clock.now())
+            .await
+            .unwrap();
+        assert!(index.get(minted.id).is_some());
+
+        let lifecycle = Lifecycle::new(store, index, clock);
+        let caller = Caller {
+            id: minted.id,
+            permissions: vec!["keyward:*".parse().unwrap()],
+            is_root: true,
+        };
+        let new_role = NewRole {
+            name: "deployer".parse().unwrap(),
+            description: String::new(),
+            permissions: vec!["deploy:write".parse().unwrap()],
+            max_ttl: None,
+            rate_limit: None,
+        };
+        let refused = lifecycle.create_role(&caller, new_role).await.unwrap_err();
+        assert!(
+            matches!(refused, ServiceError::Unauthenticated(_)),
+            "{refused}"
+        );
+    }
 }

@@ -571,6 +571,23 @@ impl Store {
         Ok(record)
     }
 
+    /// Whether key `id` exists, unrevoked and unexpired at `now`.
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub async fn key_is_live(&self, id: KeyId, now: Timestamp) -> Result<bool, StoreError> {
+        self.count();
+        let row = sqlx::query(
+            "SELECT 1 FROM api_keys WHERE id = $1 AND revoked_at IS NULL
+                                      AND (expires_at IS NULL OR expires_at > $2)",
+        )
+        .bind(id.to_string())
+        .bind(now.as_millis())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
     /// One key, whatever its state.
     ///
     /// # Errors
