@@ -52,6 +52,16 @@ where
     }
 }
 
+/// Mints a key holding `roles` on `a` and waits until `b` validates it.
+async fn minted_on_a_seen_by_b(a: &TestApp, b: &TestApp, roles: &[&str]) -> (String, String) {
+    let (id, key) = a.mint_with_roles(roles).await;
+    eventually("mint on A seen by B", || async {
+        b.validate(&key, &[]).await.valid
+    })
+    .await;
+    (id, key)
+}
+
 /// Replica tests run on PostgreSQL only.
 async fn two_replicas() -> Option<(TestApp, TestApp)> {
     if !keyward::testing::postgres_reachable().await {
@@ -67,11 +77,7 @@ async fn keys_minted_and_revoked_on_one_replica_are_seen_by_another() {
     let Some((a, b)) = two_replicas().await else {
         return;
     };
-    let (id, key) = a.mint_with_roles(&["validator"]).await;
-    eventually("mint on A seen by B", || async {
-        b.validate(&key, &[]).await.valid
-    })
-    .await;
+    let (id, key) = minted_on_a_seen_by_b(&a, &b, &["validator"]).await;
     let response = b.validate(&key, &["keyward:validate"]).await;
     assert_eq!(response.key_id, id);
 
@@ -180,6 +186,20 @@ async fn usage_caps_hold_across_replicas() {
     assert_eq!(valid, 4);
 }
 
+/// Settings for a replica that gives up quickly: stale after
+/// `max_staleness`, and a pooled connection that does not answer its check
+/// within 500 ms is replaced.
+fn quick_to_give_up(max_staleness: Duration) -> Settings {
+    Settings {
+        max_staleness,
+        pool: keyward::store::PoolSettings {
+            max_connections: 4,
+            acquire_timeout: Duration::from_millis(500),
+        },
+        ..Settings::default()
+    }
+}
+
 /// Replica B reaches PostgreSQL through a proxy the test can cut.
 async fn replica_behind_a_proxy(settings: Settings) -> Option<(TestApp, TestApp, CuttableProxy)> {
     if !keyward::testing::postgres_reachable().await {
@@ -196,11 +216,7 @@ async fn a_replica_cut_off_resyncs_and_refuses_keys_revoked_meanwhile() {
     let Some((a, b, proxy)) = replica_behind_a_proxy(Settings::default()).await else {
         return;
     };
-    let (id, key) = a.mint_with_roles(&[]).await;
-    eventually("mint on A seen by B", || async {
-        b.validate(&key, &[]).await.valid
-    })
-    .await;
+    let (id, key) = minted_on_a_seen_by_b(&a, &b, &[]).await;
 
     proxy.cut();
     a.revoke(&id, "leaked").await.unwrap();
@@ -217,25 +233,12 @@ async fn a_replica_cut_off_resyncs_and_refuses_keys_revoked_meanwhile() {
 
 #[tokio::test]
 async fn a_replica_whose_connection_hangs_notices_by_heartbeat_and_resyncs() {
-    // Heartbeat every 750 ms, answered within 1.5 s, or the feed reconnects;
-    // a pooled connection that does not answer its check within 500 ms is
-    // dropped.
-    let settings = Settings {
-        max_staleness: Duration::from_secs(3),
-        pool: keyward::store::PoolSettings {
-            max_connections: 4,
-            acquire_timeout: Duration::from_millis(500),
-        },
-        ..Settings::default()
-    };
+    // Heartbeat every 750 ms, answered within 1.5 s, or the feed reconnects.
+    let settings = quick_to_give_up(Duration::from_secs(3));
     let Some((a, b, proxy)) = replica_behind_a_proxy(settings).await else {
         return;
     };
-    let (id, key) = a.mint_with_roles(&[]).await;
-    eventually("mint on A seen by B", || async {
-        b.validate(&key, &[]).await.valid
-    })
-    .await;
+    let (id, key) = minted_on_a_seen_by_b(&a, &b, &[]).await;
 
     // B's connections go silent: no error, no end of stream.
     proxy.freeze();
@@ -260,22 +263,11 @@ async fn a_replica_whose_connection_hangs_notices_by_heartbeat_and_resyncs() {
 
 #[tokio::test]
 async fn a_replica_cut_off_too_long_fails_closed_and_recovers() {
-    let settings = Settings {
-        max_staleness: Duration::from_secs(1),
-        pool: keyward::store::PoolSettings {
-            max_connections: 4,
-            acquire_timeout: Duration::from_millis(500),
-        },
-        ..Settings::default()
-    };
+    let settings = quick_to_give_up(Duration::from_secs(1));
     let Some((a, b, proxy)) = replica_behind_a_proxy(settings).await else {
         return;
     };
-    let (_, key) = a.mint_with_roles(&[]).await;
-    eventually("mint on A seen by B", || async {
-        b.validate(&key, &[]).await.valid
-    })
-    .await;
+    let (_, key) = minted_on_a_seen_by_b(&a, &b, &[]).await;
 
     proxy.cut();
     // Admin writes need the database: UNAVAILABLE once B gives up waiting

@@ -242,18 +242,21 @@ async fn bootstrap_key_file_is_private_and_never_logged() {
     assert!(!log.contains("initialised a new database"), "{log}");
 }
 
+/// Runs `serve`, which must fail to start, and returns its stderr: one line.
+fn start_fails(serve: &mut Command) -> String {
+    let output = serve.env("RUST_LOG", "off").output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    stderr
+}
+
 #[test]
 fn a_port_in_use_is_one_clear_line() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
-    let output = serve_command(dir.path(), &addr)
-        .env("RUST_LOG", "off")
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8(output.stderr).unwrap();
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let stderr = start_fails(&mut serve_command(dir.path(), &addr));
     assert!(
         stderr.contains(&format!("cannot listen on {addr}")),
         "{stderr}"
@@ -263,21 +266,17 @@ fn a_port_in_use_is_one_clear_line() {
 #[test]
 fn an_unwritable_database_path_is_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_keyward"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--database-url",
-            "sqlite:///dev/null/keyward.db",
-        ])
-        .env("RUST_LOG", "off")
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8(output.stderr).unwrap();
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let stderr = start_fails(
+        Command::new(env!("CARGO_BIN_EXE_keyward"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--database-url",
+                "sqlite:///dev/null/keyward.db",
+            ])
+            .current_dir(dir.path()),
+    );
     assert!(
         stderr.contains("cannot create database file /dev/null/keyward.db"),
         "{stderr}"
@@ -289,22 +288,18 @@ fn an_unreachable_postgres_is_one_line_without_its_password() {
     let dir = tempfile::tempdir().unwrap();
     // Port 1 on loopback: refused at once, whatever the machine runs.
     let url = "postgres://keyward:hunter2@127.0.0.1:1/keyward";
-    let output = Command::new(env!("CARGO_BIN_EXE_keyward"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--database-acquire-timeout",
-            "1s",
-        ])
-        .env("KEYWARD_DATABASE_URL", url)
-        .env("RUST_LOG", "off")
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8(output.stderr).unwrap();
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let stderr = start_fails(
+        Command::new(env!("CARGO_BIN_EXE_keyward"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--database-acquire-timeout",
+                "1s",
+            ])
+            .env("KEYWARD_DATABASE_URL", url)
+            .current_dir(dir.path()),
+    );
     assert!(
         stderr.contains("cannot open database postgres://127.0.0.1:1/keyward"),
         "{stderr}"
