@@ -19,7 +19,7 @@ use crate::{
     rate_limit::RateLimit,
     store::{
         AuditPage, AuditQuery, Backend, KeyPage, KeyQuery, NewKey, Revocation, RoleUpdate,
-        Rotation, Store, StoreError, feed::Topic,
+        Rotation, Store, StoreError, feed::Changed,
     },
 };
 
@@ -159,15 +159,19 @@ impl Lifecycle {
         Ok(self.index.len())
     }
 
-    /// Applies a change another replica made, as the store holds it now, in
-    /// the write turn (a local write to the same key then lands before or
-    /// after it, never in between). Returns how many changes were applied.
+    /// Applies what the change feed named, as the store holds it now, in one
+    /// write turn: a local write to the same key lands before or after it,
+    /// never in between, and the feed waits behind the writes already queued
+    /// once, not once per notification, so it keeps up under any write
+    /// load. A local write's own notification reloads what that write
+    /// already applied: the index ends where the database is either way.
+    /// Returns how many changes were applied.
     ///
     /// # Errors
     /// When the store cannot be read; the index is then unchanged.
-    pub async fn reload(&self, topic: &Topic) -> Result<usize, StoreError> {
+    pub async fn reload(&self, changed: &Changed) -> Result<usize, StoreError> {
         let _turn = self.writes.lock().await;
-        let changes = self.store.changes_for(topic, self.clock.now()).await?;
+        let changes = self.store.changes_for(changed, self.clock.now()).await?;
         let count = changes.len();
         self.index.apply(changes);
         Ok(count)

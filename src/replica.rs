@@ -28,7 +28,7 @@ use crate::{
     lifecycle::Lifecycle,
     store::{
         Store, StoreError,
-        feed::{Subscription, Topic},
+        feed::{Changed, Subscription},
     },
 };
 
@@ -192,14 +192,14 @@ async fn listen(
     loop {
         let step = tokio::select! {
             topic = subscription.next() => match topic {
-                Ok(Some(topic)) => apply(lifecycle, &topic, settings).await,
+                Ok(Some(topic)) => apply_received(subscription, lifecycle, topic.into(), settings).await,
                 Ok(None) => Err(StoreError::FeedClosed),
                 Err(error) => Err(error),
             },
             _ = heartbeat.tick() => {
                 let as_of = Instant::now();
                 match subscription.ping(heartbeat_every * 2).await {
-                    Ok(()) => apply_received(subscription, lifecycle, settings)
+                    Ok(()) => apply_received(subscription, lifecycle, Changed::default(), settings)
                         .await
                         .map(|()| freshness.confirm(as_of)),
                     Err(error) => Err(error),
@@ -219,25 +219,27 @@ async fn listen(
     }
 }
 
-/// Applies the changes received before a heartbeat's reply.
+/// Applies `changed` and every change received so far, as one batch in one
+/// write turn. Confirmation after a heartbeat thus costs one turn however
+/// many notifications a write load has queued, and a turn is taken fairly
+/// (first come, first served) among the local writes.
 async fn apply_received(
     subscription: &mut Subscription,
     lifecycle: &Lifecycle,
+    mut changed: Changed,
     settings: FeedSettings,
 ) -> Result<(), StoreError> {
-    while let Some(topic) = subscription.next_received()? {
-        apply(lifecycle, &topic, settings).await?;
+    subscription.take_received(&mut changed)?;
+    if changed.is_empty() {
+        return Ok(());
     }
-    Ok(())
-}
-
-async fn apply(
-    lifecycle: &Lifecycle,
-    topic: &Topic,
-    settings: FeedSettings,
-) -> Result<(), StoreError> {
-    let applied = within(settings.max_staleness, lifecycle.reload(topic)).await?;
-    tracing::debug!(?topic, changes = applied, "change feed: applied");
+    let applied = within(settings.max_staleness, lifecycle.reload(&changed)).await?;
+    tracing::debug!(
+        keys = changed.keys.len(),
+        roles = changed.roles.len(),
+        changes = applied,
+        "change feed: applied"
+    );
     Ok(())
 }
 

@@ -52,7 +52,7 @@ use crate::{
     usage::UsageDelta,
 };
 
-use self::feed::Topic;
+use self::feed::{Changed, Topic};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -1078,50 +1078,49 @@ impl Store {
         feed::Subscription::connect(url, timeout).await
     }
 
-    /// What the index must do to reflect `topic` as the database holds it
-    /// now: keys that can validate are (re)loaded, every other named key is
-    /// removed; a role is (re)loaded or removed.
+    /// What the index must do to reflect `changed` as the database holds
+    /// it now: keys that can validate are (re)loaded, every other named key
+    /// is removed; each role is (re)loaded or removed.
     ///
     /// # Errors
     /// On a database failure or a row keyward could not have written.
     pub async fn changes_for(
         &self,
-        topic: &Topic,
+        changed: &Changed,
         now: Timestamp,
     ) -> Result<Vec<Change>, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        match topic {
-            Topic::Keys(ids) => {
-                let texts: Vec<String> = ids.iter().map(ToString::to_string).collect();
-                let rows = fetch_for_ids(&mut conn, "SELECT * FROM api_keys", "id", &texts).await?;
-                let mut live: HashMap<KeyId, Arc<IndexedKey>> = with_details(&mut conn, rows, true)
-                    .await?
-                    .into_iter()
-                    .filter(|(record, _)| record.state(now) == KeyState::Active)
-                    .map(|(record, digest)| {
-                        let digest = digest.expect("digest requested");
-                        (record.id, Arc::new(IndexedKey::new(&record, digest)))
-                    })
-                    .collect();
-                Ok(ids
-                    .iter()
-                    .map(|id| match live.remove(id) {
-                        Some(key) => Change::KeyUpserted(key),
-                        None => Change::KeyRemoved(*id),
-                    })
-                    .collect())
-            }
-            Topic::Role(name) => {
-                let role = load_roles(&mut conn)
-                    .await?
-                    .into_iter()
-                    .find(|role| &role.name == name);
-                Ok(vec![match role {
-                    Some(role) => Change::RoleUpserted(role),
-                    None => Change::RoleRemoved(name.clone()),
-                }])
-            }
+        let mut changes = Vec::with_capacity(changed.keys.len() + changed.roles.len());
+        if !changed.keys.is_empty() {
+            let texts: Vec<String> = changed.keys.iter().map(ToString::to_string).collect();
+            let rows = fetch_for_ids(&mut conn, "SELECT * FROM api_keys", "id", &texts).await?;
+            let mut live: HashMap<KeyId, Arc<IndexedKey>> = with_details(&mut conn, rows, true)
+                .await?
+                .into_iter()
+                .filter(|(record, _)| record.state(now) == KeyState::Active)
+                .map(|(record, digest)| {
+                    let digest = digest.expect("digest requested");
+                    (record.id, Arc::new(IndexedKey::new(&record, digest)))
+                })
+                .collect();
+            changes.extend(changed.keys.iter().map(|id| match live.remove(id) {
+                Some(key) => Change::KeyUpserted(key),
+                None => Change::KeyRemoved(*id),
+            }));
         }
+        if !changed.roles.is_empty() {
+            let mut current: HashMap<RoleName, Role> = load_roles(&mut conn)
+                .await?
+                .into_iter()
+                .filter(|role| changed.roles.contains(&role.name))
+                .map(|role| (role.name.clone(), role))
+                .collect();
+            changes.extend(changed.roles.iter().map(|name| match current.remove(name) {
+                Some(role) => Change::RoleUpserted(role),
+                None => Change::RoleRemoved(name.clone()),
+            }));
+        }
+        Ok(changes)
     }
 
     /// Spends one use of capped key `id`, durably, with a conditional update
@@ -1929,7 +1928,7 @@ mod tests {
             .unwrap();
 
         let changes = store
-            .changes_for(&Topic::Keys(vec![live, revoked, unknown]), now)
+            .changes_for(&Topic::Keys(vec![live, revoked, unknown]).into(), now)
             .await
             .unwrap();
         assert!(
@@ -1940,7 +1939,7 @@ mod tests {
 
         let name: RoleName = "deployer".parse().unwrap();
         let changes = store
-            .changes_for(&Topic::Role(name.clone()), now)
+            .changes_for(&Topic::Role(name.clone()).into(), now)
             .await
             .unwrap();
         assert!(matches!(&changes[..], [Change::RoleRemoved(gone)] if *gone == name));
@@ -1955,10 +1954,24 @@ mod tests {
             updated_at: now,
         };
         store.create_role(&role, Actor::Local).await.unwrap();
-        let changes = store.changes_for(&Topic::Role(name), now).await.unwrap();
+        let changes = store
+            .changes_for(&Topic::Role(name.clone()).into(), now)
+            .await
+            .unwrap();
         assert!(matches!(
             &changes[..],
             [Change::RoleUpserted(found)] if found.name == role.name && found.permissions == role.permissions
+        ));
+
+        // Many notifications, one batch: each key and role once.
+        let mut changed = Changed::from(Topic::Keys(vec![revoked, live]));
+        changed.add(Topic::Role(name.clone()));
+        changed.add(Topic::Keys(vec![live]));
+        let changes = store.changes_for(&changed, now).await.unwrap();
+        assert!(matches!(
+            &changes[..],
+            [Change::KeyUpserted(key), Change::KeyRemoved(gone), Change::RoleUpserted(found)]
+                if key.id == live && *gone == revoked && found.name == name
         ));
     }
 
@@ -2062,6 +2075,25 @@ mod tests {
         let again = store.revoke_key(id, "", Actor::Local, now).await.unwrap();
         assert!(again.already_revoked);
         subscription.ping(Duration::from_secs(5)).await.unwrap();
-        assert_eq!(subscription.next_received().unwrap(), None);
+        let mut received = Changed::default();
+        subscription.take_received(&mut received).unwrap();
+        assert!(received.is_empty(), "{received:?}");
+
+        // What arrives before a ping's reply is buffered and taken at once.
+        let other = KeyId::from_u64(8);
+        let key = NewKey {
+            id: other,
+            digest: KeyDigest::from_bytes([8; 32]),
+            settings: KeySettings::default(),
+            created_by: None,
+        };
+        store.insert_key(key, Actor::Local, now).await.unwrap();
+        store
+            .revoke_key(other, "", Actor::Local, now)
+            .await
+            .unwrap();
+        subscription.ping(Duration::from_secs(5)).await.unwrap();
+        subscription.take_received(&mut received).unwrap();
+        assert_eq!(received, Changed::from(Topic::Keys(vec![other])));
     }
 }

@@ -12,7 +12,7 @@
 //! or at a pooler in session mode, never at transaction pooling (PgBouncer's
 //! `pool_mode = transaction` drops notifications silently).
 
-use std::{str::FromStr, time::Duration};
+use std::{collections::BTreeSet, str::FromStr, time::Duration};
 
 use sqlx::postgres::PgListener;
 
@@ -48,6 +48,44 @@ impl Topic {
                 .collect(),
             Self::Role(name) => vec![format!("role:{name}")],
         }
+    }
+}
+
+/// Everything a run of notifications named, each key and role once.
+///
+/// A replica reloads what it has received as one batch, in one write turn
+/// (see [`crate::lifecycle::Lifecycle::reload`]): however fast writes come,
+/// catching up costs one turn, not one per notification. Merging is sound
+/// because a notification names what changed, never how: reloading a key
+/// once brings it to its current state whatever happened to it meanwhile.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changed {
+    pub keys: BTreeSet<KeyId>,
+    pub roles: BTreeSet<RoleName>,
+}
+
+impl Changed {
+    /// Adds what `topic` names.
+    pub fn add(&mut self, topic: Topic) {
+        match topic {
+            Topic::Keys(ids) => self.keys.extend(ids),
+            Topic::Role(name) => {
+                self.roles.insert(name);
+            }
+        }
+    }
+
+    /// Nothing to reload.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty() && self.roles.is_empty()
+    }
+}
+
+impl From<Topic> for Changed {
+    fn from(topic: Topic) -> Self {
+        let mut changed = Self::default();
+        changed.add(topic);
+        changed
     }
 }
 
@@ -110,15 +148,15 @@ impl Subscription {
         }
     }
 
-    /// A change already received, without waiting.
+    /// Adds every change already received to `changed`, without waiting.
     ///
     /// # Errors
     /// A payload this version does not read, as for [`Subscription::next`].
-    pub fn next_received(&mut self) -> Result<Option<Topic>, StoreError> {
-        self.listener
-            .next_buffered()
-            .map(|notification| notification.payload().parse().map_err(StoreError::from))
-            .transpose()
+    pub fn take_received(&mut self, changed: &mut Changed) -> Result<(), StoreError> {
+        while let Some(notification) = self.listener.next_buffered() {
+            changed.add(notification.payload().parse()?);
+        }
+        Ok(())
     }
 
     /// A round trip on the listening connection itself, within `timeout`.
@@ -159,6 +197,22 @@ mod tests {
         let payloads = Topic::Role(role.clone()).payloads();
         assert_eq!(payloads, ["role:deployer"]);
         assert_eq!(payloads[0].parse::<Topic>().unwrap(), Topic::Role(role));
+    }
+
+    #[test]
+    fn changes_merge_each_key_and_role_once() {
+        let role: RoleName = "deployer".parse().unwrap();
+        let mut changed = Changed::from(Topic::Keys(vec![KeyId::from_u64(2), KeyId::from_u64(1)]));
+        assert!(!changed.is_empty());
+        changed.add(Topic::Role(role.clone()));
+        changed.add(Topic::Keys(vec![KeyId::from_u64(1), KeyId::from_u64(3)]));
+        changed.add(Topic::Role(role.clone()));
+        assert_eq!(
+            changed.keys.into_iter().collect::<Vec<_>>(),
+            [1, 2, 3].map(KeyId::from_u64)
+        );
+        assert_eq!(changed.roles.into_iter().collect::<Vec<_>>(), [role]);
+        assert!(Changed::default().is_empty());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use std::{future::Future, time::Duration};
 
 use keyward::{pb, server::Settings};
-use tonic::Code;
+use tonic::{Code, Status};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -335,4 +335,160 @@ async fn a_replica_cut_off_too_long_fails_closed_and_recovers() {
             .await
             .is_ok()
     );
+}
+
+/// What happened to Validate on one replica while the other took writes.
+#[derive(Debug, Default)]
+struct Answers {
+    valid: usize,
+    /// Each failure: when (since the load began) and what.
+    failures: Vec<(Duration, String)>,
+}
+
+impl Answers {
+    fn assert_all_valid(&self, replica: &str) {
+        if let (Some(first), Some(last)) = (self.failures.first(), self.failures.last()) {
+            panic!(
+                "Validate on {replica} failed {} times (valid {} times); first after {:?}: {}; last after {:?}",
+                self.failures.len(),
+                self.valid,
+                first.0,
+                first.1,
+                last.0
+            );
+        }
+        assert!(self.valid > 0, "Validate on {replica} never ran");
+    }
+}
+
+/// Validates `key` on `app` every 50 ms until `until`.
+async fn validate_throughout(app: &TestApp, key: &str, until: tokio::time::Instant) -> Answers {
+    let start = tokio::time::Instant::now();
+    let mut answers = Answers::default();
+    let mut client = app.key_client().await;
+    while tokio::time::Instant::now() < until {
+        let request = pb::ValidateRequest {
+            key: key.to_owned(),
+            ..Default::default()
+        };
+        match client.validate(authed(&app.admin_key, request)).await {
+            Ok(response) if response.get_ref().valid => answers.valid += 1,
+            Ok(response) => answers.failures.push((
+                start.elapsed(),
+                format!("{:?}", response.get_ref().denial()),
+            )),
+            Err(status) => answers.failures.push((
+                start.elapsed(),
+                format!("{:?}: {}", status.code(), status.message()),
+            )),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    answers
+}
+
+/// Mints on `app` from `writers` concurrent calls until `until`; returns
+/// every acknowledged key and every refusal.
+async fn mint_continuously(
+    app: &TestApp,
+    writers: usize,
+    until: tokio::time::Instant,
+) -> (Vec<(String, String)>, Vec<Status>) {
+    let client = app.admin_client().await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..writers {
+        let mut client = client.clone();
+        let admin_key = app.admin_key.clone();
+        tasks.spawn(async move {
+            let (mut minted, mut refused) = (Vec::new(), Vec::new());
+            while tokio::time::Instant::now() < until {
+                let request = authed(&admin_key, pb::MintKeyRequest::default());
+                match client.mint_key(request).await {
+                    Ok(response) => {
+                        let response = response.into_inner();
+                        minted.push((response.key.unwrap().id, response.plaintext));
+                    }
+                    Err(status) => refused.push(status),
+                }
+            }
+            (minted, refused)
+        });
+    }
+    let (mut minted, mut refused) = (Vec::new(), Vec::new());
+    while let Some(writer) = tasks.join_next().await {
+        let (keys, statuses) = writer.unwrap();
+        minted.extend(keys);
+        refused.extend(statuses);
+    }
+    (minted, refused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_under_continuous_writes_stays_fresh() {
+    let max_staleness = Duration::from_secs(2);
+    let settings = Settings {
+        max_staleness,
+        ..Settings::default()
+    };
+    if !keyward::testing::postgres_reachable().await {
+        return;
+    }
+    let a = spawn_with(Backend::Postgres, settings).await;
+    let b = a.replica().await;
+    let (_, key) = minted_on_a_seen_by_b(&a, &b, &[]).await;
+
+    // Writes for four times the staleness limit: long enough that a feed
+    // which cannot confirm the index under load goes stale twice over.
+    let until = tokio::time::Instant::now() + max_staleness * 4;
+    let ((minted, refused), on_a, on_b) = tokio::join!(
+        mint_continuously(&a, 16, until),
+        validate_throughout(&a, &key, until),
+        validate_throughout(&b, &key, until),
+    );
+    println!(
+        "{} mints acknowledged, {} refused; Validate valid on A {}, on B {}",
+        minted.len(),
+        refused.len(),
+        on_a.valid,
+        on_b.valid
+    );
+    on_a.assert_all_valid("A");
+    on_b.assert_all_valid("B");
+    assert!(
+        refused.is_empty(),
+        "{} mints refused, the first: {:?}",
+        refused.len(),
+        refused.first()
+    );
+    assert!(
+        minted.len() > 100,
+        "the load was too light: {} mints",
+        minted.len()
+    );
+
+    // Every acknowledged key works on A at once, and reaches B.
+    assert_all_valid(&a, &minted, "minted on A, on A").await;
+    let (_, last_key) = minted.last().unwrap();
+    eventually("the last key minted on A seen by B", || async {
+        b.validate(last_key, &[]).await.valid
+    })
+    .await;
+    assert_all_valid(&b, &minted, "minted on A, on B").await;
+}
+
+/// Fails unless every one of `keys` validates on `app`.
+async fn assert_all_valid(app: &TestApp, keys: &[(String, String)], what: &str) {
+    let mut client = app.key_client().await;
+    for (id, key) in keys {
+        let request = pb::ValidateRequest {
+            key: key.clone(),
+            ..Default::default()
+        };
+        let response = client
+            .validate(authed(&app.admin_key, request))
+            .await
+            .expect("Validate answers")
+            .into_inner();
+        assert!(response.valid, "key {id} {what}: {:?}", response.denial());
+    }
 }
