@@ -9,24 +9,42 @@
 //!    answering from their in-memory index, measured in alternating rounds
 //!    (A B B A …) in one run; medians over the rounds.
 //!
+//! 3. **A replica under continuous writes**: A and B again, on a fresh
+//!    database, at the default settings (stale after 60 s). For
+//!    `WRITE_LOAD` (longer than that limit) A mints without pause, from 4
+//!    connections × 8 calls in flight; meanwhile one key is validated on A
+//!    and on B every 100 ms, and a revocation on A is timed until B refuses
+//!    the key, every 250 ms.
+//!
+//! Sections run in that order; name some to run only those, e.g.
+//! `cargo bench --bench replicas -- write-load`.
+//!
 //! Needs PostgreSQL (`KEYWARD_TEST_POSTGRES`, default
 //! `postgres://postgres@127.0.0.1:5432/postgres`); a scratch database is
 //! created and dropped. Run: `cargo bench --bench replicas`.
 
 mod common;
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use common::{CALLS_PER_CLIENT, CLIENTS, Server, is_valid, median, mint, percentile, round};
 use keyward::{
     pb::{self, admin_service_client::AdminServiceClient, key_service_client::KeyServiceClient},
     testing::ScratchDatabase,
 };
+use tonic::transport::Channel;
 
 /// Revocations timed.
 const REVOCATIONS: usize = 1_000;
 /// Throughput rounds per store.
 const ROUNDS: usize = 10;
+/// How long A takes writes: longer than the default `--max-staleness`.
+const WRITE_LOAD: Duration = Duration::from_secs(75);
+/// Connections minting on A, and calls in flight on each.
+const WRITERS: (usize, usize) = (4, 8);
 
 fn main() {
     if common::only_listing() {
@@ -39,8 +57,24 @@ fn main() {
             std::process::exit(1);
         };
         let dir = tempfile::tempdir().expect("temporary directory");
-        let admin = propagation(database.url(), dir.path()).await;
-        throughput(database.url(), &admin, dir.path()).await;
+        let sections: Vec<String> = std::env::args()
+            .skip(1)
+            .filter(|arg| !arg.starts_with('-'))
+            .collect();
+        let wanted = |section: &str| sections.is_empty() || sections.iter().any(|s| s == section);
+        if wanted("propagation") || wanted("throughput") {
+            let admin = propagation(database.url(), dir.path()).await;
+            if wanted("throughput") {
+                throughput(database.url(), &admin, dir.path()).await;
+            }
+        }
+        if wanted("write-load") {
+            let Some(database) = ScratchDatabase::create().await else {
+                eprintln!("this benchmark needs PostgreSQL");
+                std::process::exit(1);
+            };
+            write_load(database.url(), dir.path()).await;
+        }
     });
 }
 
@@ -142,4 +176,196 @@ async fn throughput(postgres_url: &str, postgres_admin: &str, dir: &std::path::P
     );
     postgres.stop().await;
     sqlite.stop().await;
+}
+
+/// What one replica answered to Validate during the write load.
+#[derive(Debug, Default)]
+struct Answered {
+    valid: usize,
+    invalid: usize,
+    errors: usize,
+    first_error: Option<String>,
+}
+
+/// Validates `key` on `channel` every 100 ms until `until`.
+async fn validate_every_100ms(
+    channel: Channel,
+    admin: Arc<str>,
+    key: String,
+    until: Instant,
+) -> Answered {
+    let mut client = KeyServiceClient::new(channel);
+    let mut answered = Answered::default();
+    while Instant::now() < until {
+        let request = pb::ValidateRequest {
+            key: key.clone(),
+            ..Default::default()
+        };
+        match client.validate(common::authed(&admin, request)).await {
+            Ok(response) if response.get_ref().valid => answered.valid += 1,
+            Ok(_) => answered.invalid += 1,
+            Err(status) => {
+                answered.errors += 1;
+                answered
+                    .first_error
+                    .get_or_insert_with(|| format!("{:?}: {}", status.code(), status.message()));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    answered
+}
+
+/// Mints on `channel` back to back until `until`; returns (minted, refused).
+async fn mint_until(channel: Channel, admin: Arc<str>, until: Instant) -> (usize, usize) {
+    let mut client = AdminServiceClient::new(channel);
+    let (mut minted, mut refused) = (0, 0);
+    while Instant::now() < until {
+        match client
+            .mint_key(common::authed(&admin, pb::MintKeyRequest::default()))
+            .await
+        {
+            Ok(_) => minted += 1,
+            Err(_) => refused += 1,
+        }
+    }
+    (minted, refused)
+}
+
+/// Every 250 ms until `until`, revokes one of `keys` on A and polls B until
+/// it refuses it; returns the times (ms) from the request and from A's answer.
+async fn revoke_every_250ms(
+    a: Channel,
+    b: Channel,
+    admin: Arc<str>,
+    keys: Vec<(String, String)>,
+    until: Instant,
+) -> (Vec<f64>, Vec<f64>) {
+    let (mut on_a, mut on_b) = (AdminServiceClient::new(a), KeyServiceClient::new(b));
+    let (mut from_request, mut from_commit) = (Vec::new(), Vec::new());
+    for (id, key) in keys {
+        if Instant::now() >= until {
+            break;
+        }
+        let request = pb::RevokeKeyRequest {
+            id,
+            reason: "benchmark".to_owned(),
+        };
+        let sent = Instant::now();
+        on_a.revoke_key(common::authed(&admin, request))
+            .await
+            .expect("revoke under write load");
+        let committed = Instant::now();
+        while is_valid(&mut on_b, &admin, &key).await {}
+        let refused = Instant::now();
+        from_request.push((refused - sent).as_secs_f64() * 1e3);
+        from_commit.push((refused - committed).as_secs_f64() * 1e3);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    (from_request, from_commit)
+}
+
+/// The write-load section: see the module's documentation.
+async fn write_load(database_url: &str, dir: &std::path::Path) {
+    let a = Server::start(database_url, dir).await;
+    let b = Server::start(database_url, dir).await;
+    let admin: Arc<str> = a.admin.clone().into();
+    let (a_channels, b_channels) = (a.channels(WRITERS.0 + 2).await, b.channels(2).await);
+    let (_, probe) = mint(&a_channels[0], &admin, None).await;
+    // Enough keys to revoke one every 250 ms for the whole load.
+    let revocable = (WRITE_LOAD.as_millis() / 250) as usize + 10;
+    let mut keys = Vec::with_capacity(revocable);
+    for _ in 0..revocable {
+        keys.push(mint(&a_channels[0], &admin, None).await);
+    }
+    let mut on_b = KeyServiceClient::new(b_channels[0].clone());
+    for (_, key) in keys.iter().chain([&(String::new(), probe.clone())]) {
+        while !is_valid(&mut on_b, &admin, key).await {}
+    }
+
+    let started = Instant::now();
+    let until = started + WRITE_LOAD;
+    let mut writers = Vec::new();
+    for channel in &a_channels[..WRITERS.0] {
+        for _ in 0..WRITERS.1 {
+            writers.push(tokio::spawn(mint_until(
+                channel.clone(),
+                admin.clone(),
+                until,
+            )));
+        }
+    }
+    let on_a = tokio::spawn(validate_every_100ms(
+        a_channels[WRITERS.0].clone(),
+        admin.clone(),
+        probe.clone(),
+        until,
+    ));
+    let on_b = tokio::spawn(validate_every_100ms(
+        b_channels[0].clone(),
+        admin.clone(),
+        probe,
+        until,
+    ));
+    let revocations = tokio::spawn(revoke_every_250ms(
+        a_channels[WRITERS.0 + 1].clone(),
+        b_channels[1].clone(),
+        admin.clone(),
+        keys,
+        until,
+    ));
+    let (mut minted, mut refused) = (0, 0);
+    for writer in writers {
+        let (ok, failed) = writer.await.expect("writer");
+        minted += ok;
+        refused += failed;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let (on_a, on_b) = (
+        on_a.await.expect("validator"),
+        on_b.await.expect("validator"),
+    );
+    let (mut from_request, mut from_commit) = revocations.await.expect("revoker");
+
+    println!();
+    println!(
+        "A under continuous writes for {}s (default settings: stale after 60 s), {} connections x {} mints in flight",
+        WRITE_LOAD.as_secs(),
+        WRITERS.0,
+        WRITERS.1
+    );
+    println!(
+        "mints acknowledged: {minted} ({:.0}/s), refused: {refused}",
+        minted as f64 / elapsed
+    );
+    println!("| Validate every 100 ms on | valid | invalid | error (first) |");
+    println!("| --- | --- | --- | --- |");
+    for (replica, answered) in [("A (taking the writes)", &on_a), ("B", &on_b)] {
+        println!(
+            "| {replica} | {} | {} | {} {} |",
+            answered.valid,
+            answered.invalid,
+            answered.errors,
+            answered.first_error.as_deref().unwrap_or("")
+        );
+    }
+    println!(
+        "Revocation A -> B during the load, {} revocations",
+        from_request.len()
+    );
+    println!("| measured from | p50 | p99 | max |");
+    println!("| --- | --- | --- | --- |");
+    for (label, values) in [
+        ("revoke sent to A", &mut from_request),
+        ("A's answer (commit)", &mut from_commit),
+    ] {
+        println!(
+            "| {label} | {:.1} ms | {:.1} ms | {:.1} ms |",
+            percentile(values, 50.0),
+            percentile(values, 99.0),
+            percentile(values, 100.0)
+        );
+    }
+    b.stop().await;
+    a.stop().await;
 }
