@@ -13,8 +13,8 @@ mod common;
 
 use std::{sync::Arc, time::Duration};
 
-use common::{CALLS_PER_CLIENT, CLIENTS, Server, median, mint, round};
-use keyward::pb;
+use common::{CALLS_PER_CLIENT, CLIENTS, median, mint, round};
+use keyward::{pb, testing::Backend};
 
 /// Rounds per variant, in A B B A order so neither goes first more often.
 const ROUNDS: usize = 10;
@@ -25,18 +25,16 @@ fn main() {
     }
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     runtime.block_on(async {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let url = format!("sqlite://{}", dir.path().join("keyward.db").display());
-        let server = Server::start(&url, dir.path()).await;
-        let channels = server.channels(CLIENTS).await;
+        let mut server = common::start(Backend::Sqlite).await;
+        let channels = common::channels(&server, CLIENTS).await;
         let never_limiting = pb::RateLimit {
             requests: u32::MAX,
             per: Some(Duration::from_secs(1).try_into().expect("duration")),
             burst: u32::MAX,
         };
-        let (_, caller) = mint(&channels[0], &server.admin, None).await;
-        let (_, plain) = mint(&channels[0], &server.admin, None).await;
-        let (_, limited) = mint(&channels[0], &server.admin, Some(never_limiting)).await;
+        let (_, caller) = mint(&channels[0], &server.admin_key, None).await;
+        let (_, plain) = mint(&channels[0], &server.admin_key, None).await;
+        let (_, limited) = mint(&channels[0], &server.admin_key, Some(never_limiting)).await;
         let (caller, plain, limited): (Arc<str>, Arc<str>, Arc<str>) =
             (caller.into(), plain.into(), limited.into());
 

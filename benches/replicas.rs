@@ -30,10 +30,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{CALLS_PER_CLIENT, CLIENTS, Server, is_valid, median, mint, percentile, round};
+use common::{CALLS_PER_CLIENT, CLIENTS, channels, is_valid, median, mint, percentile, round};
 use keyward::{
     pb::{self, admin_service_client::AdminServiceClient, key_service_client::KeyServiceClient},
-    testing::ScratchDatabase,
+    testing::{Backend, ScratchDatabase, authed},
 };
 use tonic::transport::Channel;
 
@@ -56,16 +56,15 @@ fn main() {
             eprintln!("this benchmark needs PostgreSQL");
             std::process::exit(1);
         };
-        let dir = tempfile::tempdir().expect("temporary directory");
         let sections: Vec<String> = std::env::args()
             .skip(1)
             .filter(|arg| !arg.starts_with('-'))
             .collect();
         let wanted = |section: &str| sections.is_empty() || sections.iter().any(|s| s == section);
         if wanted("propagation") || wanted("throughput") {
-            let admin = propagation(database.url(), dir.path()).await;
+            let admin = propagation(database.url()).await;
             if wanted("throughput") {
-                throughput(database.url(), &admin, dir.path()).await;
+                throughput(database.url(), &admin).await;
             }
         }
         if wanted("write-load") {
@@ -73,17 +72,17 @@ fn main() {
                 eprintln!("this benchmark needs PostgreSQL");
                 std::process::exit(1);
             };
-            write_load(database.url(), dir.path()).await;
+            write_load(database.url()).await;
         }
     });
 }
 
 /// Runs the propagation benchmark; returns the database's admin key.
-async fn propagation(database_url: &str, dir: &std::path::Path) -> String {
-    let a = Server::start(database_url, dir).await;
-    let b = Server::start(database_url, dir).await;
-    let (a_channel, b_channel) = (a.channels(1).await.remove(0), b.channels(1).await.remove(0));
-    let admin = a.admin.clone();
+async fn propagation(database_url: &str) -> String {
+    let mut a = common::start_on(database_url).await;
+    let mut b = a.replica().await;
+    let (a_channel, b_channel) = (a.channel().await, b.channel().await);
+    let admin = a.admin_key.clone();
     let mut keys = Vec::with_capacity(REVOCATIONS);
     for _ in 0..REVOCATIONS {
         keys.push(mint(&a_channel, &admin, None).await);
@@ -101,7 +100,7 @@ async fn propagation(database_url: &str, dir: &std::path::Path) -> String {
             reason: "benchmark".to_owned(),
         };
         let sent = Instant::now();
-        on_a.revoke_key(common::authed(&admin, request))
+        on_a.revoke_key(authed(&admin, request))
             .await
             .expect("revoke");
         let committed = Instant::now();
@@ -136,17 +135,16 @@ async fn propagation(database_url: &str, dir: &std::path::Path) -> String {
 }
 
 /// `postgres_admin`: the PostgreSQL database was initialised before.
-async fn throughput(postgres_url: &str, postgres_admin: &str, dir: &std::path::Path) {
-    let sqlite_url = format!("sqlite://{}", dir.join("keyward.db").display());
-    let sqlite = Server::start(&sqlite_url, dir).await;
-    let postgres = Server::start(postgres_url, dir).await;
+async fn throughput(postgres_url: &str, postgres_admin: &str) {
+    let mut sqlite = common::start(Backend::Sqlite).await;
+    let mut postgres = common::start_on(postgres_url).await;
 
     let mut stores = Vec::new();
     for (server, admin) in [
-        (&sqlite, sqlite.admin.as_str()),
+        (&sqlite, sqlite.admin_key.as_str()),
         (&postgres, postgres_admin),
     ] {
-        let channels = server.channels(CLIENTS).await;
+        let channels = channels(server, CLIENTS).await;
         let (_, caller) = mint(&channels[0], admin, None).await;
         let (_, key) = mint(&channels[0], admin, None).await;
         let (caller, key): (Arc<str>, Arc<str>) = (caller.into(), key.into());
@@ -201,7 +199,7 @@ async fn validate_every_100ms(
             key: key.clone(),
             ..Default::default()
         };
-        match client.validate(common::authed(&admin, request)).await {
+        match client.validate(authed(&admin, request)).await {
             Ok(response) if response.get_ref().valid => answered.valid += 1,
             Ok(_) => answered.invalid += 1,
             Err(status) => {
@@ -222,7 +220,7 @@ async fn mint_until(channel: Channel, admin: Arc<str>, until: Instant) -> (usize
     let (mut minted, mut refused) = (0, 0);
     while Instant::now() < until {
         match client
-            .mint_key(common::authed(&admin, pb::MintKeyRequest::default()))
+            .mint_key(authed(&admin, pb::MintKeyRequest::default()))
             .await
         {
             Ok(_) => minted += 1,
@@ -252,7 +250,7 @@ async fn revoke_every_250ms(
             reason: "benchmark".to_owned(),
         };
         let sent = Instant::now();
-        on_a.revoke_key(common::authed(&admin, request))
+        on_a.revoke_key(authed(&admin, request))
             .await
             .expect("revoke under write load");
         let committed = Instant::now();
@@ -266,11 +264,11 @@ async fn revoke_every_250ms(
 }
 
 /// The write-load section: see the module's documentation.
-async fn write_load(database_url: &str, dir: &std::path::Path) {
-    let a = Server::start(database_url, dir).await;
-    let b = Server::start(database_url, dir).await;
-    let admin: Arc<str> = a.admin.clone().into();
-    let (a_channels, b_channels) = (a.channels(WRITERS.0 + 2).await, b.channels(2).await);
+async fn write_load(database_url: &str) {
+    let mut a = common::start_on(database_url).await;
+    let mut b = a.replica().await;
+    let admin: Arc<str> = a.admin_key.clone().into();
+    let (a_channels, b_channels) = (channels(&a, WRITERS.0 + 2).await, channels(&b, 2).await);
     let (_, probe) = mint(&a_channels[0], &admin, None).await;
     // Enough keys to revoke one every 250 ms for the whole load.
     let revocable = (WRITE_LOAD.as_millis() / 250) as usize + 10;

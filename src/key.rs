@@ -415,7 +415,8 @@ fn decode_checksum(chars: &[u8]) -> Option<u32> {
 
 /// A well-formed key (valid checksum) with `id`'s key id and the secret of
 /// `donor`: the "right id, wrong secret" case, for tests of other layers.
-#[cfg(test)]
+/// Outside this crate only through `testing::forge`.
+#[cfg(any(test, feature = "testing"))]
 pub(crate) fn forge(id: KeyId, donor: &str) -> String {
     let prefix = donor.split_once('_').expect("a key").0;
     let secret = &donor[prefix.len() + 1 + ID_END..prefix.len() + 1 + SECRET_END];

@@ -45,6 +45,7 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod telemetry;
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod testing;
 pub mod usage;

@@ -1,21 +1,24 @@
-//! What the end-to-end benchmarks share: a real server on a random port,
-//! tonic clients, and timing rounds of Validate calls.
+//! What the end-to-end benchmarks add to `keyward::testing`: servers on the
+//! wall clock, many connections, and timing rounds of Validate calls.
 
 #![allow(dead_code)] // Each benchmark uses its own part.
 
-use std::{path::Path, sync::Arc, time::Instant};
+use std::{sync::Arc, time::Instant};
 
 use keyward::{
+    clock::SystemClock,
     pb::{self, key_service_client::KeyServiceClient},
-    server::{Application, Settings},
+    testing::{Backend, TestApp, authed},
 };
-use tokio::{sync::oneshot, task::JoinHandle};
-use tonic::{Request, transport::Channel};
+use tonic::transport::Channel;
 
 /// Concurrent client tasks, each on its own HTTP/2 connection.
 pub const CLIENTS: usize = 8;
 /// Calls per client per round.
 pub const CALLS_PER_CLIENT: usize = 2_000;
+
+/// A server under benchmark: on the wall clock, like production.
+pub type Server = TestApp<SystemClock>;
 
 /// `cargo bench` passes `--bench`; `cargo test --benches` passes `--test` or
 /// `--list`, with no wish to run a long benchmark.
@@ -23,80 +26,31 @@ pub fn only_listing() -> bool {
     std::env::args().any(|arg| arg == "--list" || arg == "--test")
 }
 
-/// A running server.
-pub struct Server {
-    pub addr: std::net::SocketAddr,
-    /// The first admin key, when this server initialised the database.
-    pub admin: String,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), keyward::server::StartupError>>,
+/// Starts a server on a fresh database on `backend`.
+pub async fn start(backend: Backend) -> Server {
+    TestApp::builder()
+        .clock(SystemClock)
+        .backend(backend)
+        .spawn()
+        .await
 }
 
-impl Server {
-    /// Starts a server on `database_url`, writing a first admin key (if it
-    /// initialises the database) into `dir`.
-    pub async fn start(database_url: &str, dir: &Path) -> Self {
-        let key_file = dir.join(format!("admin-{}.key", rand_suffix()));
-        let settings = Settings {
-            listen: "127.0.0.1:0".parse().expect("address"),
-            database_url: database_url.to_owned(),
-            bootstrap_key_file: key_file.clone(),
-            ..Settings::default()
-        };
-        let app = Application::build(settings).await.expect("server starts");
-        let addr = app.local_addr();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(app.run_until(async {
-            let _ = stopped.await;
-        }));
-        let admin = std::fs::read_to_string(&key_file)
-            .map(|key| key.trim().to_owned())
-            .unwrap_or_default();
-        Self {
-            addr,
-            admin,
-            stop,
-            task,
-        }
-    }
-
-    /// `count` HTTP/2 connections to the server.
-    pub async fn channels(&self, count: usize) -> Vec<Channel> {
-        let mut channels = Vec::new();
-        for _ in 0..count {
-            channels.push(
-                Channel::from_shared(format!("http://{}", self.addr))
-                    .expect("URL")
-                    .connect()
-                    .await
-                    .expect("connect"),
-            );
-        }
-        channels
-    }
-
-    pub async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task
-            .await
-            .expect("server task")
-            .expect("server stops cleanly");
-    }
+/// Starts a server on the database at `database_url`.
+pub async fn start_on(database_url: &str) -> Server {
+    TestApp::builder()
+        .clock(SystemClock)
+        .database_url(database_url)
+        .spawn()
+        .await
 }
 
-fn rand_suffix() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-pub fn authed<T>(key: &str, message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {key}").parse().expect("ASCII key"),
-    );
-    request
+/// `count` HTTP/2 connections to `server`.
+pub async fn channels(server: &Server, count: usize) -> Vec<Channel> {
+    let mut channels = Vec::new();
+    for _ in 0..count {
+        channels.push(server.channel().await);
+    }
+    channels
 }
 
 /// Mints a key holding the `validator` role; returns (id, plaintext).
@@ -132,7 +86,6 @@ pub async fn is_valid(client: &mut KeyServiceClient<Channel>, caller: &str, key:
         .into_inner()
         .valid
 }
-
 /// Calls per second for `CLIENTS` tasks, one per channel, each validating
 /// `key` with `caller` `CALLS_PER_CLIENT` times.
 pub async fn round(channels: &[Channel], caller: &Arc<str>, key: &Arc<str>) -> f64 {

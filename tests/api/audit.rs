@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
-use keyward::pb;
+use keyward::{
+    pb,
+    testing::{Backend, authed, on_both_stores, spawn_app},
+};
 use tonic::Code;
-
-use crate::helpers::{Backend, authed, spawn_app};
 
 async fn audit_records_every_change_and_pages_through_them(backend: Backend) {
     let app = spawn_app(backend).await;

@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
-use keyward::pb::{self, Denial, KeyState};
+use keyward::{
+    pb::{self, Denial, KeyState},
+    testing::{Backend, authed, denial, on_both_stores, spawn_app},
+};
 use tonic::Code;
-
-use crate::helpers::{Backend, authed, denial, spawn_app};
 
 fn ttl(seconds: i64) -> Option<pb::mint_key_request::Expiry> {
     Some(pb::mint_key_request::Expiry::Ttl(prost_types::Duration {

@@ -1,7 +1,6 @@
-//! Integration tests: the real server over gRPC. One binary, one module per area.
-
-#[macro_use]
-mod helpers;
+//! Integration tests: the real server over gRPC. One binary, one module per
+//! area; the harness (`spawn_app`, `on_both_stores!`, …) is
+//! `keyward::testing`.
 
 mod audit;
 mod lifecycle;

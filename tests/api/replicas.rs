@@ -5,16 +5,17 @@
 
 use std::{future::Future, time::Duration};
 
-use keyward::{pb, server::Settings};
+use keyward::{
+    pb,
+    server::Settings,
+    testing::{Backend, TestApp, authed, denial, postgres_reachable, spawn_app, spawn_with},
+};
 use tonic::{Code, Status};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use crate::{
-    helpers::{Backend, TestApp, authed, denial, spawn_app, spawn_with},
-    proxy::CuttableProxy,
-};
+use crate::proxy::CuttableProxy;
 
 /// Longest a change may take to reach another replica in these tests: the
 /// product promises under a second; this leaves room for a loaded machine.
@@ -64,7 +65,7 @@ async fn minted_on_a_seen_by_b(a: &TestApp, b: &TestApp, roles: &[&str]) -> (Str
 
 /// Replica tests run on PostgreSQL only.
 async fn two_replicas() -> Option<(TestApp, TestApp)> {
-    if !keyward::testing::postgres_reachable().await {
+    if !postgres_reachable().await {
         return None;
     }
     let a = spawn_app(Backend::Postgres).await;
@@ -141,7 +142,7 @@ async fn role_changes_and_rotations_reach_every_replica() {
 
 #[tokio::test]
 async fn a_replica_started_later_sees_every_earlier_change() {
-    if !keyward::testing::postgres_reachable().await {
+    if !postgres_reachable().await {
         return;
     }
     let a = spawn_app(Backend::Postgres).await;
@@ -202,12 +203,12 @@ fn quick_to_give_up(max_staleness: Duration) -> Settings {
 
 /// Replica B reaches PostgreSQL through a proxy the test can cut.
 async fn replica_behind_a_proxy(settings: Settings) -> Option<(TestApp, TestApp, CuttableProxy)> {
-    if !keyward::testing::postgres_reachable().await {
+    if !postgres_reachable().await {
         return None;
     }
     let a = spawn_with(Backend::Postgres, settings.clone()).await;
-    let proxy = CuttableProxy::start(&a.database.url).await;
-    let b = a.replica_via(&proxy.url(&a.database.url), settings).await;
+    let proxy = CuttableProxy::start(a.database.url()).await;
+    let b = a.replica_via(&proxy.url(a.database.url()), settings).await;
     Some((a, b, proxy))
 }
 
@@ -430,7 +431,7 @@ async fn a_replica_under_continuous_writes_stays_fresh() {
         max_staleness,
         ..Settings::default()
     };
-    if !keyward::testing::postgres_reachable().await {
+    if !postgres_reachable().await {
         return;
     }
     let a = spawn_with(Backend::Postgres, settings).await;

@@ -1,12 +1,13 @@
 //! CIDR allow-lists and bulk revocation, over gRPC.
 
-use keyward::pb::{self, Denial, KeyState};
+use keyward::{
+    pb::{self, Denial, KeyState},
+    testing::{Backend, TestApp, authed, denial, on_both_stores, spawn_app},
+};
 use tonic::Code;
 
-use crate::helpers::{Backend, authed, denial, spawn_app};
-
 async fn validate_from(
-    app: &crate::helpers::TestApp,
+    app: &TestApp,
     key: &str,
     client_ip: &str,
 ) -> Result<pb::ValidateResponse, tonic::Status> {

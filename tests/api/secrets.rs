@@ -11,13 +11,12 @@ use std::{
     time::Duration,
 };
 
-use keyward::pb::{
-    self, admin_service_client::AdminServiceClient, key_service_client::KeyServiceClient,
+use keyward::{
+    pb::{self, admin_service_client::AdminServiceClient, key_service_client::KeyServiceClient},
+    testing::authed,
 };
 use sqlx::{Connection, Row, SqliteConnection};
 use tonic::transport::Channel;
-
-use crate::helpers::authed;
 
 /// A `keyward serve` child process whose stderr is captured.
 struct ServerProcess {

@@ -2,10 +2,12 @@
 
 use std::time::Duration;
 
-use keyward::pb::{self, Denial, key_service_client::KeyServiceClient};
+use keyward::{
+    key::KeyId,
+    pb::{self, Denial, key_service_client::KeyServiceClient},
+    testing::{Backend, authed, denial, forge, on_both_stores, spawn_app},
+};
 use tonic::{Code, Request};
-
-use crate::helpers::{Backend, authed, denial, forge, spawn_app};
 
 async fn a_live_key_is_valid_and_described(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -54,8 +56,9 @@ async fn every_kind_of_bad_key_is_just_invalid(backend: Backend) {
     };
     let bad_checksum = String::from_utf8(bad_checksum).unwrap();
     // Right id, someone else's secret (with a correct checksum): a forgery.
-    let wrong_secret = forge(&id, &other);
-    let unknown = forge("zzzzzzzzzzz", &other).replace("zzzzzzzzzzz", "0000000000A");
+    let wrong_secret = forge(id.parse().unwrap(), &other);
+    // An id no key has, with a correct checksum.
+    let unknown = forge(KeyId::from_u64(10), &other);
 
     let cases = [
         ("empty", String::new()),

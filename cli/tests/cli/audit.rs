@@ -1,10 +1,9 @@
 //! End-to-end tests of `keywardctl audit`: the real binary against the real
 //! server, in-process with a fresh SQLite database per test.
 
-mod helpers;
-
-use helpers::{TestServer, table_rows};
 use serde_json::Value;
+
+use crate::helpers::{TestServer, table_rows};
 
 /// The `action`s of a JSON array of audit records, newest first.
 fn actions(json: &Value) -> Vec<&str> {

@@ -5,10 +5,9 @@
 //! key (`keyward:*`) holds, so the server's escalation checks allow them;
 //! those checks themselves are tested over gRPC in the server's own tests.
 
-mod helpers;
-
-use helpers::{TestServer, field, table_rows};
 use serde_json::{Value, json};
+
+use crate::helpers::{TestServer, field, table_rows};
 
 /// The `name`s of a JSON array of roles.
 fn names(json: &Value) -> Vec<&str> {

@@ -6,12 +6,11 @@
 //! per minute or per hour: a test that makes a few calls in a row cannot see
 //! its bucket refill, however slow the machine.
 
-mod helpers;
-
 use std::time::{Duration, Instant, SystemTime};
 
-use helpers::{Run, TestServer, field, keywardctl, run, table_rows};
 use serde_json::{Value, json};
+
+use crate::helpers::{Run, TestServer, field, keywardctl, run, table_rows};
 
 /// `keywardctl verify ARGS` with `key` on stdin.
 fn verify(server: &TestServer, key: &str, args: &[&str]) -> Run {

@@ -1,18 +1,17 @@
-//! Test harness: the real keyward server in-process on port 0 with a fresh
-//! SQLite database, and the real `keywardctl` binary run against it.
+//! What the CLI tests add to `keyward::testing`: the real `keywardctl`
+//! binary run against a [`TestApp`] on a runtime of its own (the tests are
+//! synchronous), with a check that no secret ever appears in its output.
 
-// Each test file is its own crate and uses only part of this module.
-#![allow(dead_code)]
-
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{cell::RefCell, path::PathBuf, time::Duration};
 
 use assert_cmd::Command;
-use keyward::server::{Application, Settings};
+use keyward::{
+    clock::SystemClock,
+    server::Settings,
+    testing::{Builder, TestApp},
+};
 use tempfile::TempDir;
-use tokio::{runtime::Runtime, sync::oneshot, task::JoinHandle};
+use tokio::runtime::Runtime;
 
 /// Every environment variable keywardctl reads: removed from each command so
 /// that a value in the developer's shell cannot change a test.
@@ -95,22 +94,23 @@ pub fn run(cmd: &mut Command, stdin: Option<&str>) -> Run {
     }
 }
 
-/// A running keyward server with its own database, stopped on drop.
+/// A running keyward server (on the wall clock, which `keywardctl` and the
+/// rate limiter live by), stopped on drop.
 pub struct TestServer {
     pub url: String,
     pub admin_key: String,
     pub admin_key_file: PathBuf,
     /// Keys that must never be printed (the admin key, keys being verified).
-    secrets: std::cell::RefCell<Vec<String>>,
+    secrets: RefCell<Vec<String>>,
+    app: Option<TestApp<SystemClock>>,
+    /// The directory of a database the test made itself.
+    _database_dir: Option<TempDir>,
     runtime: Runtime,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
-    _dir: TempDir,
 }
 
 impl TestServer {
-    /// Starts a server on a fresh, uninitialised database: it initialises
-    /// it and writes the first admin key to its bootstrap file.
+    /// Starts a server on a fresh, uninitialised SQLite database: it
+    /// initialises it and writes the first admin key to its bootstrap file.
     pub fn start() -> Self {
         Self::start_with(|_| {})
     }
@@ -118,9 +118,12 @@ impl TestServer {
     /// Like [`TestServer::start`], with `configure` changing the server's
     /// settings first (e.g. a short usage flush interval).
     pub fn start_with(configure: impl FnOnce(&mut Settings)) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let database_url = format!("sqlite://{}", dir.path().join("keyward.db").display());
-        let server = Self::start_configured(dir, &database_url, configure);
+        let mut settings = Settings::default();
+        configure(&mut settings);
+        let server = Self::spawn(
+            TestApp::builder().clock(SystemClock).settings(settings),
+            None,
+        );
         assert!(
             !server.admin_key.is_empty(),
             "the server wrote no bootstrap key"
@@ -128,58 +131,39 @@ impl TestServer {
         server
     }
 
-    /// Starts a server on `database_url` (inside `dir`). The admin key is
-    /// whatever the bootstrap file holds: empty when the database had been
-    /// initialised before, since the server then writes none.
-    pub fn start_on(dir: TempDir, database_url: &str) -> Self {
-        Self::start_configured(dir, database_url, |_| {})
+    /// Starts a server on the existing database at `database_url` (inside
+    /// `dir`, kept until the server stops, if it is a SQLite file). The admin
+    /// key is empty when the database had been initialised before, since the
+    /// server then writes none.
+    pub fn start_on(dir: Option<TempDir>, database_url: &str) -> Self {
+        Self::spawn(
+            TestApp::builder()
+                .clock(SystemClock)
+                .database_url(database_url),
+            dir,
+        )
     }
 
-    fn start_configured(
-        dir: TempDir,
-        database_url: &str,
-        configure: impl FnOnce(&mut Settings),
-    ) -> Self {
-        let admin_key_file = dir.path().join("keyward-admin.key");
+    fn spawn(app: Builder<SystemClock>, database_dir: Option<TempDir>) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("tokio runtime");
-        let mut settings = Settings {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            database_url: database_url.to_owned(),
-            bootstrap_key_file: admin_key_file.clone(),
-            ..Settings::default()
-        };
-        configure(&mut settings);
-        let app = runtime
-            .block_on(Application::build(settings))
-            .expect("the server starts");
-        let url = format!("http://{}", app.local_addr());
-        let (shutdown, stop) = oneshot::channel::<()>();
-        let task = runtime.spawn(async move {
-            app.run_until(async {
-                let _ = stop.await;
-            })
-            .await
-            .expect("the server runs");
-        });
-        let admin_key = read_key_file(&admin_key_file);
+        let app = runtime.block_on(app.spawn());
         Self {
-            url,
-            secrets: std::cell::RefCell::new(
-                Some(admin_key.clone())
+            url: app.url(),
+            secrets: RefCell::new(
+                Some(app.admin_key.clone())
                     .filter(|k| !k.is_empty())
                     .into_iter()
                     .collect(),
             ),
-            admin_key,
-            admin_key_file,
+            admin_key: app.admin_key.clone(),
+            admin_key_file: app.admin_key_file(),
+            app: Some(app),
+            _database_dir: database_dir,
             runtime,
-            shutdown: Some(shutdown),
-            task: Some(task),
-            _dir: dir,
         }
     }
 
@@ -241,14 +225,13 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(task) = self.task.take() {
-            // Wait for a clean stop, but never hang the suite on it.
-            let _ = self
-                .runtime
-                .block_on(async { tokio::time::timeout(Duration::from_secs(5), task).await });
+        if let Some(mut app) = self.app.take() {
+            // Wait for a clean stop, but never hang the suite on it; the
+            // server's store goes with the runtime it was made on.
+            self.runtime.block_on(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(5), app.stop()).await;
+                drop(app);
+            });
         }
     }
 }
@@ -268,11 +251,4 @@ pub fn table_rows(stdout: &str) -> Vec<Vec<&str>> {
         .lines()
         .map(|line| line.split_whitespace().collect())
         .collect()
-}
-
-/// The key in a bootstrap file (key text and a newline), or "" if none.
-pub fn read_key_file(path: &Path) -> String {
-    std::fs::read_to_string(path)
-        .map(|text| text.trim_end().to_owned())
-        .unwrap_or_default()
 }

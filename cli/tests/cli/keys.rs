@@ -1,15 +1,12 @@
-//! End-to-end tests: the real `keywardctl` binary against the real keyward
-//! server, in-process on port 0 with a fresh SQLite database per test.
-//!
-//! Every command run through `TestServer::run*` also checks that neither the
-//! admin key nor any key the test marked secret appears in stdout or stderr.
-
-mod helpers;
+//! End-to-end tests of the key commands (mint, list, show, rotate, revoke,
+//! verify), `init`, and what every command shares: flags, the admin key,
+//! errors, help.
 
 use std::collections::BTreeSet;
 
-use helpers::{TestServer, field, keywardctl, run, table_rows};
 use serde_json::{Value, json};
+
+use crate::helpers::{TestServer, field, keywardctl, run, table_rows};
 
 /// The `id`s of a JSON array of keys.
 fn ids(json: &Value) -> BTreeSet<String> {
@@ -700,7 +697,7 @@ fn init_creates_a_working_admin_key_and_refuses_to_run_twice() {
     assert!(message.to_lowercase().contains("already"), "{message}");
 
     // The printed key is the admin key of that database.
-    let server = TestServer::start_on(dir, &database_url);
+    let server = TestServer::start_on(Some(dir), &database_url);
     assert_eq!(
         server.admin_key, "",
         "an initialised database gets no bootstrap key"
@@ -737,7 +734,7 @@ fn init_works_on_postgres_once() {
     assert!(message.to_lowercase().contains("already"), "{message}");
     assert!(!message.contains(&key), "{message}");
 
-    let server = TestServer::start_on(tempfile::tempdir().unwrap(), database.url());
+    let server = TestServer::start_on(None, database.url());
     let json = server
         .run_cmd(
             keywardctl()
