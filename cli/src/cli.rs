@@ -85,22 +85,22 @@ pub enum Command {
     /// already initialised.
     Init(InitArgs),
     /// Mint a new key and print it (the only time its plaintext is shown)
-    Mint(keys::MintArgs),
+    Mint(keys::mint::MintArgs),
     /// List keys, newest first, optionally filtered
-    List(keys::ListArgs),
+    List(keys::list::ListArgs),
     /// Show one key's metadata (never its secret)
-    Show(keys::ShowArgs),
+    Show(keys::show::ShowArgs),
     /// Change a key's settings: set or remove its own rate limit
     ///
     /// The key's next validation applies the change; the key itself (its
     /// plaintext, roles and expiry) stays as it is. Give --rate or
     /// --clear-rate.
-    Update(keys::UpdateArgs),
+    Update(keys::update::UpdateArgs),
     /// Replace a key with a new one with the same settings
     ///
     /// The old key keeps working for the grace period, then expires; without
     /// --grace it is revoked at once.
-    Rotate(keys::RotateArgs),
+    Rotate(keys::rotate::RotateArgs),
     /// Revoke a key, or every key with some labels: they stop working at once
     ///
     /// `revoke ID` revokes one key; revoking a revoked key changes nothing and
@@ -111,7 +111,7 @@ pub enum Command {
     /// stop many services at once, it first says how many keys match and which;
     /// with --dry-run it stops there, without --yes it refuses (exit 1), and
     /// only with --yes does it revoke them.
-    Revoke(keys::RevokeArgs),
+    Revoke(keys::revoke::RevokeArgs),
     /// Check a key read from stdin, the way a backend server would
     ///
     /// Reads one key from stdin (never from the command line) and asks the

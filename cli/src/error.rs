@@ -227,6 +227,10 @@ mod tests {
                 "invalid argument: prefix: must match [a-z][a-z0-9]{0,15}",
             ),
             (
+                Status::already_exists("role deployer already exists"),
+                "already exists: role deployer already exists",
+            ),
+            (
                 Status::unauthenticated("invalid credentials"),
                 "the admin key was not accepted (invalid credentials); \
                  check KEYWARD_ADMIN_KEY or --admin-key-file",
@@ -265,5 +269,10 @@ mod tests {
     fn only_usage_errors_exit_2() {
         assert_eq!(CliError::Usage("x".into()).exit_code(), ExitCode::from(2));
         assert_eq!(CliError::NoAdminKey.exit_code(), ExitCode::FAILURE);
+        // A name taken (a duplicate role) is an error like any refusal, not a
+        // usage error: the command line was well formed.
+        let taken =
+            CliError::from_status(Status::already_exists("role x already exists"), &server());
+        assert_eq!(taken.exit_code(), ExitCode::FAILURE);
     }
 }

@@ -5,10 +5,12 @@
 //!
 //! # Layout
 //! - [`cli`]: the command line (global flags, verbs, argument parsers).
-//! - [`commands`]: one module per group of verbs (`init`, the key verbs,
-//!   `role`, `audit`, `verify`), each with its arguments and what it does.
+//! - [`commands`]: one module per group of verbs (`init`, `keys`, `role`,
+//!   `audit`, `verify`), each with its arguments and what it does; the key
+//!   verbs have a file each.
 //! - [`client`]: the connection to a keyward server and the admin credential.
-//! - [`output`]: human tables and `--output json`.
+//! - [`output`]: one module per resource (key, role, audit record, Validate
+//!   answer) with its text for people and its `--output json` view.
 //! - [`error`]: every way a command can fail, as one line for stderr.
 //!
 //! # Exit codes

@@ -6,13 +6,16 @@ use std::{process::ExitCode, time::SystemTime};
 
 use clap::Args;
 use keyward::pb;
-use serde_json::Value;
 
 use crate::{
     cli::{GlobalArgs, parse_rfc3339, parse_since},
     client::admin_client,
+    commands::call,
     error::CliError,
-    output::{self, OutputFormat},
+    output::{
+        self, OutputFormat,
+        audit::{AuditRecordView, audit_table},
+    },
 };
 
 /// The most records one request asks for, as the server allows.
@@ -69,11 +72,7 @@ pub async fn run(args: AuditArgs, global: &GlobalArgs) -> Result<ExitCode, CliEr
             page_size: remaining.min(MAX_PAGE_SIZE),
             page_token: page_token.clone(),
         };
-        let page = client
-            .list_audit_records(request)
-            .await
-            .map_err(|status| CliError::from_status(status, &global.server))?
-            .into_inner();
+        let page = call(client.list_audit_records(request), global).await?;
         records.extend(page.records);
         if records.len() >= limit {
             records.truncate(limit);
@@ -87,70 +86,18 @@ pub async fn run(args: AuditArgs, global: &GlobalArgs) -> Result<ExitCode, CliEr
     }
 
     match global.output {
-        OutputFormat::Json => output::print_json(&Value::Array(
-            records.iter().map(output::audit_json).collect(),
-        ))?,
+        OutputFormat::Json => {
+            output::print_json(
+                &records
+                    .iter()
+                    .map(AuditRecordView::from)
+                    .collect::<Vec<_>>(),
+            )?;
+        }
         OutputFormat::Table if records.is_empty() => {
             output::print("No audit records match.\n")?;
         }
         OutputFormat::Table => output::print(&audit_table(&records))?,
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn audit_table(records: &[pb::AuditRecord]) -> String {
-    let rows: Vec<Vec<String>> = records
-        .iter()
-        .map(|record| {
-            vec![
-                output::timestamp(record.at.as_ref()).unwrap_or_else(|| "-".into()),
-                // An empty actor is the local operator: `init` or the
-                // server's first start, which need no key.
-                if record.actor.is_empty() {
-                    "local".into()
-                } else {
-                    record.actor.clone()
-                },
-                record.action.clone(),
-                output::or_dash(record.target.clone()),
-                output::or_dash(record.reason.clone()),
-            ]
-        })
-        .collect();
-    output::table_text(&["AT", "ACTOR", "ACTION", "TARGET", "REASON"], &rows)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn audit_table_names_the_local_operator() {
-        let at = Some(prost_types::Timestamp {
-            seconds: 1_800_000_000,
-            nanos: 0,
-        });
-        let records = [
-            pb::AuditRecord {
-                seq: 2,
-                at,
-                actor: "AbCdEfGhIjK".into(),
-                action: "key.revoke".into(),
-                target: "ZyXwVuTsRqP".into(),
-                reason: "leaked in a log".into(),
-            },
-            pb::AuditRecord {
-                seq: 1,
-                at,
-                action: "initialize".into(),
-                ..Default::default()
-            },
-        ];
-        assert_eq!(
-            audit_table(&records),
-            "AT                    ACTOR        ACTION      TARGET       REASON\n\
-             2027-01-15T08:00:00Z  AbCdEfGhIjK  key.revoke  ZyXwVuTsRqP  leaked in a log\n\
-             2027-01-15T08:00:00Z  local        initialize  -            -\n"
-        );
-    }
 }

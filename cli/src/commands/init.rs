@@ -5,12 +5,11 @@ use std::process::ExitCode;
 
 use clap::Args;
 use keyward::bootstrap::InitError;
-use serde_json::json;
 
 use crate::{
     cli::GlobalArgs,
     error::{CliError, display_chain},
-    output::{self, OutputFormat},
+    output::{self, OutputFormat, key::FirstAdminKeyView},
 };
 
 /// Arguments of `init`.
@@ -49,7 +48,7 @@ pub async fn run(args: InitArgs, global: &GlobalArgs) -> Result<ExitCode, CliErr
     let id = initialized.key_id.to_string();
     let key = initialized.plaintext.expose();
     match global.output {
-        OutputFormat::Json => output::print_json(&json!({ "id": id, "key": key }))?,
+        OutputFormat::Json => output::print_json(&FirstAdminKeyView { id: &id, key })?,
         OutputFormat::Table => output::print(&format!(
             "Initialised the database and created the first admin key.\n\
              Store the key now (e.g. in a secret manager): it is shown only this once.\n\

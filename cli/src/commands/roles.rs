@@ -11,14 +11,16 @@ use std::{process::ExitCode, time::Duration};
 
 use clap::{ArgGroup, Args, Subcommand};
 use keyward::{pb, rate_limit::RateLimit};
-use serde_json::{Value, json};
 
 use crate::{
     cli::{GlobalArgs, parse_burst, parse_positive_duration, parse_rate},
     client::{AdminClient, admin_client},
-    commands::keys::{proto_duration, rate_limit_request},
+    commands::{call, proto_duration, rate_limit_request},
     error::CliError,
-    output::{self, OutputFormat},
+    output::{
+        self, OutputFormat,
+        role::{DeletedRoleView, RoleView, role_fields, roles_table},
+    },
 };
 
 /// The `role` verbs.
@@ -195,7 +197,10 @@ pub async fn run(command: RoleCommand, global: &GlobalArgs) -> Result<ExitCode, 
             .await?;
             match global.output {
                 OutputFormat::Json => {
-                    output::print_json(&json!({ "name": args.name, "deleted": true }))?;
+                    output::print_json(&DeletedRoleView {
+                        name: &args.name,
+                        deleted: true,
+                    })?;
                 }
                 OutputFormat::Table => output::print(&format!("Deleted role {}.\n", args.name))?,
             }
@@ -251,33 +256,12 @@ async fn list(client: &mut AdminClient, global: &GlobalArgs) -> Result<ExitCode,
         .roles;
     match global.output {
         OutputFormat::Json => {
-            output::print_json(&Value::Array(roles.iter().map(output::role_json).collect()))?;
+            output::print_json(&roles.iter().map(RoleView::from).collect::<Vec<_>>())?;
         }
         OutputFormat::Table if roles.is_empty() => output::print("No roles.\n")?,
-        OutputFormat::Table => output::print(&list_table(&roles))?,
+        OutputFormat::Table => output::print(&roles_table(&roles))?,
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn list_table(roles: &[pb::Role]) -> String {
-    let rows: Vec<Vec<String>> = roles
-        .iter()
-        .map(|role| {
-            vec![
-                role.name.clone(),
-                output::yes_no(role.builtin),
-                output::duration_text(role.max_ttl.as_ref()).unwrap_or_else(|| "-".into()),
-                role.default_rate_limit
-                    .as_ref()
-                    .map_or_else(|| "-".into(), output::rate_limit_text),
-                output::or_dash(role.permissions.join(",")),
-            ]
-        })
-        .collect();
-    output::table_text(
-        &["NAME", "BUILTIN", "MAX TTL", "RATE LIMIT", "PERMISSIONS"],
-        &rows,
-    )
 }
 
 /// Prints a role; in a table after a line saying what was `done` to it.
@@ -287,9 +271,9 @@ fn print_role(
     global: &GlobalArgs,
 ) -> Result<ExitCode, CliError> {
     match global.output {
-        OutputFormat::Json => output::print_json(&output::role_json(role))?,
+        OutputFormat::Json => output::print_json(&RoleView::from(role))?,
         OutputFormat::Table => {
-            let fields = output::fields_text(&output::role_fields(role));
+            let fields = output::fields_text(&role_fields(role));
             output::print(&match done {
                 Some(done) => format!("{done} role {}.\n\n{fields}", role.name),
                 None => fields,
@@ -297,54 +281,4 @@ fn print_role(
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Awaits an RPC and turns a failure into an operator message.
-async fn call<T>(
-    rpc: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    global: &GlobalArgs,
-) -> Result<T, CliError> {
-    rpc.await
-        .map(tonic::Response::into_inner)
-        .map_err(|status| CliError::from_status(status, &global.server))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn list_table_has_the_documented_columns() {
-        let roles = [
-            pb::Role {
-                name: "admin".into(),
-                permissions: vec!["keyward:*".into()],
-                builtin: true,
-                ..Default::default()
-            },
-            pb::Role {
-                name: "ci".into(),
-                permissions: vec!["deploy:read".into(), "deploy:write".into()],
-                max_ttl: Some(prost_types::Duration {
-                    seconds: 5400,
-                    nanos: 0,
-                }),
-                default_rate_limit: Some(pb::RateLimit {
-                    requests: 10,
-                    per: Some(prost_types::Duration {
-                        seconds: 1,
-                        nanos: 0,
-                    }),
-                    burst: 20,
-                }),
-                ..Default::default()
-            },
-        ];
-        assert_eq!(
-            list_table(&roles),
-            "NAME   BUILTIN  MAX TTL  RATE LIMIT     PERMISSIONS\n\
-             admin  yes      -        -              keyward:*\n\
-             ci     no       1h 30m   10/s burst 20  deploy:read,deploy:write\n"
-        );
-    }
 }
