@@ -102,6 +102,7 @@ pub fn authenticate<T>(
             "the caller's key lacks the {needed} permission"
         )));
     }
+    crate::telemetry::record_caller(grant.key.id);
     Ok(Caller {
         id: grant.key.id,
         permissions: grant.permissions,

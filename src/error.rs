@@ -13,7 +13,7 @@
 
 use tonic::{Code, Status};
 
-use crate::{replica::Stale, store::StoreError};
+use crate::{freshness::Stale, store::StoreError};
 
 /// An error answered to a gRPC client.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +33,9 @@ pub enum ServiceError {
     /// Admin RPCs may learn that a key id does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// What a create names exists already (a role's name is taken).
+    #[error("{0}")]
+    AlreadyExists(String),
     /// The target's state forbids the change.
     #[error("{0}")]
     FailedPrecondition(String),
@@ -63,7 +66,7 @@ impl From<StoreError> for ServiceError {
         match error {
             StoreError::KeyNotFound(_) => Self::NotFound(error.to_string()),
             StoreError::RoleNotFound(_) => Self::NotFound(error.to_string()),
-            StoreError::RoleExists(_) => Self::invalid("name", &error),
+            StoreError::RoleExists(_) => Self::AlreadyExists(error.to_string()),
             StoreError::NotRotatable { .. }
             | StoreError::AlreadyInitialized
             | StoreError::BuiltinRole(_)
@@ -116,6 +119,7 @@ impl From<ServiceError> for Status {
             ServiceError::Unauthenticated(_) => Code::Unauthenticated,
             ServiceError::PermissionDenied(_) => Code::PermissionDenied,
             ServiceError::NotFound(_) => Code::NotFound,
+            ServiceError::AlreadyExists(_) => Code::AlreadyExists,
             ServiceError::FailedPrecondition(_) => Code::FailedPrecondition,
             ServiceError::ResourceExhausted(_) => Code::ResourceExhausted,
             ServiceError::Unavailable(_) => Code::Unavailable,
@@ -154,6 +158,11 @@ mod tests {
                 ServiceError::NotFound("key x not found".into()),
                 Code::NotFound,
                 "key x not found",
+            ),
+            (
+                ServiceError::AlreadyExists("role ops already exists".into()),
+                Code::AlreadyExists,
+                "role ops already exists",
             ),
             (
                 ServiceError::FailedPrecondition("no".into()),

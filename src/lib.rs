@@ -15,6 +15,7 @@
 //! | [`clock`] | time as a parameter (wall clock, manual clock for tests) |
 //! | [`store`] | SQLite or PostgreSQL persistence; every write is one transaction with its audit record, and notifies the change feed |
 //! | [`replica`] | many replicas on PostgreSQL: following the change feed, resyncs, fail-static then closed |
+//! | [`freshness`] | how current the index is known to be: confirmed by [`replica`], checked by [`validate`] |
 //! | [`index`] | the in-memory index of live keys and roles, changed only by [`model::Change`]s |
 //! | [`validate`] | the security core: parse → look up → verify → state → rate-limit → authorize → use cap |
 //! | [`rate_limit`] | per-key GCRA limits (governor), idle state reclaimed |
@@ -23,8 +24,8 @@
 //! | [`lifecycle`] | mint, get, list, rotate, revoke; roles; audit queries |
 //! | [`bootstrap`] | first run: built-in roles and the first admin key |
 //! | [`service`] | the gRPC edge: wire ↔ domain conversions |
-//! | [`server`] | startup, serving, graceful shutdown |
-//! | [`config`], [`telemetry`] | flags and environment, logging |
+//! | [`server`] | startup, serving, graceful shutdown; [`server::Settings`] holds every default |
+//! | [`telemetry`] | logging |
 //! | [`error`] | which error type is used where, and the one mapping to `tonic::Status` |
 //! | [`pb`] | generated protobuf and gRPC code for `keyward.v1` |
 
@@ -32,8 +33,8 @@ pub mod auth;
 pub mod bootstrap;
 pub mod cidr;
 pub mod clock;
-pub mod config;
 pub mod error;
+pub mod freshness;
 pub mod index;
 pub mod key;
 pub mod lifecycle;

@@ -7,6 +7,8 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
+use tracing::Instrument;
+
 use crate::{
     auth::Caller,
     cidr::Cidr,
@@ -125,23 +127,28 @@ impl Lifecycle {
             self.writes.clone(),
         );
         let caller = caller.id;
-        tokio::spawn(async move {
-            let _turn = writes.lock_owned().await;
-            let now = clock.now();
-            let live = index.get(caller).is_some_and(|key| {
-                key.revoked_at.is_none() && key.expires_at.is_none_or(|at| at > now)
-            });
-            // With replicas, the caller's key may have been revoked on
-            // another one a moment ago: ask the database, the only authority.
-            let live = live
-                && (store.backend() != Backend::Postgres || store.key_is_live(caller, now).await?);
-            if !live {
-                return Err(ServiceError::Unauthenticated(
-                    "the caller's key was revoked or expired",
-                ));
+        tokio::spawn(
+            async move {
+                let _turn = writes.lock_owned().await;
+                let now = clock.now();
+                let live = index.get(caller).is_some_and(|key| {
+                    key.revoked_at.is_none() && key.expires_at.is_none_or(|at| at > now)
+                });
+                // With replicas, the caller's key may have been revoked on
+                // another one a moment ago: ask the database, the only authority.
+                let live = live
+                    && (store.backend() != Backend::Postgres
+                        || store.key_is_live(caller, now).await?);
+                if !live {
+                    return Err(ServiceError::Unauthenticated(
+                        "the caller's key was revoked or expired",
+                    ));
+                }
+                write(store, index, now).await
             }
-            write(store, index, now).await
-        })
+            // The write's log lines stay in the RPC's span.
+            .in_current_span(),
+        )
         .await
         .map_err(|error| ServiceError::Internal(format!("write task failed: {error}")))?
     }

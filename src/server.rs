@@ -12,13 +12,15 @@ use tonic::transport::{Server, server::TcpIncoming};
 use crate::{
     bootstrap::{self, InitError},
     clock::{Clock, SystemClock},
+    freshness::Freshness,
     index::Index,
     lifecycle::Lifecycle,
     pb,
     rate_limit::RateLimit,
-    replica::{self, FeedSettings, Freshness},
+    replica::{self, FeedSettings},
     service::{AdminService, KeyService},
     store::{Backend, PoolSettings, Store, StoreError, redacted_url},
+    telemetry::RpcSpanLayer,
     validate::Validator,
 };
 
@@ -268,6 +270,7 @@ impl Application {
         };
         tracing::info!(addr = %self.local_addr, "keyward listening");
         let serve = Server::builder()
+            .layer(RpcSpanLayer)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(pb::key_service_server::KeyServiceServer::new(

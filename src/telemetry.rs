@@ -1,9 +1,24 @@
-//! Logging through `tracing`, to stderr. `RUST_LOG` sets the filter
-//! (default `info`). Nothing logged anywhere in keyward holds a secret: keys
-//! are identified by their public id.
+//! Logging through `tracing`, to stderr, and a span around every RPC.
+//!
+//! `RUST_LOG` sets the filter (default `info`). Nothing logged anywhere in
+//! keyward holds a secret: keys are identified by their public id.
+//!
+//! Every RPC runs in a span `rpc` with its `method` (the gRPC path), a
+//! `request_id`, and the `caller`'s key id once authenticated, so each line a
+//! request logs carries them and one request can be followed through the
+//! log. The request id is the client's `x-request-id` when it sends a usable
+//! one (a proxy's or a tracing system's), else a new random one; either way
+//! it is answered in the `x-request-id` response metadata, so a client can
+//! quote it when reporting a problem.
 
-use std::io::IsTerminal;
+use std::{
+    future::Future,
+    io::IsTerminal,
+    pin::Pin,
+    task::{Context, Poll},
+};
 
+use tracing::Instrument;
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. Call once, from `main`.
@@ -14,4 +29,119 @@ pub fn init() {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// The metadata key a request id comes in and goes out under.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Longest request id taken from a client; longer ones are replaced.
+const MAX_REQUEST_ID: usize = 64;
+
+/// Records the authenticated caller on the current RPC's span.
+pub fn record_caller(caller: impl std::fmt::Display) {
+    tracing::Span::current().record("caller", tracing::field::display(caller));
+}
+
+/// The request id for `headers`: the client's, if it is short and made of
+/// characters safe to log and echo (letters, digits, `-_.:`), else a new
+/// one.
+fn request_id(headers: &http::HeaderMap) -> http::HeaderValue {
+    let usable = headers.get(REQUEST_ID).filter(|value| {
+        let bytes = value.as_bytes();
+        !bytes.is_empty()
+            && bytes.len() <= MAX_REQUEST_ID
+            && bytes
+                .iter()
+                .all(|byte| byte.is_ascii_alphanumeric() || b"-_.:".contains(byte))
+    });
+    match usable {
+        Some(value) => value.clone(),
+        None => {
+            let mut random = [0_u8; 8];
+            getrandom::fill(&mut random).expect("the operating system's random source");
+            let hex: String = random.iter().map(|byte| format!("{byte:02x}")).collect();
+            http::HeaderValue::try_from(hex).expect("hex is a valid header value")
+        }
+    }
+}
+
+/// Wraps each RPC of a tonic server in its span (see the module docs).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RpcSpanLayer;
+
+impl<S> tower_layer::Layer<S> for RpcSpanLayer {
+    type Service = RpcSpan<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcSpan { inner }
+    }
+}
+
+/// The service [`RpcSpanLayer`] makes.
+#[derive(Debug, Clone)]
+pub struct RpcSpan<S> {
+    inner: S,
+}
+
+impl<S, RequestBody, ResponseBody> tower_service::Service<http::Request<RequestBody>> for RpcSpan<S>
+where
+    S: tower_service::Service<http::Request<RequestBody>, Response = http::Response<ResponseBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<RequestBody>) -> Self::Future {
+        let id = request_id(request.headers());
+        let span = tracing::info_span!(
+            "rpc",
+            method = request.uri().path(),
+            request_id = id.to_str().unwrap_or_default(),
+            caller = tracing::field::Empty,
+        );
+        let answer = span.in_scope(|| self.inner.call(request));
+        Box::pin(
+            async move {
+                let mut response = answer.await?;
+                response.headers_mut().insert(REQUEST_ID, id);
+                Ok(response)
+            }
+            .instrument(span),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id_for(value: Option<&str>) -> String {
+        let mut headers = http::HeaderMap::new();
+        if let Some(value) = value {
+            headers.insert(REQUEST_ID, value.parse().unwrap());
+        }
+        request_id(&headers).to_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn a_usable_request_id_is_kept_and_any_other_replaced() {
+        assert_eq!(id_for(Some("req-42_a.b:c")), "req-42_a.b:c");
+        let fresh = id_for(None);
+        assert_eq!(fresh.len(), 16);
+        assert!(
+            fresh.bytes().all(|byte| byte.is_ascii_hexdigit()),
+            "{fresh}"
+        );
+        assert_ne!(fresh, id_for(None));
+        for unusable in ["", "has space", "quote\"", &"a".repeat(65), "new\tline"] {
+            let replaced = id_for(Some(unusable));
+            assert_ne!(replaced, unusable);
+            assert_eq!(replaced.len(), 16, "{unusable:?}");
+        }
+    }
 }

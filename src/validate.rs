@@ -25,12 +25,12 @@ use std::{fmt, net::IpAddr, sync::Arc, time::Duration};
 
 use crate::{
     clock::{Clock, Timestamp},
+    freshness::{Freshness, Stale},
     index::Index,
     key::{FormatError, KeyDigest, KeyId, ParsedKey},
     model::{Change, IndexedKey},
     permission::Permission,
     rate_limit::{Admission, RateLimit, RateLimiters},
-    replica::{Freshness, Stale},
     store::{Store, StoreError},
 };
 

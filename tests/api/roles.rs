@@ -144,8 +144,13 @@ async fn builtin_roles_cannot_change_and_bad_roles_are_refused(backend: Backend)
         );
     }
     app.create_role("ops", &["ops:read"], None).await.unwrap();
-    let cases: [(&str, &[&str], &str); 6] = [
-        ("ops", &["ops:read"], "already exists"),
+    let taken = app
+        .create_role("ops", &["ops:write"], None)
+        .await
+        .unwrap_err();
+    assert_eq!(taken.code(), Code::AlreadyExists, "{taken:?}");
+    assert_eq!(taken.message(), "role ops already exists");
+    let cases: [(&str, &[&str], &str); 5] = [
         ("Bad Name", &["ops:read"], "name"),
         ("wild", &["*"], "reserved for built-in roles"),
         ("empty", &[], "at least one permission"),

@@ -287,3 +287,50 @@ on_both_stores!(
     validating_a_known_key_issues_no_query,
     health_and_reflection_are_served,
 );
+
+/// Each answer, failed or not, carries the request id its log lines carry:
+/// the client's when usable, else a new one.
+#[tokio::test]
+async fn every_answer_carries_a_request_id() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let mut client = app.key_client().await;
+    let validate = |request_id: Option<&str>| {
+        let mut request = authed(
+            &app.admin_key,
+            pb::ValidateRequest {
+                key: "kw_not-a-key".into(),
+                ..Default::default()
+            },
+        );
+        if let Some(id) = request_id {
+            request
+                .metadata_mut()
+                .insert("x-request-id", id.parse().unwrap());
+        }
+        request
+    };
+    let answered_id = |metadata: &tonic::metadata::MetadataMap| {
+        metadata
+            .get("x-request-id")
+            .expect("x-request-id in the response metadata")
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+
+    let response = client.validate(validate(Some("trace-7f3a"))).await.unwrap();
+    assert_eq!(answered_id(response.metadata()), "trace-7f3a");
+
+    let first = client.validate(validate(None)).await.unwrap();
+    let second = client.validate(validate(Some("not usable!"))).await.unwrap();
+    let (first, second) = (answered_id(first.metadata()), answered_id(second.metadata()));
+    assert_eq!(first.len(), 16, "{first}");
+    assert_ne!(first, second);
+
+    // A refused call carries one too.
+    let mut unauthenticated = validate(Some("refused-1"));
+    unauthenticated.metadata_mut().remove("authorization");
+    let status = client.validate(unauthenticated).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(answered_id(status.metadata()), "refused-1");
+}

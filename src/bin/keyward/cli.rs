@@ -1,11 +1,13 @@
 //! Command-line and environment configuration of the `keyward` binary.
 //! Precedence: built-in defaults < `KEYWARD_*` environment < flags.
+//!
+//! The defaults shown by `--help` and used when a flag is absent are read
+//! from [`Settings::default`], the one place they are written.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::{Parser, Subcommand};
-
-use crate::{
+use keyward::{
     rate_limit::{InvalidRateLimit, RateLimit},
     server::Settings,
     store::PoolSettings,
@@ -41,7 +43,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "KEYWARD_LISTEN",
-        default_value = "127.0.0.1:50051",
+        default_value_t = Settings::default().listen,
         value_name = "ADDR"
     )]
     pub listen: SocketAddr,
@@ -52,7 +54,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "KEYWARD_DATABASE_URL",
-        default_value = "sqlite://keyward.db",
+        default_value_t = Settings::default().database_url,
         value_name = "URL",
         // A postgres URL may hold a password: keep the value out of `--help`.
         hide_env_values = true
@@ -64,7 +66,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "KEYWARD_BOOTSTRAP_KEY_FILE",
-        default_value = "keyward-admin.key",
+        default_value_os_t = Settings::default().bootstrap_key_file,
         value_name = "PATH"
     )]
     pub bootstrap_key_file: PathBuf,
@@ -80,41 +82,55 @@ pub struct ServeArgs {
 
     /// How often last-used times and use counts are written to the database
     /// (each key at most once per interval; also on shutdown), e.g. 10s.
-    #[arg(long, env = "KEYWARD_USAGE_FLUSH_INTERVAL", value_name = "DURATION", default_value = "10s", value_parser = parse_interval)]
-    pub usage_flush_interval: Duration,
+    #[arg(long, env = "KEYWARD_USAGE_FLUSH_INTERVAL", value_name = "DURATION", default_value_t = Interval(Settings::default().usage_flush_interval))]
+    pub usage_flush_interval: Interval,
 
     /// Most database connections this server opens.
-    #[arg(long, env = "KEYWARD_DATABASE_MAX_CONNECTIONS", value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "KEYWARD_DATABASE_MAX_CONNECTIONS", value_name = "N", default_value_t = Settings::default().pool.max_connections, value_parser = clap::value_parser!(u32).range(1..))]
     pub database_max_connections: u32,
 
     /// How long a database operation waits for a connection (including
     /// connecting) before failing with UNAVAILABLE, e.g. 5s.
-    #[arg(long, env = "KEYWARD_DATABASE_ACQUIRE_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = parse_interval)]
-    pub database_acquire_timeout: Duration,
+    #[arg(long, env = "KEYWARD_DATABASE_ACQUIRE_TIMEOUT", value_name = "DURATION", default_value_t = Interval(Settings::default().pool.acquire_timeout))]
+    pub database_acquire_timeout: Interval,
 
     /// PostgreSQL only: while the database or its change feed is
     /// unreachable, Validate answers from the in-memory index for this long
     /// after the index was last confirmed current, then fails closed with
     /// UNAVAILABLE (and the health check reports NOT_SERVING) until it
     /// reconnects and resyncs, e.g. 60s.
-    #[arg(long, env = "KEYWARD_MAX_STALENESS", value_name = "DURATION", default_value = "60s", value_parser = parse_interval)]
-    pub max_staleness: Duration,
+    #[arg(long, env = "KEYWARD_MAX_STALENESS", value_name = "DURATION", default_value_t = Interval(Settings::default().max_staleness))]
+    pub max_staleness: Interval,
 
     /// PostgreSQL only: how often the index is reloaded in full, besides
     /// after every reconnect of the change feed, e.g. 5m.
-    #[arg(long, env = "KEYWARD_RESYNC_INTERVAL", value_name = "DURATION", default_value = "5m", value_parser = parse_interval)]
-    pub resync_interval: Duration,
+    #[arg(long, env = "KEYWARD_RESYNC_INTERVAL", value_name = "DURATION", default_value_t = Interval(Settings::default().resync_interval))]
+    pub resync_interval: Interval,
 }
 
 fn parse_rate(text: &str) -> Result<RateLimit, InvalidRateLimit> {
     text.parse()
 }
 
-fn parse_interval(text: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(text) {
-        Ok(interval) if interval.is_zero() => Err("must be longer than zero".to_owned()),
-        Ok(interval) => Ok(interval),
-        Err(error) => Err(format!("{error} (expected e.g. 10s or 1m)")),
+/// A duration flag: longer than zero, written as `10s`, `1m`, `1h 30m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interval(pub Duration);
+
+impl FromStr for Interval {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match humantime::parse_duration(text) {
+            Ok(interval) if interval.is_zero() => Err("must be longer than zero".to_owned()),
+            Ok(interval) => Ok(Self(interval)),
+            Err(error) => Err(format!("{error} (expected e.g. 10s or 1m)")),
+        }
+    }
+}
+
+impl fmt::Display for Interval {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        humantime::format_duration(self.0).fmt(f)
     }
 }
 
@@ -131,13 +147,13 @@ impl From<ServeArgs> for Settings {
             database_url: args.database_url,
             bootstrap_key_file: args.bootstrap_key_file,
             default_rate_limit,
-            usage_flush_interval: args.usage_flush_interval,
+            usage_flush_interval: args.usage_flush_interval.0,
             pool: PoolSettings {
                 max_connections: args.database_max_connections,
-                acquire_timeout: args.database_acquire_timeout,
+                acquire_timeout: args.database_acquire_timeout.0,
             },
-            max_staleness: args.max_staleness,
-            resync_interval: args.resync_interval,
+            max_staleness: args.max_staleness.0,
+            resync_interval: args.resync_interval.0,
         }
     }
 }

@@ -1,13 +1,16 @@
 //! The `keyward` server binary: parse flags, set up logging, run.
 
+mod cli;
+
 use std::process::ExitCode;
 
 use clap::Parser;
 use keyward::{
-    config::{Cli, Command},
     server::{self, Application},
     telemetry,
 };
+
+use crate::cli::{Cli, Command};
 
 #[tokio::main]
 async fn main() -> ExitCode {
