@@ -322,8 +322,14 @@ async fn every_answer_carries_a_request_id() {
     assert_eq!(answered_id(response.metadata()), "trace-7f3a");
 
     let first = client.validate(validate(None)).await.unwrap();
-    let second = client.validate(validate(Some("not usable!"))).await.unwrap();
-    let (first, second) = (answered_id(first.metadata()), answered_id(second.metadata()));
+    let second = client
+        .validate(validate(Some("not usable!")))
+        .await
+        .unwrap();
+    let (first, second) = (
+        answered_id(first.metadata()),
+        answered_id(second.metadata()),
+    );
     assert_eq!(first.len(), 16, "{first}");
     assert_ne!(first, second);
 

@@ -88,6 +88,16 @@ fn role_create_list_show_update_delete_round_trip() {
     assert_eq!(json["max_ttl_seconds"], Value::Null);
     assert_eq!(json["builtin"], false);
 
+    // create again: the name is taken
+    let taken = server.run(&[
+        "role",
+        "create",
+        "reader",
+        "--permission",
+        "keyward:keys:read",
+    ]);
+    taken.error(&["already exists: role reader already exists"]);
+
     // list: by name, the built-in roles included
     let list = server.run(&["role", "list"]);
     let rows = table_rows(list.ok());
