@@ -13,7 +13,7 @@
 //! | [`cidr`] | CIDR allow-lists for keys |
 //! | [`model`] | domain types: key records, roles, changes, audit actions |
 //! | [`clock`] | time as a parameter (wall clock, manual clock for tests) |
-//! | [`store`] | SQLite or PostgreSQL persistence; every write is one transaction with its audit record, and notifies the change feed |
+//! | [`store`] | SQLite or PostgreSQL persistence, a file per aggregate (keys, roles, audit) plus the index's sync; every write is one transaction with its audit record, and notifies the [change feed](store::feed) |
 //! | [`replica`] | many replicas on PostgreSQL: following the change feed, resyncs, fail-static then closed |
 //! | [`index`] | the in-memory index of live keys and roles, changed only by [`model::Change`]s |
 //! | [`validate`] | the security core: parse → look up → verify → state → rate-limit → authorize → use cap |
