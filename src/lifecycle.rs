@@ -14,13 +14,13 @@ use crate::{
     error::ServiceError,
     index::Index,
     key::{KeyId, MintedKey, PlaintextKey, Prefix},
-    model::{Change, IndexedKey, KeyRecord, KeySettings, KeyState, Labels, Role},
+    model::{
+        Change, IndexedKey, KeyRecord, KeySettings, KeyState, Labels, Role, RoleUpdate,
+        query::{AuditPage, AuditQuery, KeyPage, KeyQuery},
+    },
     permission::{Permission, RoleName},
     rate_limit::RateLimit,
-    store::{
-        AuditPage, AuditQuery, Backend, KeyPage, KeyQuery, NewKey, Revocation, RoleUpdate,
-        Rotation, Store, StoreError, feed::Changed,
-    },
+    store::{Backend, NewKey, Revocation, Rotation, Store, StoreError, feed::Changed},
 };
 
 /// When a new key stops working.

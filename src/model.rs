@@ -1,6 +1,11 @@
 //! Domain types of the key lifecycle: what a key is, what may be asked of
 //! the store, and what the audit log records. None of them holds a plaintext
 //! key: the read model of a key has no field for one.
+//!
+//! [`query`] holds what the admin API asks of the key list and the audit
+//! log.
+
+pub mod query;
 
 use std::{collections::BTreeMap, fmt, sync::Arc, time::Duration};
 
@@ -219,6 +224,19 @@ pub struct Role {
     pub builtin: bool,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+}
+
+/// A change to a role's settings, as an operator asks for it; `None` fields
+/// stay as they are.
+#[derive(Debug, Clone, Default)]
+pub struct RoleUpdate {
+    pub add_permissions: Vec<Permission>,
+    pub remove_permissions: Vec<Permission>,
+    pub description: Option<String>,
+    /// `Some(None)` removes the cap.
+    pub max_ttl: Option<Option<Duration>>,
+    /// `Some(None)` removes the default rate limit.
+    pub rate_limit: Option<Option<RateLimit>>,
 }
 
 /// A change to the state the validate path reads. Every write produces these,

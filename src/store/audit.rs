@@ -7,30 +7,11 @@ use sqlx::AnyConnection;
 use super::{Store, StoreError, rows::audit_record, sql::Sql};
 use crate::{
     clock::Timestamp,
-    key::KeyId,
-    model::{Actor, AuditAction, AuditRecord},
+    model::{
+        Actor, AuditAction, AuditRecord,
+        query::{AuditPage, AuditQuery},
+    },
 };
-
-/// Filters and position for [`Store::list_audit`].
-#[derive(Debug, Clone, Default)]
-pub struct AuditQuery {
-    pub since: Option<Timestamp>,
-    pub until: Option<Timestamp>,
-    pub target: Option<String>,
-    pub actor: Option<KeyId>,
-    pub action: Option<String>,
-    /// Only records with a smaller sequence number (the next page).
-    pub before_seq: Option<i64>,
-    pub limit: u32,
-}
-
-/// One page of audit records, newest first.
-#[derive(Debug)]
-pub struct AuditPage {
-    pub records: Vec<AuditRecord>,
-    /// Set when more records may follow: pass as `before_seq`.
-    pub next_before_seq: Option<i64>,
-}
 
 impl Store {
     /// A page of audit records, newest first.

@@ -16,8 +16,10 @@ use super::{
 use crate::{
     clock::Timestamp,
     key::{KeyDigest, KeyId},
-    model::{Actor, AuditAction, KeyRecord, KeySettings, KeyState},
-    permission::RoleName,
+    model::{
+        Actor, AuditAction, KeyRecord, KeySettings, KeyState,
+        query::{KeyPage, KeyQuery, PageCursor},
+    },
     rate_limit::RateLimit,
     usage::UsageDelta,
 };
@@ -29,32 +31,6 @@ pub struct NewKey {
     pub digest: KeyDigest,
     pub settings: KeySettings,
     pub created_by: Option<KeyId>,
-}
-
-/// Filters and position for [`Store::list_keys`].
-#[derive(Debug, Clone, Default)]
-pub struct KeyQuery {
-    pub labels: BTreeMap<String, String>,
-    pub owner: Option<String>,
-    pub role: Option<RoleName>,
-    pub state: Option<KeyState>,
-    pub after: Option<PageCursor>,
-    pub limit: u32,
-}
-
-/// Where a page ends: keys are listed newest first by `(created_at, id)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PageCursor {
-    pub created_at: Timestamp,
-    pub id: KeyId,
-}
-
-/// One page of keys.
-#[derive(Debug)]
-pub struct KeyPage {
-    pub keys: Vec<KeyRecord>,
-    /// Set when more keys may follow.
-    pub next: Option<PageCursor>,
 }
 
 /// The outcome of a rotation.

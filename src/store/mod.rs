@@ -52,11 +52,9 @@ use sqlx::{
 use crate::key::KeyId;
 
 pub use self::{
-    audit::{AuditPage, AuditQuery},
     error::StoreError,
-    keys::{KeyPage, KeyQuery, NewKey, PageCursor, Revocation, Rotation},
+    keys::{NewKey, Revocation, Rotation},
     location::redacted_url,
-    roles::RoleUpdate,
     sync::Snapshot,
 };
 use self::{

@@ -2,8 +2,6 @@
 //! never change, and a role is deleted only when no key holds it, so a
 //! key's record never names a role that is gone without saying so.
 
-use std::time::Duration;
-
 use sqlx::{AnyConnection, Row};
 
 use super::{
@@ -14,22 +12,9 @@ use super::{
 };
 use crate::{
     clock::Timestamp,
-    model::{Actor, AuditAction, Role},
+    model::{Actor, AuditAction, Role, RoleUpdate},
     permission::{Permission, RoleName},
-    rate_limit::RateLimit,
 };
-
-/// A change to a role's settings; `None` fields stay as they are.
-#[derive(Debug, Clone, Default)]
-pub struct RoleUpdate {
-    pub add_permissions: Vec<Permission>,
-    pub remove_permissions: Vec<Permission>,
-    pub description: Option<String>,
-    /// `Some(None)` removes the cap.
-    pub max_ttl: Option<Option<Duration>>,
-    /// `Some(None)` removes the default rate limit.
-    pub rate_limit: Option<Option<RateLimit>>,
-}
 
 impl Store {
     /// Every role, by name.
