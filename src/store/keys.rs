@@ -169,9 +169,11 @@ impl Store {
     }
 
     /// Replaces key `id` by a successor with the same settings and the new
-    /// secret whose digest is given (see [`KeyRecord::successor_settings`]). The old
-    /// key expires at `now + grace`, or is revoked at once when `grace` is
-    /// zero; both rows link to each other.
+    /// secret whose digest is given, holding the old key's row meanwhile.
+    /// What a rotation may do is the model's rule: whether the key may be
+    /// rotated ([`KeyRecord::rotation_refusal`]), what the successor gets
+    /// ([`KeyRecord::successor_settings`]) and what becomes of the old key
+    /// ([`KeyRecord::retire_for_rotation`]). Both rows link to each other.
     ///
     /// # Errors
     /// [`StoreError::KeyNotFound`], or [`StoreError::NotRotatable`] for a
@@ -188,14 +190,7 @@ impl Store {
         let mut tx = self.begin_write().await?;
         self.lock_key(&mut tx, id).await?;
         let mut previous = fetch_key(&mut tx, id).await?;
-        let refusal = match previous.state(now) {
-            KeyState::Revoked => Some("it is revoked"),
-            KeyState::Expired => Some("it has expired"),
-            KeyState::Exhausted => Some("its uses are spent"),
-            KeyState::Active if previous.rotated_to.is_some() => Some("it was already rotated"),
-            KeyState::Active => None,
-        };
-        if let Some(why) = refusal {
+        if let Some(why) = previous.rotation_refusal(now) {
             return Err(StoreError::NotRotatable { id, why });
         }
 
@@ -207,22 +202,7 @@ impl Store {
             created_by: actor.key_id(),
         };
         let successor = insert_key(&mut tx, new_key, Some(id), now).await?;
-        previous.rotated_to = Some(successor.id);
-        if previous.uses_remaining.is_some() {
-            // The remaining uses move to the successor: a rotation never
-            // raises a cap, so the old key stops now, grace or not.
-            previous.uses_remaining = Some(0);
-        }
-        if grace.is_zero() {
-            previous.revoked_at = Some(now);
-            previous.revoke_reason = Some("rotated".to_owned());
-        } else {
-            let grace_end = now.saturating_add(grace);
-            previous.settings.expires_at = Some(match previous.settings.expires_at {
-                Some(earlier) if earlier < grace_end => earlier,
-                _ => grace_end,
-            });
-        }
+        previous.retire_for_rotation(successor.id, grace, now);
         sqlx::query(
             "UPDATE api_keys SET rotated_to = $1, expires_at = $2, revoked_at = $3, revoke_reason = $4, uses_remaining = $5
              WHERE id = $6",

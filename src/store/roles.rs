@@ -53,7 +53,8 @@ impl Store {
         Ok(())
     }
 
-    /// Applies `update` to role `name` and returns the role as it is now.
+    /// Applies `update` to role `name` ([`Role::apply`] says how) and returns
+    /// the role as it is now.
     ///
     /// # Errors
     /// [`StoreError::RoleNotFound`], or [`StoreError::BuiltinRole`].
@@ -74,26 +75,7 @@ impl Store {
         if role.builtin {
             return Err(StoreError::BuiltinRole(name.clone()));
         }
-        let mut permissions: Vec<Permission> = role
-            .permissions
-            .iter()
-            .filter(|p| !update.remove_permissions.contains(p))
-            .chain(update.add_permissions.iter())
-            .cloned()
-            .collect();
-        permissions.sort();
-        permissions.dedup();
-        role.permissions = permissions.into();
-        if let Some(description) = &update.description {
-            role.description.clone_from(description);
-        }
-        if let Some(max_ttl) = update.max_ttl {
-            role.max_ttl = max_ttl;
-        }
-        if let Some(rate_limit) = update.rate_limit {
-            role.rate_limit = rate_limit;
-        }
-        role.updated_at = now;
+        role.apply(update, now);
         sqlx::query(
             "UPDATE roles SET description = $1, max_ttl_ms = $2, updated_at = $3,
                               rate_requests = $4, rate_period_ms = $5, rate_burst = $6
@@ -101,7 +83,7 @@ impl Store {
         )
         .bind(role.description.clone())
         .bind(role.max_ttl.map(duration_millis))
-        .bind(now.as_millis())
+        .bind(role.updated_at.as_millis())
         .bind(role.rate_limit.map(|l| i64::from(l.requests())))
         .bind(role.rate_limit.map(|l| duration_millis(l.per())))
         .bind(role.rate_limit.map(|l| i64::from(l.burst())))
