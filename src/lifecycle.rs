@@ -20,7 +20,7 @@ use crate::{
     },
     permission::{Permission, RoleName},
     rate_limit::RateLimit,
-    store::{Backend, NewKey, Revocation, Rotation, Store, StoreError, feed::Changed},
+    store::{NewKey, Revocation, Rotation, Store, StoreError, feed::Changed},
 };
 
 /// When a new key stops working.
@@ -133,8 +133,7 @@ impl Lifecycle {
             });
             // With replicas, the caller's key may have been revoked on
             // another one a moment ago: ask the database, the only authority.
-            let live = live
-                && (store.backend() != Backend::Postgres || store.key_is_live(caller, now).await?);
+            let live = live && (!store.has_change_feed() || store.key_is_live(caller, now).await?);
             if !live {
                 return Err(ServiceError::Unauthenticated(
                     "the caller's key was revoked or expired",

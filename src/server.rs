@@ -18,7 +18,7 @@ use crate::{
     rate_limit::RateLimit,
     replica::{self, FeedSettings, Freshness},
     service::{AdminService, KeyService},
-    store::{Backend, PoolSettings, Store, StoreError, redacted_url},
+    store::{PoolSettings, Store, StoreError, redacted_url},
     validate::Validator,
 };
 
@@ -172,7 +172,7 @@ impl Application {
             store.load_snapshot(clock.now()).await?,
         ));
         tracing::info!(keys = index.len(), "index loaded");
-        let feed = (store.backend() == Backend::Postgres).then(|| {
+        let feed = store.has_change_feed().then(|| {
             let feed = FeedSettings {
                 max_staleness: settings.max_staleness,
                 resync_interval: settings.resync_interval,

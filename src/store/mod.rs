@@ -194,9 +194,23 @@ impl Store {
         })
     }
 
-    /// The database this store runs on.
+    /// The database this store runs on, for logs and diagnostics. Code that
+    /// behaves differently on one database asks for the capability it needs
+    /// instead, such as [`Store::has_change_feed`].
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Whether other replicas may share this database (PostgreSQL). Their
+    /// writes then reach this replica's index only through the
+    /// [change feed](feed), so the index may lag, and the database, not the
+    /// index, is the authority on what is current. On SQLite this server is
+    /// the only writer and its index sees every write as it commits.
+    pub fn has_change_feed(&self) -> bool {
+        match self.backend {
+            Backend::Sqlite => false,
+            Backend::Postgres => true,
+        }
     }
 
     /// How many store operations (each one or more queries) requests caused
