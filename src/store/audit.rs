@@ -77,10 +77,13 @@ pub(super) async fn append_audit(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::store::{open_postgres, open_temporary};
+    use std::sync::Arc;
 
-    async fn audit_log_is_append_only(store: &Store) {
+    use super::*;
+
+    on_both_stores!(audit_log_is_append_only);
+
+    async fn audit_log_is_append_only(store: Arc<Store>) {
         sqlx::query("INSERT INTO audit_log (at, action) VALUES (1, 'key.mint')")
             .execute(&store.pool)
             .await
@@ -88,19 +91,6 @@ mod tests {
         for sql in ["UPDATE audit_log SET action = 'x'", "DELETE FROM audit_log"] {
             let err = sqlx::query(sql).execute(&store.pool).await.unwrap_err();
             assert!(err.to_string().contains("append-only"), "{err}");
-        }
-    }
-
-    #[tokio::test]
-    async fn sqlite_audit_log_is_append_only() {
-        let (store, _dir) = open_temporary().await;
-        audit_log_is_append_only(&store).await;
-    }
-
-    #[tokio::test]
-    async fn postgres_audit_log_is_append_only() {
-        if let Some((store, _database)) = open_postgres().await {
-            audit_log_is_append_only(&store).await;
         }
     }
 }

@@ -568,7 +568,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::store::{open_postgres, open_temporary};
+
+    on_both_stores!(multi_thread: a_rotation_never_raises_a_cap_under_concurrent_use);
 
     /// Validations spend uses while the key is rotated: the uses spent and
     /// the uses handed to the successor never add up to more than the cap.
@@ -612,18 +613,5 @@ mod tests {
             CAP,
             "spent {spent}, handed on {handed_on}"
         );
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sqlite_a_rotation_never_raises_a_cap_under_concurrent_use() {
-        let (store, _dir) = open_temporary().await;
-        a_rotation_never_raises_a_cap_under_concurrent_use(store).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn postgres_a_rotation_never_raises_a_cap_under_concurrent_use() {
-        if let Some((store, _database)) = open_postgres().await {
-            a_rotation_never_raises_a_cap_under_concurrent_use(store).await;
-        }
     }
 }

@@ -29,6 +29,39 @@
 //! | `rows.rs`, `sql.rs` | row mapping, and dynamic SQL with numbered placeholders |
 //! | `location.rs`, `error.rs` | database URLs (never shown with a password), [`StoreError`] |
 
+/// Runs each listed store test, an `async fn name(store: Arc<Store>)`, once
+/// per database, as tests `name::sqlite` and `name::postgres`, each on a
+/// fresh database: the store promises the same on both, so its tests are
+/// written once. PostgreSQL runs are skipped, with the reason printed, when
+/// it is unreachable (they fail instead under `CI=true`). Prefix the list
+/// with `multi_thread:` for tests that need two workers. Defined before the
+/// submodules, so their tests can use it.
+#[cfg(test)]
+macro_rules! on_both_stores {
+    (multi_thread: $($test:ident),+ $(,)?) => {
+        $(on_both_stores!(@one $test, #[tokio::test(flavor = "multi_thread", worker_threads = 2)]);)+
+    };
+    ($($test:ident),+ $(,)?) => {
+        $(on_both_stores!(@one $test, #[tokio::test]);)+
+    };
+    (@one $test:ident, #[$runtime:meta]) => {
+        mod $test {
+            #[$runtime]
+            async fn sqlite() {
+                let (store, _dir) = $crate::store::open_temporary().await;
+                super::$test(store).await;
+            }
+
+            #[$runtime]
+            async fn postgres() {
+                if let Some((store, _database)) = $crate::store::open_postgres().await {
+                    super::$test(store).await;
+                }
+            }
+        }
+    };
+}
+
 mod audit;
 mod error;
 pub mod feed;
