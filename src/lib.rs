@@ -11,9 +11,9 @@
 //! | [`key`] | the key format: prefix, id, secret, checksum, digest |
 //! | [`permission`] | permission grammar and wildcard matching, role names |
 //! | [`cidr`] | CIDR allow-lists for keys |
-//! | [`model`] | domain types: key records, roles, changes, audit actions |
+//! | [`model`] | domain types and their rules (what a rotation does to a key, how a role update merges), changes, audit actions; [`model::query`]: what the admin API asks of the store |
 //! | [`clock`] | time as a parameter (wall clock, manual clock for tests) |
-//! | [`store`] | SQLite or PostgreSQL persistence; every write is one transaction with its audit record, and notifies the change feed |
+//! | [`store`] | SQLite or PostgreSQL persistence, a file per aggregate (keys, roles, audit) plus the index's sync; every write is one transaction with its audit record, and notifies the [change feed](store::feed) |
 //! | [`replica`] | many replicas on PostgreSQL: following the change feed, resyncs, fail-static then closed |
 //! | [`freshness`] | how current the index is known to be: confirmed by [`replica`], checked by [`validate`] |
 //! | [`index`] | the in-memory index of live keys and roles, changed only by [`model::Change`]s |

@@ -16,13 +16,13 @@ use crate::{
     error::ServiceError,
     index::Index,
     key::{KeyId, MintedKey, PlaintextKey, Prefix},
-    model::{Change, IndexedKey, KeyRecord, KeySettings, KeyState, Labels, Role},
+    model::{
+        Change, IndexedKey, KeyRecord, KeySettings, KeyState, Labels, Role, RoleUpdate,
+        query::{AuditPage, AuditQuery, KeyPage, KeyQuery},
+    },
     permission::{Permission, RoleName},
     rate_limit::RateLimit,
-    store::{
-        AuditPage, AuditQuery, Backend, KeyPage, KeyQuery, NewKey, Revocation, RoleUpdate,
-        Rotation, Store, StoreError, feed::Changed,
-    },
+    store::{NewKey, Revocation, Rotation, Store, StoreError, feed::Changed},
 };
 
 /// When a new key stops working.
@@ -136,9 +136,8 @@ impl Lifecycle {
                 });
                 // With replicas, the caller's key may have been revoked on
                 // another one a moment ago: ask the database, the only authority.
-                let live = live
-                    && (store.backend() != Backend::Postgres
-                        || store.key_is_live(caller, now).await?);
+                let live =
+                    live && (!store.has_change_feed() || store.key_is_live(caller, now).await?);
                 if !live {
                     return Err(ServiceError::Unauthenticated(
                         "the caller's key was revoked or expired",

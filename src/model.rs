@@ -1,6 +1,13 @@
 //! Domain types of the key lifecycle: what a key is, what may be asked of
 //! the store, and what the audit log records. None of them holds a plaintext
 //! key: the read model of a key has no field for one.
+//!
+//! The rules of a change live here too, as methods that need no database
+//! ([`KeyRecord::retire_for_rotation`], [`Role::apply`]): the store locks
+//! the rows, calls the rule and persists what it decided. [`query`] holds
+//! what the admin API asks of the key list and the audit log.
+
+pub mod query;
 
 use std::{collections::BTreeMap, fmt, sync::Arc, time::Duration};
 
@@ -164,6 +171,42 @@ impl KeyRecord {
             KeyState::Active
         }
     }
+
+    /// Why this key may not be rotated at `now`, if it may not. Only an
+    /// active key has anything to hand on, and only once: a second rotation
+    /// would give one key two successors.
+    pub fn rotation_refusal(&self, now: Timestamp) -> Option<&'static str> {
+        match self.state(now) {
+            KeyState::Revoked => Some("it is revoked"),
+            KeyState::Expired => Some("it has expired"),
+            KeyState::Exhausted => Some("its uses are spent"),
+            KeyState::Active if self.rotated_to.is_some() => Some("it was already rotated"),
+            KeyState::Active => None,
+        }
+    }
+
+    /// What a rotation at `now` does to the key it replaces: the key names
+    /// `successor`, and works for `grace` more (never longer than it would
+    /// have anyway), or is revoked at once when `grace` is zero. A capped
+    /// key stops at once, grace or not: its remaining uses went to the
+    /// successor (see [`KeyRecord::successor_settings`]), and a rotation
+    /// never raises a cap.
+    pub fn retire_for_rotation(&mut self, successor: KeyId, grace: Duration, now: Timestamp) {
+        self.rotated_to = Some(successor);
+        if self.uses_remaining.is_some() {
+            self.uses_remaining = Some(0);
+        }
+        if grace.is_zero() {
+            self.revoked_at = Some(now);
+            self.revoke_reason = Some("rotated".to_owned());
+        } else {
+            let grace_end = now.saturating_add(grace);
+            self.settings.expires_at = Some(match self.settings.expires_at {
+                Some(earlier) if earlier < grace_end => earlier,
+                _ => grace_end,
+            });
+        }
+    }
 }
 
 /// A key as the validate path needs it: the digest to compare and what a
@@ -219,6 +262,47 @@ pub struct Role {
     pub builtin: bool,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+}
+
+impl Role {
+    /// Applies `update` at `now`. Permissions are taken away, then added, and
+    /// kept sorted without duplicates, so the stored set does not depend on
+    /// the order a request lists them in; one both removed and added stays.
+    pub fn apply(&mut self, update: &RoleUpdate, now: Timestamp) {
+        let mut permissions: Vec<Permission> = self
+            .permissions
+            .iter()
+            .filter(|p| !update.remove_permissions.contains(p))
+            .chain(update.add_permissions.iter())
+            .cloned()
+            .collect();
+        permissions.sort();
+        permissions.dedup();
+        self.permissions = permissions.into();
+        if let Some(description) = &update.description {
+            self.description.clone_from(description);
+        }
+        if let Some(max_ttl) = update.max_ttl {
+            self.max_ttl = max_ttl;
+        }
+        if let Some(rate_limit) = update.rate_limit {
+            self.rate_limit = rate_limit;
+        }
+        self.updated_at = now;
+    }
+}
+
+/// A change to a role's settings, as an operator asks for it; `None` fields
+/// stay as they are. [`Role::apply`] says what it does.
+#[derive(Debug, Clone, Default)]
+pub struct RoleUpdate {
+    pub add_permissions: Vec<Permission>,
+    pub remove_permissions: Vec<Permission>,
+    pub description: Option<String>,
+    /// `Some(None)` removes the cap.
+    pub max_ttl: Option<Option<Duration>>,
+    /// `Some(None)` removes the default rate limit.
+    pub rate_limit: Option<Option<RateLimit>>,
 }
 
 /// A change to the state the validate path reads. Every write produces these,
@@ -346,5 +430,184 @@ mod tests {
         assert_eq!(record.state(now), KeyState::Expired);
         record.revoked_at = Some(Timestamp::from_millis(10));
         assert_eq!(record.state(now), KeyState::Revoked);
+    }
+
+    fn key(settings: KeySettings) -> KeyRecord {
+        KeyRecord::new(
+            KeyId::from_u64(1),
+            settings,
+            Timestamp::from_millis(0),
+            None,
+        )
+    }
+
+    #[test]
+    fn only_an_active_key_never_rotated_may_be_rotated() {
+        let now = Timestamp::from_millis(1_000);
+        let active = key(KeySettings::default());
+        let mut revoked = active.clone();
+        revoked.revoked_at = Some(Timestamp::from_millis(10));
+        let mut expired = active.clone();
+        expired.settings.expires_at = Some(now);
+        let mut spent = active.clone();
+        spent.uses_remaining = Some(0);
+        let mut rotated = active.clone();
+        rotated.rotated_to = Some(KeyId::from_u64(2));
+        for (record, expected) in [
+            (&active, None),
+            (&revoked, Some("it is revoked")),
+            (&expired, Some("it has expired")),
+            (&spent, Some("its uses are spent")),
+            (&rotated, Some("it was already rotated")),
+        ] {
+            assert_eq!(record.rotation_refusal(now), expected, "{record:?}");
+        }
+    }
+
+    #[test]
+    fn a_rotated_key_works_for_the_grace_period_at_most() {
+        let now = Timestamp::from_millis(1_000);
+        let successor = KeyId::from_u64(2);
+        let grace = Duration::from_millis(500);
+        // (expiry before, grace, expiry after, revoked)
+        let cases = [
+            (None, grace, Some(1_500), false),
+            (Some(10_000), grace, Some(1_500), false),
+            // Already expiring within the grace period: no later than that.
+            (Some(1_200), grace, Some(1_200), false),
+            (Some(10_000), Duration::ZERO, Some(10_000), true),
+            (None, Duration::ZERO, None, true),
+        ];
+        for (before, grace, after, revoked) in cases {
+            let mut record = key(KeySettings {
+                expires_at: before.map(Timestamp::from_millis),
+                ..KeySettings::default()
+            });
+            record.retire_for_rotation(successor, grace, now);
+            assert_eq!(record.rotated_to, Some(successor));
+            assert_eq!(
+                record.settings.expires_at,
+                after.map(Timestamp::from_millis),
+                "{before:?} {grace:?}"
+            );
+            assert_eq!(record.revoked_at.is_some(), revoked, "{before:?} {grace:?}");
+            if revoked {
+                assert_eq!(record.revoked_at, Some(now));
+                assert_eq!(record.revoke_reason.as_deref(), Some("rotated"));
+            }
+            assert_eq!(
+                record.uses_remaining, None,
+                "an uncapped key stays uncapped"
+            );
+        }
+    }
+
+    #[test]
+    fn a_rotated_capped_key_stops_at_once_and_hands_on_its_uses() {
+        let now = Timestamp::from_millis(1_000);
+        let mut record = key(KeySettings {
+            max_uses: Some(10),
+            ..KeySettings::default()
+        });
+        record.uses_remaining = Some(4);
+        assert_eq!(record.successor_settings(now).max_uses, Some(4));
+        record.retire_for_rotation(KeyId::from_u64(2), Duration::from_secs(60), now);
+        assert_eq!(record.uses_remaining, Some(0));
+        assert_eq!(record.state(now), KeyState::Exhausted);
+        assert_eq!(record.revoked_at, None);
+    }
+
+    fn permissions(names: &[&str]) -> Vec<Permission> {
+        names.iter().map(|name| name.parse().unwrap()).collect()
+    }
+
+    fn role(names: &[&str]) -> Role {
+        Role {
+            name: "deployer".parse().unwrap(),
+            description: "deploys".to_owned(),
+            permissions: permissions(names).into(),
+            max_ttl: Some(Duration::from_secs(3600)),
+            rate_limit: None,
+            builtin: false,
+            created_at: Timestamp::from_millis(0),
+            updated_at: Timestamp::from_millis(0),
+        }
+    }
+
+    #[test]
+    fn a_role_update_removes_then_adds_permissions_sorted_once() {
+        let now = Timestamp::from_millis(1_000);
+        // (held, remove, add, held after)
+        type Names = &'static [&'static str];
+        let cases: [(Names, Names, Names, Names); 5] = [
+            (&["b:read", "a:read"], &[], &[], &["a:read", "b:read"]),
+            (
+                &["a:read"],
+                &[],
+                &["c:write", "b:read", "c:write"],
+                &["a:read", "b:read", "c:write"],
+            ),
+            (
+                &["a:read", "b:read"],
+                &["a:read", "x:none"],
+                &[],
+                &["b:read"],
+            ),
+            // Removed and added in one update: it stays.
+            (&["a:read"], &["a:read"], &["a:read"], &["a:read"]),
+            (&["a:read"], &["a:read"], &[], &[]),
+        ];
+        for (held, remove, add, after) in cases {
+            let mut role = role(held);
+            role.apply(
+                &RoleUpdate {
+                    add_permissions: permissions(add),
+                    remove_permissions: permissions(remove),
+                    ..RoleUpdate::default()
+                },
+                now,
+            );
+            assert_eq!(
+                &role.permissions[..],
+                &permissions(after)[..],
+                "{held:?} - {remove:?} + {add:?}"
+            );
+            assert_eq!(role.updated_at, now);
+        }
+    }
+
+    #[test]
+    fn a_role_update_changes_only_the_settings_it_names() {
+        let now = Timestamp::from_millis(1_000);
+        let limit = RateLimit::new(10, Duration::from_secs(1), 10).unwrap();
+        let mut role = role(&["a:read"]);
+        role.apply(&RoleUpdate::default(), now);
+        assert_eq!(role.description, "deploys");
+        assert_eq!(role.max_ttl, Some(Duration::from_secs(3600)));
+        assert_eq!(role.rate_limit, None);
+        assert_eq!(&role.permissions[..], &permissions(&["a:read"])[..]);
+
+        role.apply(
+            &RoleUpdate {
+                description: Some(String::new()),
+                max_ttl: Some(None),
+                rate_limit: Some(Some(limit)),
+                ..RoleUpdate::default()
+            },
+            now,
+        );
+        assert_eq!(role.description, "");
+        assert_eq!(role.max_ttl, None);
+        assert_eq!(role.rate_limit, Some(limit));
+
+        role.apply(
+            &RoleUpdate {
+                rate_limit: Some(None),
+                ..RoleUpdate::default()
+            },
+            now,
+        );
+        assert_eq!(role.rate_limit, None);
+        assert!(!role.builtin, "never changed by an update");
     }
 }

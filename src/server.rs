@@ -19,7 +19,7 @@ use crate::{
     rate_limit::RateLimit,
     replica::{self, FeedSettings},
     service::{AdminService, KeyService},
-    store::{Backend, PoolSettings, Store, StoreError, redacted_url},
+    store::{PoolSettings, Store, StoreError, redacted_url},
     telemetry::RpcSpanLayer,
     validate::Validator,
 };
@@ -174,7 +174,7 @@ impl Application {
             store.load_snapshot(clock.now()).await?,
         ));
         tracing::info!(keys = index.len(), "index loaded");
-        let feed = (store.backend() == Backend::Postgres).then(|| {
+        let feed = store.has_change_feed().then(|| {
             let feed = FeedSettings {
                 max_staleness: settings.max_staleness,
                 resync_interval: settings.resync_interval,

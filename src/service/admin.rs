@@ -9,9 +9,12 @@ use crate::{
     auth::{Caller, authenticate},
     error::ServiceError,
     lifecycle::{Lifecycle, MintRequest, NewRole},
+    model::{
+        RoleUpdate,
+        query::{AuditQuery, KeyQuery},
+    },
     pb,
     permission::{self, Permission},
-    store::{AuditQuery, KeyQuery, RoleUpdate},
     validate::Validator,
 };
 

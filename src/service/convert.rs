@@ -8,11 +8,14 @@ use crate::{
     error::ServiceError,
     key::{KeyId, Prefix},
     lifecycle::{Expiry, MintRequest, NewRole},
-    model::{AuditRecord, KeyRecord, KeyState, Labels, MAX_OWNER_BYTES, MAX_TEXT_BYTES, Role},
+    model::{
+        AuditRecord, KeyRecord, KeyState, Labels, MAX_OWNER_BYTES, MAX_TEXT_BYTES, Role,
+        RoleUpdate,
+        query::{AuditQuery, KeyQuery, PageCursor},
+    },
     pb,
     permission::{Permission, RoleName},
     rate_limit::RateLimit,
-    store::{AuditQuery, KeyQuery, PageCursor, RoleUpdate},
 };
 
 /// Most keys one ListKeys page returns.

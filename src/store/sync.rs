@@ -1,0 +1,318 @@
+//! Keeping indexes in step with the database: the first initialisation,
+//! the snapshot an index starts from, and on PostgreSQL the change feed
+//! and what each change it names means for an index now.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use super::{
+    Store, StoreError,
+    audit::append_audit,
+    feed::{self, Changed, Topic},
+    keys::{NewKey, insert_key},
+    roles::insert_role,
+    rows::{fetch_for_ids, load_roles, with_details},
+};
+use crate::{
+    clock::Timestamp,
+    key::{KeyDigest, KeyId},
+    model::{Actor, AuditAction, Change, IndexedKey, KeyRecord, KeyState, Role},
+    permission::RoleName,
+};
+
+/// Everything the index needs at start.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Keys that can still validate (not revoked, not expired).
+    pub keys: Vec<(KeyRecord, KeyDigest)>,
+    pub roles: Vec<Role>,
+}
+
+impl Store {
+    /// Whether the built-in roles and first admin key exist.
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub async fn is_initialized(&self) -> Result<bool, StoreError> {
+        self.count();
+        let row = sqlx::query("SELECT 1 FROM keyward_meta WHERE name = 'initialized_at'")
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Creates the built-in roles and the first admin key, once.
+    ///
+    /// # Errors
+    /// [`StoreError::AlreadyInitialized`] on the second call.
+    pub async fn initialize(
+        &self,
+        roles: &[Role],
+        admin: NewKey,
+        now: Timestamp,
+    ) -> Result<KeyRecord, StoreError> {
+        self.count();
+        let mut tx = self.begin_write().await?;
+        let marked = sqlx::query(
+            "INSERT INTO keyward_meta (name, value) VALUES ('initialized_at', $1) ON CONFLICT DO NOTHING",
+        )
+        .bind(now.as_millis().to_string())
+        .execute(&mut *tx)
+        .await?;
+        if marked.rows_affected() == 0 {
+            return Err(StoreError::AlreadyInitialized);
+        }
+        for role in roles {
+            insert_role(&mut tx, role).await?;
+        }
+        let record = insert_key(&mut tx, admin, None, now).await?;
+        append_audit(
+            &mut tx,
+            now,
+            Actor::Local,
+            AuditAction::Initialize,
+            Some(&record.id.to_string()),
+            None,
+        )
+        .await?;
+        let mut topics: Vec<Topic> = roles
+            .iter()
+            .map(|role| Topic::Role(role.name.clone()))
+            .collect();
+        topics.push(Topic::Keys(vec![record.id]));
+        self.notify(&mut tx, topics).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    /// Loads every key that can still validate, and every role.
+    ///
+    /// # Errors
+    /// On a database failure or a row keyward could not have written.
+    pub async fn load_snapshot(&self, now: Timestamp) -> Result<Snapshot, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let rows = sqlx::query(
+            "SELECT * FROM api_keys WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1) AND (uses_remaining IS NULL OR uses_remaining > 0)",
+        )
+        .bind(now.as_millis())
+        .fetch_all(&mut *conn)
+        .await?;
+        let keys = with_details(&mut conn, rows, true).await?;
+        let keys = keys
+            .into_iter()
+            .map(|(record, digest)| (record, digest.expect("digest requested")))
+            .collect();
+        let roles = load_roles(&mut conn).await?;
+        Ok(Snapshot { keys, roles })
+    }
+
+    /// Listens to the change feed, on a connection of its own.
+    ///
+    /// # Errors
+    /// [`StoreError::NoFeed`] on SQLite, where this server is the only
+    /// writer; otherwise when PostgreSQL cannot be reached within `timeout`.
+    pub async fn subscribe(&self, timeout: Duration) -> Result<feed::Subscription, StoreError> {
+        let url = self.postgres_url.as_deref().ok_or(StoreError::NoFeed)?;
+        feed::Subscription::connect(url, timeout).await
+    }
+
+    /// What the index must do to reflect `changed` as the database holds
+    /// it now: keys that can validate are (re)loaded, every other named key
+    /// is removed; each role is (re)loaded or removed.
+    ///
+    /// # Errors
+    /// On a database failure or a row keyward could not have written.
+    pub async fn changes_for(
+        &self,
+        changed: &Changed,
+        now: Timestamp,
+    ) -> Result<Vec<Change>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let mut changes = Vec::with_capacity(changed.keys.len() + changed.roles.len());
+        if !changed.keys.is_empty() {
+            let texts: Vec<String> = changed.keys.iter().map(ToString::to_string).collect();
+            let rows = fetch_for_ids(&mut conn, "SELECT * FROM api_keys", "id", &texts).await?;
+            let mut live: HashMap<KeyId, Arc<IndexedKey>> = with_details(&mut conn, rows, true)
+                .await?
+                .into_iter()
+                .filter(|(record, _)| record.state(now) == KeyState::Active)
+                .map(|(record, digest)| {
+                    let digest = digest.expect("digest requested");
+                    (record.id, Arc::new(IndexedKey::new(&record, digest)))
+                })
+                .collect();
+            changes.extend(changed.keys.iter().map(|id| match live.remove(id) {
+                Some(key) => Change::KeyUpserted(key),
+                None => Change::KeyRemoved(*id),
+            }));
+        }
+        if !changed.roles.is_empty() {
+            let mut current: HashMap<RoleName, Role> = load_roles(&mut conn)
+                .await?
+                .into_iter()
+                .filter(|role| changed.roles.contains(&role.name))
+                .map(|role| (role.name.clone(), role))
+                .collect();
+            changes.extend(changed.roles.iter().map(|name| match current.remove(name) {
+                Some(role) => Change::RoleUpserted(role),
+                None => Change::RoleRemoved(name.clone()),
+            }));
+        }
+        Ok(changes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        model::KeySettings,
+        store::{open_postgres, open_temporary},
+    };
+
+    on_both_stores!(
+        changes_follow_the_database,
+        a_change_feed_exactly_where_replicas_may_share
+    );
+
+    /// What the server decides by `has_change_feed` (whether to follow a
+    /// feed) must match what `subscribe` can deliver.
+    async fn a_change_feed_exactly_where_replicas_may_share(store: Arc<Store>) {
+        let subscribed = store.subscribe(Duration::from_secs(5)).await;
+        assert_eq!(
+            subscribed.is_ok(),
+            store.has_change_feed(),
+            "{:?}",
+            subscribed.err()
+        );
+    }
+
+    #[tokio::test]
+    async fn sqlite_has_no_change_feed() {
+        let (store, _dir) = open_temporary().await;
+        let refused = store.subscribe(Duration::from_secs(1)).await.unwrap_err();
+        assert!(matches!(refused, StoreError::NoFeed), "{refused}");
+    }
+
+    /// What another replica's notification makes of the database's rows.
+    async fn changes_follow_the_database(store: Arc<Store>) {
+        let now = Timestamp::from_millis(1_000_000);
+        let new_key = |n: u64| NewKey {
+            id: KeyId::from_u64(n),
+            digest: KeyDigest::from_bytes([n as u8; 32]),
+            settings: KeySettings::default(),
+            created_by: None,
+        };
+        let (live, revoked, unknown) = (KeyId::from_u64(1), KeyId::from_u64(2), KeyId::from_u64(3));
+        store
+            .insert_key(new_key(1), Actor::Local, now)
+            .await
+            .unwrap();
+        store
+            .insert_key(new_key(2), Actor::Local, now)
+            .await
+            .unwrap();
+        store
+            .revoke_key(revoked, "", Actor::Local, now)
+            .await
+            .unwrap();
+
+        let changes = store
+            .changes_for(&Topic::Keys(vec![live, revoked, unknown]).into(), now)
+            .await
+            .unwrap();
+        assert!(
+            matches!(&changes[0], Change::KeyUpserted(key) if key.id == live && key.digest.as_bytes() == &[1; 32])
+        );
+        assert!(matches!(changes[1], Change::KeyRemoved(id) if id == revoked));
+        assert!(matches!(changes[2], Change::KeyRemoved(id) if id == unknown));
+
+        let name: RoleName = "deployer".parse().unwrap();
+        let changes = store
+            .changes_for(&Topic::Role(name.clone()).into(), now)
+            .await
+            .unwrap();
+        assert!(matches!(&changes[..], [Change::RoleRemoved(gone)] if *gone == name));
+        let role = Role {
+            name: name.clone(),
+            description: String::new(),
+            permissions: ["deploy:write".parse().unwrap()].into(),
+            max_ttl: None,
+            rate_limit: None,
+            builtin: false,
+            created_at: now,
+            updated_at: now,
+        };
+        store.create_role(&role, Actor::Local).await.unwrap();
+        let changes = store
+            .changes_for(&Topic::Role(name.clone()).into(), now)
+            .await
+            .unwrap();
+        assert!(matches!(
+            &changes[..],
+            [Change::RoleUpserted(found)] if found.name == role.name && found.permissions == role.permissions
+        ));
+
+        // Many notifications, one batch: each key and role once.
+        let mut changed = Changed::from(Topic::Keys(vec![revoked, live]));
+        changed.add(Topic::Role(name.clone()));
+        changed.add(Topic::Keys(vec![live]));
+        let changes = store.changes_for(&changed, now).await.unwrap();
+        assert!(matches!(
+            &changes[..],
+            [Change::KeyUpserted(key), Change::KeyRemoved(gone), Change::RoleUpserted(found)]
+                if key.id == live && *gone == revoked && found.name == name
+        ));
+    }
+
+    #[tokio::test]
+    async fn postgres_writes_notify_the_feed_on_commit() {
+        let Some((store, _database)) = open_postgres().await else {
+            return;
+        };
+        let mut subscription = store.subscribe(Duration::from_secs(5)).await.unwrap();
+        let now = Timestamp::from_millis(1_000_000);
+        let id = KeyId::from_u64(7);
+        let key = NewKey {
+            id,
+            digest: KeyDigest::from_bytes([7; 32]),
+            settings: KeySettings::default(),
+            created_by: None,
+        };
+        store.insert_key(key, Actor::Local, now).await.unwrap();
+        store
+            .revoke_key(id, "leaked", Actor::Local, now)
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            let topic = tokio::time::timeout(Duration::from_secs(5), subscription.next())
+                .await
+                .expect("a notification within 5 s")
+                .unwrap();
+            assert_eq!(topic, Some(Topic::Keys(vec![id])));
+        }
+        // Revoking again changes nothing, so it tells nobody.
+        let again = store.revoke_key(id, "", Actor::Local, now).await.unwrap();
+        assert!(again.already_revoked);
+        subscription.ping(Duration::from_secs(5)).await.unwrap();
+        let mut received = Changed::default();
+        subscription.take_received(&mut received).unwrap();
+        assert!(received.is_empty(), "{received:?}");
+
+        // What arrives before a ping's reply is buffered and taken at once.
+        let other = KeyId::from_u64(8);
+        let key = NewKey {
+            id: other,
+            digest: KeyDigest::from_bytes([8; 32]),
+            settings: KeySettings::default(),
+            created_by: None,
+        };
+        store.insert_key(key, Actor::Local, now).await.unwrap();
+        store
+            .revoke_key(other, "", Actor::Local, now)
+            .await
+            .unwrap();
+        subscription.ping(Duration::from_secs(5)).await.unwrap();
+        subscription.take_received(&mut received).unwrap();
+        assert_eq!(received, Changed::from(Topic::Keys(vec![other])));
+    }
+}
