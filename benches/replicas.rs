@@ -120,9 +120,9 @@ async fn propagation(database_url: &str) -> String {
     ] {
         println!(
             "| {label} | {:.2} ms | {:.2} ms | {:.2} ms |",
-            percentile(values, 50.0),
-            percentile(values, 99.0),
-            percentile(values, 100.0)
+            percentile(values, 50),
+            percentile(values, 99),
+            percentile(values, 100)
         );
     }
     println!(
@@ -359,9 +359,9 @@ async fn write_load(database_url: &str) {
     ] {
         println!(
             "| {label} | {:.1} ms | {:.1} ms | {:.1} ms |",
-            percentile(values, 50.0),
-            percentile(values, 99.0),
-            percentile(values, 100.0)
+            percentile(values, 50),
+            percentile(values, 99),
+            percentile(values, 100)
         );
     }
     b.stop().await;

@@ -97,7 +97,7 @@ fn case(
     let outcome = validator.check(presented, checks(required));
     assert!(expect(&outcome), "{name}: unexpected {outcome:?}");
     group.bench_function(name, |b| {
-        b.iter(|| validator.check(black_box(presented), checks(black_box(required))))
+        b.iter(|| validator.check(black_box(presented), checks(black_box(required))));
     });
 }
 
@@ -170,7 +170,7 @@ fn bench_validate(c: &mut Criterion) {
                 next = 0;
             }
             large.check(black_box(key), checks(black_box(&required)))
-        })
+        });
     });
     drop(presented);
     drop(large);

@@ -17,6 +17,7 @@ use crate::{
 /// An authenticated caller and what it holds.
 #[derive(Debug, Clone)]
 pub struct Caller {
+    /// The caller key's id: what audit records name as the actor.
     pub id: KeyId,
     /// The caller key's effective permissions.
     pub permissions: Vec<Permission>,
@@ -26,6 +27,7 @@ pub struct Caller {
 
 impl Caller {
     /// The caller as the actor of an audit record.
+    #[must_use]
     pub fn actor(&self) -> Actor {
         Actor::Key(self.id)
     }
@@ -33,6 +35,7 @@ impl Caller {
     /// Whether this caller may hand `permission` to a key or a role: only
     /// what it holds itself, unless it holds `keyward:admin`. This is what
     /// stops a narrowly scoped admin key from minting a broader one.
+    #[must_use]
     pub fn may_grant(&self, permission: &Permission) -> bool {
         self.is_root || self.permissions.iter().any(|held| held.grants(permission))
     }
@@ -68,6 +71,8 @@ pub fn authenticate<T>(
     validator: &Validator,
     needed: &Permission,
 ) -> Result<Caller, ServiceError> {
+    static ROOT: LazyLock<Permission> =
+        LazyLock::new(|| permission::ADMIN.parse().expect("built-in permission"));
     validator.ensure_fresh()?;
     let token = bearer_token(request.metadata())?;
     let outcome = validator.check_credential(token, request.remote_addr().map(|addr| addr.ip()));
@@ -93,8 +98,6 @@ pub fn authenticate<T>(
             ));
         }
     };
-    static ROOT: LazyLock<Permission> =
-        LazyLock::new(|| permission::ADMIN.parse().expect("built-in permission"));
     let is_root = grant.permissions.iter().any(|held| held.grants(&ROOT));
     if !is_root && !grant.permissions.iter().any(|held| held.grants(needed)) {
         tracing::info!(caller = %grant.key.id, %needed, "caller lacks permission");

@@ -30,14 +30,20 @@ pub enum InitError {
     #[error(
         "the database is already initialised: its first admin key was printed by `keywardctl init` or written to the server's bootstrap key file (keyward-admin.key); mint further admin keys with an existing one"
     )]
+    /// A first admin key exists already; it is never made twice.
     AlreadyInitialized,
+    /// The admin key could not be generated.
     #[error("the OS random source failed: {0}")]
     Random(#[from] getrandom::Error),
+    /// The key file could not be written; the database was left uninitialised.
     #[error("cannot write the admin key to {path}: {source}")]
     KeyFile {
+        /// The file that could not be written.
         path: PathBuf,
+        /// Why, as the operating system said.
         source: std::io::Error,
     },
+    /// The database failed.
     #[error(transparent)]
     Store(StoreError),
 }
@@ -54,11 +60,18 @@ impl From<StoreError> for InitError {
 /// The first admin key, shown once.
 #[derive(Debug)]
 pub struct Initialized {
+    /// Its public id, safe to log.
     pub key_id: KeyId,
+    /// The secret, to hand over once and then forget.
     pub plaintext: PlaintextKey,
 }
 
 /// The roles every keyward database has, as created at `now`.
+///
+/// # Panics
+/// Never: the built-in names and permissions it parses are constants, and a
+/// unit test parses them.
+#[must_use]
 pub fn builtin_roles(now: Timestamp) -> Vec<Role> {
     let role = |name: &str, description: &str, permission: &str| Role {
         name: name.parse().expect("built-in role name"),
@@ -94,6 +107,9 @@ pub async fn initialize_database(database_url: &str) -> Result<Initialized, Init
 /// # Errors
 /// [`InitError::AlreadyInitialized`] on a database initialised before, or
 /// whatever `persist` or the store report.
+///
+/// # Panics
+/// Never: the built-in role and permission it parses are constants.
 pub async fn initialize(
     store: &Store,
     clock: &dyn Clock,

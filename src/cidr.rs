@@ -19,6 +19,7 @@ pub struct Cidr {
 impl Cidr {
     /// Whether `ip` lies in this range. IPv4-mapped IPv6 addresses
     /// (`::ffff:10.0.0.1`) match IPv4 ranges, as a dual-stack socket reports them.
+    #[must_use]
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.network, ip.to_canonical()) {
             (IpAddr::V4(network), IpAddr::V4(ip)) => {

@@ -17,27 +17,32 @@ pub struct Timestamp(i64);
 
 impl Timestamp {
     /// Builds a timestamp from milliseconds since the epoch.
+    #[must_use]
     pub const fn from_millis(millis: i64) -> Self {
         Self(millis)
     }
 
     /// Milliseconds since the epoch.
+    #[must_use]
     pub const fn as_millis(self) -> i64 {
         self.0
     }
 
     /// `self + duration`, saturating far in the future instead of wrapping.
+    #[must_use]
     pub fn saturating_add(self, duration: Duration) -> Self {
         let millis = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
         Self(self.0.saturating_add(millis))
     }
 
     /// The time from `self` until `later`; zero when `later` is not later.
+    #[must_use]
     pub fn until(self, later: Timestamp) -> Duration {
         Duration::from_millis(u64::try_from(later.0.saturating_sub(self.0)).unwrap_or(0))
     }
 
     /// Converts a wall-clock time.
+    #[must_use]
     pub fn from_system_time(time: SystemTime) -> Self {
         match time.duration_since(UNIX_EPOCH) {
             Ok(after) => Self(i64::try_from(after.as_millis()).unwrap_or(i64::MAX)),
@@ -46,6 +51,7 @@ impl Timestamp {
     }
 
     /// Converts to a wall-clock time.
+    #[must_use]
     pub fn to_system_time(self) -> SystemTime {
         let magnitude = Duration::from_millis(self.0.unsigned_abs());
         if self.0 >= 0 {
@@ -107,6 +113,7 @@ pub struct ManualClock {
 
 impl ManualClock {
     /// A clock stopped at the current wall-clock time.
+    #[must_use]
     pub fn starting_now() -> Self {
         let start = SystemClock.now().as_millis();
         Self {

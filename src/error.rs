@@ -21,7 +21,9 @@ pub enum ServiceError {
     /// The request is malformed; `field` names the offending field.
     #[error("invalid {field}: {message}")]
     InvalidArgument {
+        /// The request field at fault, as named in the proto.
         field: &'static str,
+        /// What is wrong with it; never the presented key.
         message: String,
     },
     /// No (or no usable) caller credential.
@@ -53,6 +55,8 @@ pub enum ServiceError {
 
 impl ServiceError {
     /// An `INVALID_ARGUMENT` naming `field`.
+    // By value, so that call sites read `map_err(|e| invalid("field", e))`.
+    #[allow(clippy::needless_pass_by_value)]
     pub fn invalid(field: &'static str, message: impl ToString) -> Self {
         Self::InvalidArgument {
             field,
@@ -64,8 +68,9 @@ impl ServiceError {
 impl From<StoreError> for ServiceError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::KeyNotFound(_) => Self::NotFound(error.to_string()),
-            StoreError::RoleNotFound(_) => Self::NotFound(error.to_string()),
+            StoreError::KeyNotFound(_) | StoreError::RoleNotFound(_) => {
+                Self::NotFound(error.to_string())
+            }
             StoreError::RoleExists(_) => Self::AlreadyExists(error.to_string()),
             StoreError::NotRotatable { .. }
             | StoreError::AlreadyInitialized

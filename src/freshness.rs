@@ -33,13 +33,16 @@ pub struct Freshness {
     .limit.as_secs()
 )]
 pub struct Stale {
+    /// How long since the index was last confirmed current.
     pub age: Duration,
+    /// `--max-staleness`: the most this replica may trust.
     pub limit: Duration,
 }
 
 impl Freshness {
     /// Confirmed current as of `as_of` (a moment just before the index was
     /// loaded).
+    #[must_use]
     pub fn new(max_staleness: Duration, as_of: Instant) -> Self {
         Self {
             origin: as_of,

@@ -45,6 +45,7 @@ pub struct Index {
 
 impl Index {
     /// An index holding what the store holds now.
+    #[must_use]
     pub fn from_snapshot(snapshot: Snapshot) -> Self {
         let keys = snapshot
             .keys
@@ -225,13 +226,13 @@ impl Index {
         // (each change is a single map operation), so poisoning is ignored.
         self.state
             .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, State> {
         self.state
             .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

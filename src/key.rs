@@ -49,12 +49,16 @@ const DIGEST_CONTEXT: &str = "keyward 2026-11-29 api key secret digest v1";
 /// shown to a Validate caller (who learns just `INVALID`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FormatError {
+    /// No `_` separates a prefix from the body.
     #[error("key has no `<prefix>_` part")]
     MissingSeparator,
+    /// The prefix breaks the prefix grammar.
     #[error("key prefix is not `[a-z][a-z0-9]{{0,15}}`")]
     BadPrefix,
+    /// The body has the wrong length or a character outside base62.
     #[error("key body is not {BODY_CHARS} base62 characters")]
     BadBody,
+    /// A typo or a truncated copy: the CRC-32 in the body does not match.
     #[error("key checksum does not match")]
     BadChecksum,
 }
@@ -73,6 +77,7 @@ pub struct Prefix(String);
 
 impl Prefix {
     /// The prefix as text.
+    #[must_use]
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -139,6 +144,7 @@ impl KeyId {
     }
 
     /// An id from its numeric value (for tests and benchmarks).
+    #[must_use]
     pub const fn from_u64(value: u64) -> Self {
         Self(value)
     }
@@ -184,6 +190,7 @@ impl Drop for PlaintextKey {
 impl PlaintextKey {
     /// The key text, for the one place that must show it (a mint or rotate
     /// response, or a file written with mode 0600).
+    #[must_use]
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -202,23 +209,27 @@ pub struct KeyDigest([u8; 32]);
 
 impl KeyDigest {
     /// Rebuilds a digest read back from the database.
+    #[must_use]
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         Self(bytes)
     }
 
     /// The raw digest, for storage.
+    #[must_use]
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
 
     /// A digest no secret hashes to in practice, compared against when the
     /// key id is unknown so that unknown ids cost the same time as known ones.
+    #[must_use]
     pub const fn dummy() -> Self {
         Self([0x5a; 32])
     }
 
     /// Constant-time equality: the time taken does not depend on how many
     /// leading bytes match, so a caller cannot guess a digest byte by byte.
+    #[must_use]
     pub fn ct_eq(&self, other: &Self) -> bool {
         self.0.ct_eq(&other.0).into()
     }
@@ -234,9 +245,13 @@ impl fmt::Debug for KeyDigest {
 /// digest to store.
 #[derive(Debug)]
 pub struct MintedKey {
+    /// Public, and the index's lookup key.
     pub id: KeyId,
+    /// What the key starts with, chosen at mint.
     pub prefix: Prefix,
+    /// The whole key, shown to the minting caller once and never stored.
     pub plaintext: PlaintextKey,
+    /// What the database keeps instead of the secret.
     pub digest: KeyDigest,
 }
 
@@ -333,11 +348,13 @@ impl<'a> ParsedKey<'a> {
     }
 
     /// The public key id.
+    #[must_use]
     pub fn id(&self) -> KeyId {
         self.id
     }
 
     /// The digest to compare with the stored one.
+    #[must_use]
     pub fn digest(&self) -> KeyDigest {
         digest(self.prefix, self.id, &self.secret)
     }

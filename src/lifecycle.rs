@@ -28,48 +28,70 @@ use crate::{
 /// When a new key stops working.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expiry {
+    /// Only revocation stops it; refused when a role caps key lifetimes.
     Never,
     /// A lifetime from the moment of minting.
     Ttl(Duration),
+    /// An instant, which must be in the future.
     At(Timestamp),
 }
 
 /// A checked mint request.
 #[derive(Debug, Clone)]
 pub struct MintRequest {
+    /// Starts the plaintext, so a leaked key says what it belongs to.
     pub prefix: Prefix,
+    /// Each must exist; their permissions, max TTL and rate limit apply.
     pub roles: Vec<RoleName>,
+    /// Granted directly, besides the roles' permissions.
     pub permissions: Vec<Permission>,
+    /// Client addresses the key validates from; empty: any.
     pub allowed_cidrs: Vec<Cidr>,
+    /// For finding keys, and revoking them in bulk ([`Lifecycle::revoke_matching`]).
     pub labels: Labels,
+    /// Free text, possibly empty; listing and bulk revocation filter on it.
     pub owner: String,
+    /// Free text for people; keyward never reads it.
     pub description: String,
+    /// Must end within the shortest max TTL among `roles`, if any.
     pub expiry: Expiry,
+    /// The key's own limit; `None`: its roles' default, else the server's.
     pub rate_limit: Option<RateLimit>,
+    /// Most validations the key may pass; `None`: no cap.
     pub max_uses: Option<u64>,
 }
 
 /// A checked request to create a role.
 #[derive(Debug, Clone)]
 pub struct NewRole {
+    /// Must not be taken by another role.
     pub name: RoleName,
+    /// Free text for people; keyward never reads it.
     pub description: String,
+    /// Not `*` alone, and each one the caller may grant.
     pub permissions: Vec<Permission>,
+    /// Longest lifetime a key holding the role may be minted with; `None`: no cap.
     pub max_ttl: Option<Duration>,
+    /// For keys holding the role that have none of their own; `None`: the
+    /// server's.
     pub rate_limit: Option<RateLimit>,
 }
 
 /// A new key and its plaintext, shown once.
 #[derive(Debug)]
 pub struct Minted {
+    /// As stored: everything but the secret.
     pub key: KeyRecord,
+    /// The only copy: the store keeps just its digest.
     pub plaintext: PlaintextKey,
 }
 
 /// A rotation and the successor's plaintext, shown once.
 #[derive(Debug)]
 pub struct Rotated {
+    /// The old key (working for the grace period at most) and its successor.
     pub rotation: Rotation,
+    /// The successor's, and the only copy: the store keeps just its digest.
     pub plaintext: PlaintextKey,
 }
 
@@ -98,6 +120,7 @@ impl Lifecycle {
     }
 
     /// The time according to the injected clock.
+    #[must_use]
     pub fn now(&self) -> Timestamp {
         self.clock.now()
     }
@@ -177,9 +200,9 @@ impl Lifecycle {
     /// When the store cannot be read; the index is then unchanged.
     pub async fn reload(&self, changed: &Changed) -> Result<usize, StoreError> {
         let _turn = self.writes.lock().await;
-        let changes = self.store.changes_for(changed, self.clock.now()).await?;
-        let count = changes.len();
-        self.index.apply(changes);
+        let to_apply = self.store.changes_for(changed, self.clock.now()).await?;
+        let count = to_apply.len();
+        self.index.apply(to_apply);
         Ok(count)
     }
 
@@ -262,7 +285,7 @@ impl Lifecycle {
                         });
                     }
                     Err(StoreError::IdCollision(id)) => {
-                        tracing::warn!(key_id = %id, "random key id taken; drawing again")
+                        tracing::warn!(key_id = %id, "random key id taken; drawing again");
                     }
                     Err(other) => return Err(other.into()),
                 }

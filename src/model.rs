@@ -32,10 +32,15 @@ pub const MAX_TEXT_BYTES: usize = 1024;
 /// Why a set of labels was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidLabels {
+    /// Over [`MAX_LABELS`] on one key; reported before any label is checked.
     #[error("at most {MAX_LABELS} labels are allowed")]
     TooMany,
+    /// Empty, too long, or outside the charset; having no `=` lets
+    /// `--label KEY=VALUE` split at the first one.
     #[error("label key must be 1 to {MAX_LABEL_BYTES} bytes of [A-Za-z0-9_.:/-]")]
     BadKey,
+    /// Only length and control characters are refused: a value may be empty
+    /// or contain `=`.
     #[error("label value must be at most {MAX_LABEL_BYTES} bytes without control characters")]
     BadValue,
 }
@@ -70,6 +75,7 @@ impl Labels {
     }
 
     /// The labels, sorted by key.
+    #[must_use]
     pub fn as_map(&self) -> &BTreeMap<String, String> {
         &self.0
     }
@@ -78,8 +84,14 @@ impl Labels {
 /// The lifecycle state of a key at a given time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyState {
+    /// Neither revoked nor expired, with uses left if capped: the only state
+    /// that validates or may be rotated.
     Active,
+    /// `expires_at` is at or before the time asked about; how a rotated
+    /// key's grace period ends.
     Expired,
+    /// Revoked, even if later than the time asked about: a revocation is
+    /// never undone.
     Revoked,
     /// A capped key with no use left.
     Exhausted,
@@ -89,15 +101,25 @@ pub enum KeyState {
 /// is a `kw` key with no role, permission, limit or expiry.
 #[derive(Debug, Clone, Default)]
 pub struct KeySettings {
+    /// Part of the key text and bound into its digest, so it never changes;
+    /// a successor gets the same one.
     pub prefix: Prefix,
+    /// By name: resolved on every validation, so a change to a role reaches
+    /// the key at once.
     pub roles: Vec<RoleName>,
     /// Granted directly, besides the roles' permissions.
     pub permissions: Vec<Permission>,
     /// Empty: any client address.
     pub allowed_cidrs: Vec<Cidr>,
+    /// What `ListKeys` and bulk revocation select keys by; Validate reports them.
     pub labels: Labels,
+    /// Free text up to [`MAX_OWNER_BYTES`], empty if not given; a `ListKeys`
+    /// filter, reported by Validate.
     pub owner: String,
+    /// Free text for operators, up to [`MAX_TEXT_BYTES`]; empty if not given.
     pub description: String,
+    /// `None`: never expires (refused at mint when a role has a `max_ttl`).
+    /// A rotation with a grace period sets or shortens it.
     pub expires_at: Option<Timestamp>,
     /// The key's own limit; `None`: its roles' default, else the server's.
     pub rate_limit: Option<RateLimit>,
@@ -108,24 +130,36 @@ pub struct KeySettings {
 /// The read model of a key: everything but the secret.
 #[derive(Debug, Clone)]
 pub struct KeyRecord {
+    /// Also printed in the key itself; logs and audit records name keys by it.
     pub id: KeyId,
+    /// As they are now: after mint only `rate_limit` is changed by an
+    /// update, and `expires_at` by a rotation's grace period.
     pub settings: KeySettings,
+    /// Mint time; `ListKeys` sorts and pages by it, newest first.
     pub created_at: Timestamp,
     /// The key that minted this one; `None` for the first admin key.
     pub created_by: Option<KeyId>,
+    /// Set once and never cleared: revoking again keeps the first time.
     pub revoked_at: Option<Timestamp>,
+    /// As the revoker gave it, `None` if they gave none; `"rotated"` when a
+    /// rotation without grace revoked the key.
     pub revoke_reason: Option<String>,
+    /// The key this one succeeded; `None` unless minted by a rotation.
     pub rotated_from: Option<KeyId>,
+    /// The successor; once set, the key may not be rotated again.
     pub rotated_to: Option<KeyId>,
     /// Validations left, for a capped key.
     pub uses_remaining: Option<u64>,
     /// As last flushed from memory.
     pub last_used_at: Option<Timestamp>,
+    /// Validations and RPC authentications that passed; written in batches,
+    /// so up to `--usage-flush-interval` behind.
     pub use_count: u64,
 }
 
 impl KeyRecord {
     /// A key as created at `created_at`: not revoked, not rotated, unused.
+    #[must_use]
     pub fn new(
         id: KeyId,
         settings: KeySettings,
@@ -149,6 +183,7 @@ impl KeyRecord {
 
     /// The settings a rotation gives this key's successor: all of them, with
     /// a lifetime as long as this key's own (from creation to expiry).
+    #[must_use]
     pub fn successor_settings(&self, now: Timestamp) -> KeySettings {
         let lifetime = self.settings.expires_at.map(|at| self.created_at.until(at));
         KeySettings {
@@ -160,6 +195,7 @@ impl KeyRecord {
     }
 
     /// The state at `now`. Revocation wins over expiry, expiry over exhaustion.
+    #[must_use]
     pub fn state(&self, now: Timestamp) -> KeyState {
         if self.revoked_at.is_some() {
             KeyState::Revoked
@@ -175,6 +211,7 @@ impl KeyRecord {
     /// Why this key may not be rotated at `now`, if it may not. Only an
     /// active key has anything to hand on, and only once: a second rotation
     /// would give one key two successors.
+    #[must_use]
     pub fn rotation_refusal(&self, now: Timestamp) -> Option<&'static str> {
         match self.state(now) {
             KeyState::Revoked => Some("it is revoked"),
@@ -213,23 +250,41 @@ impl KeyRecord {
 /// Validate response reports. Shared behind `Arc` so lookups copy nothing.
 #[derive(Debug, Clone)]
 pub struct IndexedKey {
+    /// What the index is keyed by: the id parsed from a presented key.
     pub id: KeyId,
+    /// Of prefix, id and secret; compared in constant time.
     pub digest: KeyDigest,
+    /// Names only: [`crate::index::Index::entitlements`] resolves them on
+    /// each validation, so a role change applies to the next one.
     pub roles: Vec<RoleName>,
+    /// Granted directly; the roles' are added at validation time.
     pub permissions: Vec<Permission>,
+    /// Empty: any client address; otherwise Validate needs a client address
+    /// inside one of them.
     pub allowed_cidrs: Vec<Cidr>,
+    /// Only reported in the Validate response; no decision reads them.
     pub labels: Labels,
+    /// Only reported in the Validate response; no decision reads it.
     pub owner: String,
+    /// Checked on every validation; [`crate::index::Index::remove_expired`]
+    /// also drops the entry some time after.
     pub expires_at: Option<Timestamp>,
+    /// `None` in practice, as revoking removes the entry from the index;
+    /// checked on every validation all the same.
     pub revoked_at: Option<Timestamp>,
+    /// The key's own; `None`: its roles' strictest, else the server default.
     pub rate_limit: Option<RateLimit>,
     /// A capped key's validations each cost a durable decrement.
     pub capped: bool,
+    /// Counted on the hot path and flushed in batches. Every version of a
+    /// key's entry shares it ([`crate::index::Index::apply`] carries it
+    /// over), so an update loses no count.
     pub usage: Arc<KeyUsage>,
 }
 
 impl IndexedKey {
     /// The index entry for a stored key.
+    #[must_use]
     pub fn new(record: &KeyRecord, digest: KeyDigest) -> Self {
         Self {
             id: record.id,
@@ -251,8 +306,12 @@ impl IndexedKey {
 /// A role: a named set of permissions.
 #[derive(Debug, Clone)]
 pub struct Role {
+    /// Never changes (no update renames a role); keys hold roles by it.
     pub name: RoleName,
+    /// Free text for operators, up to [`MAX_TEXT_BYTES`].
     pub description: String,
+    /// Granted to every key holding the role. An `Arc` because roles are
+    /// cloned out of the index on reads; [`Role::apply`] replaces it whole.
     pub permissions: Arc<[Permission]>,
     /// Longest lifetime a key holding this role may be minted with.
     pub max_ttl: Option<Duration>,
@@ -260,7 +319,9 @@ pub struct Role {
     pub rate_limit: Option<RateLimit>,
     /// Built-in roles (`admin`, `validator`) cannot be changed or deleted.
     pub builtin: bool,
+    /// For a built-in role, when the database was initialised.
     pub created_at: Timestamp,
+    /// Set by [`Role::apply`]; equal to `created_at` until the first update.
     pub updated_at: Timestamp,
 }
 
@@ -296,8 +357,11 @@ impl Role {
 /// stay as they are. [`Role::apply`] says what it does.
 #[derive(Debug, Clone, Default)]
 pub struct RoleUpdate {
+    /// Added after `remove_permissions` are taken away, so one in both stays.
     pub add_permissions: Vec<Permission>,
+    /// One the role does not hold is ignored, not refused.
     pub remove_permissions: Vec<Permission>,
+    /// `Some` replaces the description; `Some("")` clears it.
     pub description: Option<String>,
     /// `Some(None)` removes the cap.
     pub max_ttl: Option<Option<Duration>>,
@@ -325,17 +389,29 @@ pub enum Change {
 pub enum AuditAction {
     /// The database was initialised and the first admin key minted.
     Initialize,
+    /// Also written for a rotation's successor, with reason `rotation of <id>`.
     Mint,
+    /// Recorded against the old key; the reason names the successor and the
+    /// grace period.
     Rotate,
+    /// A key changed in place; only its own rate limit can be, and the
+    /// reason says to what.
     Update,
+    /// One per key, bulk revocations included. Not written again for a key
+    /// already revoked, nor when a rotation revokes: `Rotate` covers that.
     Revoke,
+    /// The reason lists the role's permissions. The built-in roles get none:
+    /// `Initialize` covers them.
     RoleCreate,
+    /// The reason lists the role's permissions after the change.
     RoleUpdate,
+    /// Only a role no key holds, revoked keys included, can be deleted.
     RoleDelete,
 }
 
 impl AuditAction {
     /// The stored name; never change an existing one.
+    #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Initialize => "initialize",
@@ -361,12 +437,17 @@ impl fmt::Display for AuditAction {
 pub struct AuditRecord {
     /// Position in the log; increases with every record.
     pub seq: i64,
+    /// The `now` of the write the record was committed with.
     pub at: Timestamp,
     /// `None` for the local operator.
     pub actor: Option<KeyId>,
+    /// The stored name ([`AuditAction::as_str`]), kept as text so a name
+    /// this version does not know still reads.
     pub action: String,
     /// The key id or role name changed.
     pub target: Option<String>,
+    /// A revoker's own reason, or a summary of the change written by the
+    /// store (see [`AuditAction`]); `None` when neither applies.
     pub reason: Option<String>,
 }
 
@@ -374,12 +455,16 @@ pub struct AuditRecord {
 /// operator (`keywardctl init`, or the server's own first start).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Actor {
+    /// An authenticated caller, by the id of the key it presented.
     Key(KeyId),
+    /// Stored as a `NULL` actor, so audit records cannot tell `init` from a
+    /// first start.
     Local,
 }
 
 impl Actor {
     /// The key id, when the actor is a key.
+    #[must_use]
     pub fn key_id(self) -> Option<KeyId> {
         match self {
             Self::Key(id) => Some(id),
@@ -511,7 +596,7 @@ mod tests {
         });
         record.uses_remaining = Some(4);
         assert_eq!(record.successor_settings(now).max_uses, Some(4));
-        record.retire_for_rotation(KeyId::from_u64(2), Duration::from_secs(60), now);
+        record.retire_for_rotation(KeyId::from_u64(2), Duration::from_mins(1), now);
         assert_eq!(record.uses_remaining, Some(0));
         assert_eq!(record.state(now), KeyState::Exhausted);
         assert_eq!(record.revoked_at, None);
@@ -526,7 +611,7 @@ mod tests {
             name: "deployer".parse().unwrap(),
             description: "deploys".to_owned(),
             permissions: permissions(names).into(),
-            max_ttl: Some(Duration::from_secs(3600)),
+            max_ttl: Some(Duration::from_hours(1)),
             rate_limit: None,
             builtin: false,
             created_at: Timestamp::from_millis(0),
@@ -536,9 +621,9 @@ mod tests {
 
     #[test]
     fn a_role_update_removes_then_adds_permissions_sorted_once() {
+        type Names = &'static [&'static str];
         let now = Timestamp::from_millis(1_000);
         // (held, remove, add, held after)
-        type Names = &'static [&'static str];
         let cases: [(Names, Names, Names, Names); 5] = [
             (&["b:read", "a:read"], &[], &[], &["a:read", "b:read"]),
             (
@@ -583,7 +668,7 @@ mod tests {
         let mut role = role(&["a:read"]);
         role.apply(&RoleUpdate::default(), now);
         assert_eq!(role.description, "deploys");
-        assert_eq!(role.max_ttl, Some(Duration::from_secs(3600)));
+        assert_eq!(role.max_ttl, Some(Duration::from_hours(1)));
         assert_eq!(role.rate_limit, None);
         assert_eq!(&role.permissions[..], &permissions(&["a:read"])[..]);
 

@@ -19,27 +19,30 @@ pub const VALIDATE: &str = "keyward:validate";
 /// permission (the root of trust; the built-in `admin` role has it through
 /// `keyward:*`).
 pub const ADMIN: &str = "keyward:admin";
-/// GetKey, ListKeys.
+/// `GetKey`, `ListKeys`.
 pub const KEYS_READ: &str = "keyward:keys:read";
-/// MintKey, RotateKey, RevokeKey, RevokeKeys (only keys within the caller's own permissions).
+/// `MintKey`, `RotateKey`, `RevokeKey`, `RevokeKeys` (only keys within the caller's own permissions).
 pub const KEYS_WRITE: &str = "keyward:keys:write";
-/// GetRole, ListRoles.
+/// `GetRole`, `ListRoles`.
 pub const ROLES_READ: &str = "keyward:roles:read";
-/// CreateRole, UpdateRole, DeleteRole (only permissions the caller holds).
+/// `CreateRole`, `UpdateRole`, `DeleteRole` (only permissions the caller holds).
 pub const ROLES_WRITE: &str = "keyward:roles:write";
-/// ListAuditRecords.
+/// `ListAuditRecords`.
 pub const AUDIT_READ: &str = "keyward:audit:read";
 
 /// Why a string is not a permission. The message explains the grammar.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidPermission {
+    /// An empty string.
     #[error("permission is empty")]
     Empty,
+    /// Longer than the stored column allows.
     #[error("permission is longer than {MAX_PERMISSION_BYTES} bytes")]
     TooLong,
     #[error(
         "permission must be segments of [a-z0-9_.-] joined by ':', optionally ending in ':*' (e.g. deploy:write, deploy:*)"
     )]
+    /// Not segments joined by `:`, or a `*` other than a whole last segment.
     Malformed,
 }
 
@@ -49,6 +52,7 @@ pub struct Permission(Arc<str>);
 
 impl Permission {
     /// The permission as text.
+    #[must_use]
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -57,6 +61,7 @@ impl Permission {
     ///
     /// A wildcard grants by prefix, which also makes permission sets
     /// comparable: `deploy:*` grants `deploy:prod:*`.
+    #[must_use]
     pub fn grants(&self, required: &Permission) -> bool {
         match self.0.strip_suffix('*') {
             Some(scope) => required.0.len() > scope.len() && required.0.starts_with(scope),
@@ -65,6 +70,7 @@ impl Permission {
     }
 
     /// True for `*` alone, which only built-in roles may hold.
+    #[must_use]
     pub fn is_global_wildcard(&self) -> bool {
         &*self.0 == "*"
     }
@@ -126,6 +132,7 @@ pub struct RoleName(Arc<str>);
 
 impl RoleName {
     /// The name as text.
+    #[must_use]
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -27,17 +27,21 @@ use governor::{
 use crate::{clock::Clock, key::KeyId};
 
 /// Longest window a rate limit may have.
-pub const MAX_PERIOD: Duration = Duration::from_secs(24 * 3600);
+pub const MAX_PERIOD: Duration = Duration::from_hours(24);
 
 /// Why a rate limit was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidRateLimit {
+    /// A limit of zero requests would refuse everything; revoke the key instead.
     #[error("requests must be at least 1")]
     ZeroRequests,
+    /// A burst of zero would never admit a call.
     #[error("burst must be at least 1")]
     ZeroBurst,
+    /// The period is zero, or longer than a day.
     #[error("the period must be more than zero and at most 24h")]
     BadPeriod,
+    /// Text that is not `N/s`, `N/m` or `N/h`.
     #[error("expected N/s, N/m or N/h with N a whole number of at least 1, e.g. 100/s")]
     Malformed,
 }
@@ -69,19 +73,26 @@ impl RateLimit {
         })
     }
 
+    /// Calls allowed per [`RateLimit::per`].
+    #[must_use]
     pub fn requests(&self) -> u32 {
         self.requests.get()
     }
 
+    /// The period the requests are counted over.
+    #[must_use]
     pub fn per(&self) -> Duration {
         self.per
     }
 
+    /// Calls that may come at once after a quiet spell.
+    #[must_use]
     pub fn burst(&self) -> u32 {
         self.burst.get()
     }
 
     /// Requests per second, to compare limits: lower is stricter.
+    #[must_use]
     pub fn per_second(&self) -> f64 {
         f64::from(self.requests.get()) / self.per.as_secs_f64()
     }
@@ -102,8 +113,8 @@ impl FromStr for RateLimit {
         let (count, unit) = s.split_once('/').ok_or(InvalidRateLimit::Malformed)?;
         let per = match unit {
             "s" => Duration::from_secs(1),
-            "m" => Duration::from_secs(60),
-            "h" => Duration::from_secs(3600),
+            "m" => Duration::from_mins(1),
+            "h" => Duration::from_hours(1),
             _ => return Err(InvalidRateLimit::Malformed),
         };
         if count.is_empty() || !count.bytes().all(|b| b.is_ascii_digit()) {
@@ -129,8 +140,16 @@ impl fmt::Display for RateLimit {
 /// Whether a call may go ahead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
-    Allowed { remaining_burst: u32 },
-    Limited { retry_after: Duration },
+    /// The call may go ahead.
+    Allowed {
+        /// Calls that could follow at once: reported to the caller.
+        remaining_burst: u32,
+    },
+    /// Over the limit: refused.
+    Limited {
+        /// When the next call would be allowed.
+        retry_after: Duration,
+    },
 }
 
 /// governor's view of our clock: its monotonic reading.
@@ -175,7 +194,7 @@ impl RateLimiters {
             let limiters = self
                 .limiters
                 .read()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(limiter) = limiters.get(limit) {
                 return self.admit(limiter, key);
             }
@@ -183,7 +202,7 @@ impl RateLimiters {
         let mut limiters = self
             .limiters
             .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let limiter = limiters.entry(*limit).or_insert_with(|| {
             governor::RateLimiter::<KeyId, _, _, NoOpMiddleware<Duration>>::new(
                 limit.quota(),
@@ -218,7 +237,7 @@ impl RateLimiters {
             let limiters = self
                 .limiters
                 .read()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             limiters
                 .values()
                 .map(|limiter| {
@@ -230,7 +249,7 @@ impl RateLimiters {
         };
         self.limiters
             .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .retain(|_, limiter| !limiter.is_empty());
         kept
     }
@@ -250,12 +269,9 @@ mod tests {
         assert_eq!("5/s".parse(), RateLimit::new(5, Duration::from_secs(1), 5));
         assert_eq!(
             "100/m".parse(),
-            RateLimit::new(100, Duration::from_secs(60), 100)
+            RateLimit::new(100, Duration::from_mins(1), 100)
         );
-        assert_eq!(
-            "1/h".parse(),
-            RateLimit::new(1, Duration::from_secs(3600), 1)
-        );
+        assert_eq!("1/h".parse(), RateLimit::new(1, Duration::from_hours(1), 1));
         for (bad, error) in [
             ("0/s", InvalidRateLimit::ZeroRequests),
             ("-1/s", InvalidRateLimit::Malformed),

@@ -46,6 +46,7 @@ pub struct FeedSettings {
 impl FeedSettings {
     /// How often the feed's connection is checked: often enough that a dead
     /// connection is noticed well within `max_staleness`.
+    #[must_use]
     pub fn heartbeat(&self) -> Duration {
         (self.max_staleness / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
     }
@@ -197,11 +198,11 @@ mod tests {
     fn the_heartbeat_fits_well_within_the_staleness_limit() {
         let settings = |max_staleness| FeedSettings {
             max_staleness,
-            resync_interval: Duration::from_secs(300),
+            resync_interval: Duration::from_mins(5),
             connect_timeout: Duration::from_secs(5),
         };
         assert_eq!(
-            settings(Duration::from_secs(60)).heartbeat(),
+            settings(Duration::from_mins(1)).heartbeat(),
             Duration::from_secs(1)
         );
         assert_eq!(

@@ -31,10 +31,10 @@ use crate::{
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// How often keys past their expiry are dropped from the index.
-const EXPIRY_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+const EXPIRY_SWEEP_INTERVAL: Duration = Duration::from_mins(1);
 
 /// How often idle rate-limiter state is reclaimed.
-const LIMITER_RECLAIM_INTERVAL: Duration = Duration::from_secs(60);
+const LIMITER_RECLAIM_INTERVAL: Duration = Duration::from_mins(1);
 
 /// What `keyward serve` needs to start. Its `Debug` shows the database URL
 /// without a password.
@@ -72,8 +72,8 @@ impl Default for Settings {
             default_rate_limit: None,
             usage_flush_interval: Duration::from_secs(10),
             pool: PoolSettings::default(),
-            max_staleness: Duration::from_secs(60),
-            resync_interval: Duration::from_secs(300),
+            max_staleness: Duration::from_mins(1),
+            resync_interval: Duration::from_mins(5),
         }
     }
 }
@@ -97,15 +97,21 @@ impl std::fmt::Debug for Settings {
 /// prints as one line that names what failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
+    /// The address cannot be bound (in use, or not this host's).
     #[error("cannot listen on {addr}: {source}")]
     Listen {
+        /// The address asked for.
         addr: SocketAddr,
+        /// Why, as the operating system said.
         source: std::io::Error,
     },
+    /// The database cannot be opened, migrated or loaded.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A new database could not be given its first admin key.
     #[error("cannot initialise the database: {0}")]
     Initialize(#[from] InitError),
+    /// The server stopped with a transport error.
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -221,6 +227,9 @@ impl Application {
     ///
     /// # Errors
     /// When the gRPC server fails.
+    ///
+    /// # Panics
+    /// Never: the descriptor sets given to reflection are compiled in.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -380,6 +389,10 @@ async fn sweep_expired(index: Arc<Index>, clock: Arc<dyn Clock>) {
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.
+///
+/// # Panics
+/// When the process cannot install a signal handler (no Unix signals), at
+/// start-up.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler can be installed");

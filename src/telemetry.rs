@@ -12,6 +12,7 @@
 //! quote it when reporting a problem.
 
 use std::{
+    fmt::Write as _,
     future::Future,
     io::IsTerminal,
     pin::Pin,
@@ -54,14 +55,16 @@ fn request_id(headers: &http::HeaderMap) -> http::HeaderValue {
                 .iter()
                 .all(|byte| byte.is_ascii_alphanumeric() || b"-_.:".contains(byte))
     });
-    match usable {
-        Some(value) => value.clone(),
-        None => {
-            let mut random = [0_u8; 8];
-            getrandom::fill(&mut random).expect("the operating system's random source");
-            let hex: String = random.iter().map(|byte| format!("{byte:02x}")).collect();
-            http::HeaderValue::try_from(hex).expect("hex is a valid header value")
-        }
+    if let Some(value) = usable {
+        value.clone()
+    } else {
+        let mut random = [0_u8; 8];
+        getrandom::fill(&mut random).expect("the operating system's random source");
+        let hex = random.iter().fold(String::new(), |mut hex, byte| {
+            let _ = write!(hex, "{byte:02x}");
+            hex
+        });
+        http::HeaderValue::try_from(hex).expect("hex is a valid header value")
     }
 }
 

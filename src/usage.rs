@@ -17,8 +17,11 @@ pub struct KeyUsage {
 /// Usage to add to a key's stored record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UsageDelta {
+    /// The key used.
     pub key: KeyId,
+    /// Successful validations since the last flush.
     pub uses: u64,
+    /// The latest of them.
     pub last_used_at: Timestamp,
 }
 

@@ -42,9 +42,19 @@ pub enum Outcome {
     /// Not a live key with this secret. Shown to callers as `INVALID` only.
     Invalid(InvalidReason),
     /// A live key over its rate limit.
-    RateLimited { grant: Grant, retry_after: Duration },
+    RateLimited {
+        /// The key, proven live.
+        grant: Grant,
+        /// When its next call would be allowed.
+        retry_after: Duration,
+    },
     /// A live key that may not do this.
-    Forbidden { grant: Grant, denied: Denied },
+    Forbidden {
+        /// The key, proven live.
+        grant: Grant,
+        /// What it lacks.
+        denied: Denied,
+    },
 }
 
 /// What a validation asks besides "is this key live?".
@@ -64,6 +74,7 @@ pub struct Checks<'a> {
 /// messages to authenticated callers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Denied {
+    /// A required permission none of the key's grants.
     MissingPermission(Permission),
     /// The key has an allow-list and the address is outside it (or unknown).
     ClientIpNotAllowed(Option<IpAddr>),
@@ -86,6 +97,7 @@ impl fmt::Display for Denied {
 /// A key proven live, with its effective permissions and limits.
 #[derive(Debug)]
 pub struct Grant {
+    /// The key as the index holds it (id, owner, labels, roles).
     pub key: Arc<IndexedKey>,
     /// The key's own permissions and its roles', sorted.
     pub permissions: Vec<Permission>,
@@ -98,11 +110,15 @@ pub struct Grant {
 /// Why a key is invalid: for logs and metrics, never for the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InvalidReason {
+    /// Not shaped like a key at all.
     Malformed(FormatError),
     /// Not in the index: never existed, revoked, or swept after expiry.
     UnknownKey(KeyId),
+    /// The id exists but the secret does not match its digest.
     WrongSecret(KeyId),
+    /// Revoked, and not yet dropped from the index.
     Revoked(KeyId),
+    /// Past its expiry, and not yet swept from the index.
     Expired(KeyId),
     /// A capped key whose uses are spent.
     UsesExhausted(KeyId),
@@ -112,6 +128,7 @@ pub enum InvalidReason {
 
 impl InvalidReason {
     /// The key id, when the key was well-formed.
+    #[must_use]
     pub fn key_id(self) -> Option<KeyId> {
         match self {
             Self::Malformed(_) => None,
@@ -239,7 +256,7 @@ impl Validator {
         if let Some(limit) = limit.filter(|_| !checks.skip_rate_limit) {
             match self.limiters.check(grant.key.id, &limit) {
                 Admission::Allowed { remaining_burst } => {
-                    grant.rate_limit = Some((limit, remaining_burst))
+                    grant.rate_limit = Some((limit, remaining_burst));
                 }
                 Admission::Limited { retry_after } => {
                     grant.rate_limit = Some((limit, 0));
@@ -500,7 +517,7 @@ mod tests {
         let fx = Fixture::new();
         let now = fx.clock.now();
         let expiring =
-            fx.add(|r| r.settings.expires_at = Some(now.saturating_add(Duration::from_secs(60))));
+            fx.add(|r| r.settings.expires_at = Some(now.saturating_add(Duration::from_mins(1))));
         let revoked = fx.add(|r| r.revoked_at = Some(now));
 
         assert!(matches!(
@@ -508,7 +525,7 @@ mod tests {
                 .check(expiring.plaintext.expose(), Checks::default()),
             Outcome::Valid(_)
         ));
-        fx.clock.advance(Duration::from_secs(60));
+        fx.clock.advance(Duration::from_mins(1));
         assert_eq!(
             reason(
                 fx.validator
@@ -533,7 +550,7 @@ mod tests {
             r.settings.allowed_cidrs = vec![
                 "10.0.0.0/8".parse().unwrap(),
                 "2001:db8::/32".parse().unwrap(),
-            ]
+            ];
         });
         let at = |ip: Option<&str>| Checks {
             required: &[],

@@ -128,8 +128,8 @@ pub fn median(values: &mut [f64]) -> f64 {
 }
 
 /// The `p`-th percentile (0–100, nearest rank); sorts `values`.
-pub fn percentile(values: &mut [f64], p: f64) -> f64 {
+pub fn percentile(values: &mut [f64], p: usize) -> f64 {
     values.sort_by(f64::total_cmp);
-    let rank = ((p / 100.0) * values.len() as f64).ceil() as usize;
+    let rank = (p * values.len()).div_ceil(100);
     values[rank.clamp(1, values.len()) - 1]
 }

@@ -55,7 +55,7 @@ pub struct GlobalArgs {
     pub server: ServerUrl,
 
     /// File holding the admin key (the server writes the first one to
-    /// keyward-admin.key); otherwise the key is read from KEYWARD_ADMIN_KEY
+    /// keyward-admin.key); otherwise the key is read from `KEYWARD_ADMIN_KEY`
     #[arg(
         long,
         global = true,
@@ -117,10 +117,10 @@ pub enum Command {
     /// Reads one key from stdin (never from the command line) and asks the
     /// server's Validate RPC about it, with the admin key as the caller's
     /// credential (it needs `keyward:validate`). Exits 0 when the key is valid
-    /// and 1 when it is not (INVALID, RATE_LIMITED or FORBIDDEN).
+    /// and 1 when it is not (INVALID, `RATE_LIMITED` or FORBIDDEN).
     ///
     /// Shows the key's rate limit and the burst left, how long to wait when
-    /// it is RATE_LIMITED, and the uses left of a key minted with --max-uses.
+    /// it is `RATE_LIMITED`, and the uses left of a key minted with --max-uses.
     /// A check is a real validation: it spends one call of the key's rate
     /// limit on the server asked, and a valid answer spends one of its uses.
     Verify(VerifyArgs),
@@ -252,8 +252,8 @@ mod tests {
             (rate.requests(), rate.per(), rate.burst()),
             (5, Duration::from_secs(1), 5)
         );
-        assert_eq!(parse_rate("2/m").unwrap().per(), Duration::from_secs(60));
-        assert_eq!(parse_rate("1/h").unwrap().per(), Duration::from_secs(3600));
+        assert_eq!(parse_rate("2/m").unwrap().per(), Duration::from_mins(1));
+        assert_eq!(parse_rate("1/h").unwrap().per(), Duration::from_hours(1));
         for bad in ["0/s", "-1/s", "5/fortnight", "5", "", "1.5/s", "5/S"] {
             assert!(parse_rate(bad).is_err(), "{bad:?}");
         }
@@ -267,9 +267,9 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_mins(30)));
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
-        assert_eq!(parse_positive_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_positive_duration("1h"), Ok(Duration::from_hours(1)));
         assert!(parse_positive_duration("0s").is_err());
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("").is_err());
@@ -289,7 +289,7 @@ mod tests {
 
     #[test]
     fn since_is_a_duration_ago_or_a_time() {
-        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        let hour_ago = SystemTime::now() - Duration::from_hours(1);
         let since = parse_since("1h").unwrap();
         let off = since
             .duration_since(hour_ago)

@@ -98,7 +98,7 @@ impl CliError {
     }
 
     /// Translates a gRPC status from `server` for an operator.
-    pub fn from_status(status: Status, server: &ServerUrl) -> Self {
+    pub fn from_status(status: &Status, server: &ServerUrl) -> Self {
         let message = if status.message().is_empty() {
             status.code().description().to_owned()
         } else {
@@ -247,7 +247,7 @@ mod tests {
         ];
         for (status, expected) in cases {
             assert_eq!(
-                CliError::from_status(status, &server()).to_string(),
+                CliError::from_status(&status, &server()).to_string(),
                 expected
             );
         }
@@ -272,7 +272,7 @@ mod tests {
         // A name taken (a duplicate role) is an error like any refusal, not a
         // usage error: the command line was well formed.
         let taken =
-            CliError::from_status(Status::already_exists("role x already exists"), &server());
+            CliError::from_status(&Status::already_exists("role x already exists"), &server());
         assert_eq!(taken.exit_code(), ExitCode::FAILURE);
     }
 }

@@ -36,6 +36,9 @@ pub struct AdminService {
 
 impl AdminService {
     /// The admin API over `lifecycle`, authenticating callers with `validator`.
+    ///
+    /// # Panics
+    /// Never: the permissions it parses are built-in constants.
     pub fn new(lifecycle: Arc<Lifecycle>, validator: Arc<Validator>) -> Self {
         let parse = |p: &str| p.parse().expect("built-in permission");
         Self {

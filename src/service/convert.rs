@@ -18,7 +18,7 @@ use crate::{
     rate_limit::RateLimit,
 };
 
-/// Most keys one ListKeys page returns.
+/// Most keys one `ListKeys` page returns.
 pub const MAX_PAGE_SIZE: u32 = 1000;
 /// Page size when the request names none.
 pub const DEFAULT_PAGE_SIZE: u32 = 100;

@@ -60,7 +60,9 @@ impl Topic {
 /// once brings it to its current state whatever happened to it meanwhile.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Changed {
+    /// Each is reloaded if it can still validate, else dropped from the index.
     pub keys: BTreeSet<KeyId>,
+    /// Each is reloaded, or dropped from the index if it was deleted.
     pub roles: BTreeSet<RoleName>,
 }
 
@@ -76,6 +78,7 @@ impl Changed {
     }
 
     /// Nothing to reload.
+    #[must_use]
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty() && self.roles.is_empty()
     }

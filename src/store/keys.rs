@@ -27,22 +27,32 @@ use crate::{
 /// A key about to be written: its settings plus the digest of its secret.
 #[derive(Debug)]
 pub struct NewKey {
+    /// Drawn at random; one already taken fails with
+    /// [`StoreError::IdCollision`].
     pub id: KeyId,
+    /// All the store keeps of the secret: the plaintext never reaches it.
     pub digest: KeyDigest,
+    /// Stored as given; `max_uses` also sets the uses remaining.
     pub settings: KeySettings,
+    /// The caller's key; `None` for the first admin key, which no key minted.
     pub created_by: Option<KeyId>,
 }
 
 /// The outcome of a rotation.
 #[derive(Debug)]
 pub struct Rotation {
+    /// The old key as now stored: it names its successor and works for the
+    /// grace period at most (not at all with no grace, or if use-capped).
     pub previous: KeyRecord,
+    /// The new key, with the old one's settings and as long a lifetime.
     pub successor: KeyRecord,
 }
 
 /// The outcome of a revocation.
 #[derive(Debug)]
 pub struct Revocation {
+    /// As stored after the call: a key revoked before keeps its first
+    /// revocation time and reason.
     pub key: KeyRecord,
     /// True when the key was revoked before; nothing changed.
     pub already_revoked: bool,

@@ -61,6 +61,7 @@ impl fmt::Debug for Location {
 
 /// `database_url` for logs and `Debug`: the file, or the PostgreSQL server
 /// and database, never a password.
+#[must_use]
 pub fn redacted_url(database_url: &str) -> String {
     Location::parse(database_url).map_or_else(
         |_| "(unparseable URL)".to_owned(),

@@ -302,7 +302,7 @@ impl Store {
         if self.backend != Backend::Postgres {
             return Ok(());
         }
-        for payload in topics.into_iter().flat_map(|topic| topic.payloads()) {
+        for payload in topics.into_iter().flat_map(feed::Topic::payloads) {
             sqlx::query("SELECT 1 FROM pg_notify($1, $2)")
                 .bind(feed::CHANNEL)
                 .bind(payload)

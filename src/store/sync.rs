@@ -4,6 +4,8 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use sqlx::{AnyConnection, any::AnyRow};
+
 use super::{
     Store, StoreError,
     audit::append_audit,
@@ -22,8 +24,10 @@ use crate::{
 /// Everything the index needs at start.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    /// Keys that can still validate (not revoked, not expired).
+    /// Keys that can still validate (not revoked, expired or spent).
     pub keys: Vec<(KeyRecord, KeyDigest)>,
+    /// All of them, built-in ones included: validation resolves a key's
+    /// roles through the index.
     pub roles: Vec<Role>,
 }
 
@@ -96,11 +100,7 @@ impl Store {
         .bind(now.as_millis())
         .fetch_all(&mut *conn)
         .await?;
-        let keys = with_details(&mut conn, rows, true).await?;
-        let keys = keys
-            .into_iter()
-            .map(|(record, digest)| (record, digest.expect("digest requested")))
-            .collect();
+        let keys = with_digests(&mut conn, rows).await?;
         let roles = load_roles(&mut conn).await?;
         Ok(Snapshot { keys, roles })
     }
@@ -127,20 +127,17 @@ impl Store {
         now: Timestamp,
     ) -> Result<Vec<Change>, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        let mut changes = Vec::with_capacity(changed.keys.len() + changed.roles.len());
+        let mut to_apply = Vec::with_capacity(changed.keys.len() + changed.roles.len());
         if !changed.keys.is_empty() {
             let texts: Vec<String> = changed.keys.iter().map(ToString::to_string).collect();
             let rows = fetch_for_ids(&mut conn, "SELECT * FROM api_keys", "id", &texts).await?;
-            let mut live: HashMap<KeyId, Arc<IndexedKey>> = with_details(&mut conn, rows, true)
+            let mut live: HashMap<KeyId, Arc<IndexedKey>> = with_digests(&mut conn, rows)
                 .await?
                 .into_iter()
                 .filter(|(record, _)| record.state(now) == KeyState::Active)
-                .map(|(record, digest)| {
-                    let digest = digest.expect("digest requested");
-                    (record.id, Arc::new(IndexedKey::new(&record, digest)))
-                })
+                .map(|(record, digest)| (record.id, Arc::new(IndexedKey::new(&record, digest))))
                 .collect();
-            changes.extend(changed.keys.iter().map(|id| match live.remove(id) {
+            to_apply.extend(changed.keys.iter().map(|id| match live.remove(id) {
                 Some(key) => Change::KeyUpserted(key),
                 None => Change::KeyRemoved(*id),
             }));
@@ -152,13 +149,25 @@ impl Store {
                 .filter(|role| changed.roles.contains(&role.name))
                 .map(|role| (role.name.clone(), role))
                 .collect();
-            changes.extend(changed.roles.iter().map(|name| match current.remove(name) {
+            to_apply.extend(changed.roles.iter().map(|name| match current.remove(name) {
                 Some(role) => Change::RoleUpserted(role),
                 None => Change::RoleRemoved(name.clone()),
             }));
         }
-        Ok(changes)
+        Ok(to_apply)
     }
+}
+
+/// [`with_details`] with the digests, which the index needs to verify keys.
+async fn with_digests(
+    conn: &mut AnyConnection,
+    rows: Vec<AnyRow>,
+) -> Result<Vec<(KeyRecord, KeyDigest)>, StoreError> {
+    Ok(with_details(conn, rows, true)
+        .await?
+        .into_iter()
+        .map(|(record, digest)| (record, digest.expect("with_digest is true")))
+        .collect())
 }
 
 #[cfg(test)]
@@ -196,9 +205,9 @@ mod tests {
     /// What another replica's notification makes of the database's rows.
     async fn changes_follow_the_database(store: Arc<Store>) {
         let now = Timestamp::from_millis(1_000_000);
-        let new_key = |n: u64| NewKey {
-            id: KeyId::from_u64(n),
-            digest: KeyDigest::from_bytes([n as u8; 32]),
+        let new_key = |n: u8| NewKey {
+            id: KeyId::from_u64(n.into()),
+            digest: KeyDigest::from_bytes([n; 32]),
             settings: KeySettings::default(),
             created_by: None,
         };
@@ -253,10 +262,10 @@ mod tests {
         ));
 
         // Many notifications, one batch: each key and role once.
-        let mut changed = Changed::from(Topic::Keys(vec![revoked, live]));
-        changed.add(Topic::Role(name.clone()));
-        changed.add(Topic::Keys(vec![live]));
-        let changes = store.changes_for(&changed, now).await.unwrap();
+        let mut batch = Changed::from(Topic::Keys(vec![revoked, live]));
+        batch.add(Topic::Role(name.clone()));
+        batch.add(Topic::Keys(vec![live]));
+        let changes = store.changes_for(&batch, now).await.unwrap();
         assert!(matches!(
             &changes[..],
             [Change::KeyUpserted(key), Change::KeyRemoved(gone), Change::RoleUpserted(found)]

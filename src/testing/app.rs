@@ -80,6 +80,7 @@ impl TestDatabase {
     }
 
     /// Where the servers connect.
+    #[must_use]
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -326,7 +327,10 @@ impl<C: Clock + Clone> TestApp<C> {
         let request = pb::CreateRoleRequest {
             name: name.to_owned(),
             description: String::new(),
-            permissions: permissions.iter().map(|p| p.to_string()).collect(),
+            permissions: permissions
+                .iter()
+                .map(std::string::ToString::to_string)
+                .collect(),
             max_ttl: max_ttl.map(|ttl| ttl.try_into().expect("a protobuf duration")),
             default_rate_limit: None,
         };
@@ -341,7 +345,7 @@ impl<C: Clock + Clone> TestApp<C> {
     /// Mints a key holding `roles`.
     pub async fn mint_with_roles(&self, roles: &[&str]) -> (String, String) {
         self.mint(pb::MintKeyRequest {
-            roles: roles.iter().map(|r| r.to_string()).collect(),
+            roles: roles.iter().map(std::string::ToString::to_string).collect(),
             ..Default::default()
         })
         .await
@@ -363,7 +367,10 @@ impl<C: Clock + Clone> TestApp<C> {
     ) -> Result<pb::ValidateResponse, Status> {
         let request = pb::ValidateRequest {
             key: key.to_owned(),
-            required_permissions: required.iter().map(|p| p.to_string()).collect(),
+            required_permissions: required
+                .iter()
+                .map(std::string::ToString::to_string)
+                .collect(),
             ..Default::default()
         };
         Ok(self
@@ -499,6 +506,7 @@ pub fn authed<T>(key: &str, message: T) -> Request<T> {
 ///
 /// # Panics
 /// When the server sent an unknown denial.
+#[must_use]
 pub fn denial(response: &pb::ValidateResponse) -> pb::Denial {
     pb::Denial::try_from(response.denial).expect("a known denial")
 }

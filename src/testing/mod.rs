@@ -22,6 +22,7 @@ use crate::key::KeyId;
 /// A well-formed key (valid checksum) with key id `id` and the secret of
 /// `donor`: "right id, wrong secret" when `id` is another key's, "unknown id"
 /// when no key has it. Made with the key module's own encoding.
+#[must_use]
 pub fn forge(id: KeyId, donor: &str) -> String {
     crate::key::forge(id, donor)
 }

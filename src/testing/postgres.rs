@@ -69,6 +69,7 @@ impl ScratchDatabase {
     /// # Panics
     /// When PostgreSQL cannot be reached and `CI=true`.
     pub async fn create() -> Option<Self> {
+        static SWEPT: AtomicBool = AtomicBool::new(false);
         let (mut admin, admin_url) = admin_connection().await?;
         // The server's clock, not ours: names made on different machines
         // sharing one server compare on one clock.
@@ -76,7 +77,6 @@ impl ScratchDatabase {
             .fetch_one(&mut admin)
             .await
             .expect("PostgreSQL tells the time");
-        static SWEPT: AtomicBool = AtomicBool::new(false);
         if !SWEPT.swap(true, Ordering::Relaxed) {
             sweep_abandoned(&mut admin, now).await;
         }
@@ -103,6 +103,7 @@ impl ScratchDatabase {
     }
 
     /// The URL of this database.
+    #[must_use]
     pub fn url(&self) -> &str {
         &self.url
     }

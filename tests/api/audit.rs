@@ -17,7 +17,7 @@ async fn audit_records_every_change_and_pages_through_them(backend: Backend) {
         ids.push(app.mint_with_roles(&[]).await.0);
     }
     app.revoke(&ids[0], "cleanup").await.unwrap();
-    app.rotate(&ids[1], Duration::from_secs(60)).await.unwrap();
+    app.rotate(&ids[1], Duration::from_mins(1)).await.unwrap();
     app.create_role("r", &["a:b"], None).await.unwrap();
     let mut admin = app.admin_client().await;
     let update = pb::UpdateRoleRequest {

@@ -95,7 +95,7 @@ async fn a_burst_is_cut_at_the_limit_and_recovers(backend: Backend) {
 }
 
 async fn limits_come_from_the_key_its_roles_or_the_server(backend: Backend) {
-    let default = RateLimit::new(2, Duration::from_secs(60), 2).unwrap();
+    let default = RateLimit::new(2, Duration::from_mins(1), 2).unwrap();
     let app = spawn_with(
         backend,
         Settings {
@@ -230,7 +230,7 @@ async fn rotation_hands_on_the_remaining_uses_and_spent_keys_show_it(backend: Ba
         .await
         .unwrap();
     assert!(app.validate(&key, &[]).await.valid);
-    let rotated = app.rotate(&id, Duration::from_secs(3600)).await.unwrap();
+    let rotated = app.rotate(&id, Duration::from_hours(1)).await.unwrap();
     let successor = rotated.key.unwrap();
     assert_eq!((successor.max_uses, successor.remaining_uses), (2, Some(2)));
     assert_eq!(rotated.previous.unwrap().state(), KeyState::Exhausted);
@@ -364,7 +364,7 @@ async fn last_used_is_recorded_and_survives_a_restart(backend: Backend) {
     assert_eq!(record.use_count, 3);
     assert_eq!(record.last_used_at.unwrap().seconds, used_at);
 
-    app.clock.advance(Duration::from_secs(60));
+    app.clock.advance(Duration::from_mins(1));
     assert!(app.validate(&key, &[]).await.valid);
     let app = app.restart().await;
     let record = app.get(&id).await.unwrap();

@@ -351,7 +351,7 @@ async fn fine_admin_permissions_gate_each_rpc(backend: Backend) {
 
 async fn a_role_max_ttl_caps_key_lifetimes(backend: Backend) {
     let app = spawn_app(backend).await;
-    app.create_role("ci", &["deploy:write"], Some(Duration::from_secs(3600)))
+    app.create_role("ci", &["deploy:write"], Some(Duration::from_hours(1)))
         .await
         .unwrap();
     let roles = || vec!["ci".to_owned()];
@@ -397,7 +397,7 @@ async fn a_role_max_ttl_caps_key_lifetimes(backend: Backend) {
         .await
         .unwrap();
     assert!(app.validate(&key, &["deploy:write"]).await.valid);
-    app.clock.advance(Duration::from_secs(3600));
+    app.clock.advance(Duration::from_hours(1));
     assert_eq!(denial(&app.validate(&key, &[]).await), Denial::Invalid);
 
     // The cap can be lifted.
@@ -459,7 +459,7 @@ async fn narrow_admin_keys_manage_only_narrower_keys(backend: Backend) {
         id: admin_id.clone(),
         rate_limit: Some(pb::RateLimit {
             requests: 1,
-            per: Some(Duration::from_secs(3600).try_into().unwrap()),
+            per: Some(Duration::from_hours(1).try_into().unwrap()),
             burst: 1,
         }),
         clear_rate_limit: false,

@@ -183,7 +183,7 @@ async fn bulk_revoke_by_label_in_one_go(backend: Backend) {
     let untargeted = admin
         .revoke_keys(authed(
             &app.admin_key,
-            request(Default::default(), "", false),
+            request(std::collections::HashMap::default(), "", false),
         ))
         .await
         .unwrap_err();

@@ -141,7 +141,7 @@ async fn secrets_never_reach_the_database_or_the_logs() {
             &admin_key,
             pb::RotateKeyRequest {
                 id: id.clone(),
-                grace: Some(Duration::from_secs(60).try_into().unwrap()),
+                grace: Some(Duration::from_mins(1).try_into().unwrap()),
             },
         ))
         .await

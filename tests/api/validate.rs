@@ -8,6 +8,10 @@ use keyward::{
     testing::{Backend, authed, denial, forge, on_both_stores, spawn_app},
 };
 use tonic::{Code, Request};
+use tonic_reflection::pb::v1::{
+    ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+    server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+};
 
 async fn a_live_key_is_valid_and_described(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -17,7 +21,7 @@ async fn a_live_key_is_valid_and_described(backend: Backend) {
             labels: [("env".to_owned(), "prod".to_owned())].into(),
             owner: "payments".into(),
             expiry: Some(pb::mint_key_request::Expiry::Ttl(
-                Duration::from_secs(3600).try_into().unwrap(),
+                Duration::from_hours(1).try_into().unwrap(),
             )),
             ..Default::default()
         })
@@ -90,7 +94,7 @@ async fn expiry_follows_the_clock(backend: Backend) {
     let (_, key) = app
         .mint(pb::MintKeyRequest {
             expiry: Some(pb::mint_key_request::Expiry::Ttl(
-                Duration::from_secs(1800).try_into().unwrap(),
+                Duration::from_mins(30).try_into().unwrap(),
             )),
             ..Default::default()
         })
@@ -248,10 +252,6 @@ async fn health_and_reflection_are_served(backend: Backend) {
         );
     }
 
-    use tonic_reflection::pb::v1::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-    };
     let mut reflection = ServerReflectionClient::new(app.channel().await);
     let request = ServerReflectionRequest {
         host: String::new(),

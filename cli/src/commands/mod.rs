@@ -50,7 +50,7 @@ async fn call<T>(
 ) -> Result<T, CliError> {
     rpc.await
         .map(tonic::Response::into_inner)
-        .map_err(|status| CliError::from_status(status, &global.server))
+        .map_err(|status| CliError::from_status(&status, &global.server))
 }
 
 /// The rate limit `--rate` and `--burst` describe, for the wire: `--burst`

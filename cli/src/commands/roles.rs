@@ -170,9 +170,9 @@ pub struct DeleteArgs {
 ///
 /// # Errors
 /// No admin key, an unreachable server, or the server refusing: an unknown
-/// role (NOT_FOUND), a malformed name or permission (INVALID_ARGUMENT), a
-/// name taken (ALREADY_EXISTS), a built-in role or one still held by keys
-/// (FAILED_PRECONDITION), or a permission the admin key lacks.
+/// role (`NOT_FOUND`), a malformed name or permission (`INVALID_ARGUMENT`), a
+/// name taken (`ALREADY_EXISTS`), a built-in role or one still held by keys
+/// (`FAILED_PRECONDITION`), or a permission the admin key lacks.
 pub async fn run(command: RoleCommand, global: &GlobalArgs) -> Result<ExitCode, CliError> {
     let mut client = admin_client(global).await?;
     match command {

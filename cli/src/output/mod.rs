@@ -27,6 +27,7 @@ pub mod verify;
 
 use std::{
     collections::BTreeMap,
+    fmt::Write as _,
     io::{self, Write as _},
     time::{Duration, SystemTime},
 };
@@ -64,8 +65,8 @@ pub fn duration_text(duration: Option<&prost_types::Duration>) -> Option<String>
 pub fn rate_limit_text(limit: &pb::RateLimit) -> String {
     let per = match limit.per.map(Duration::try_from) {
         Some(Ok(per)) if per == Duration::from_secs(1) => "s".to_owned(),
-        Some(Ok(per)) if per == Duration::from_secs(60) => "m".to_owned(),
-        Some(Ok(per)) if per == Duration::from_secs(3600) => "h".to_owned(),
+        Some(Ok(per)) if per == Duration::from_mins(1) => "m".to_owned(),
+        Some(Ok(per)) if per == Duration::from_hours(1) => "h".to_owned(),
         // No spaces (`1m30s`, not `1m 30s`), so the limit reads as one term.
         Some(Ok(per)) => humantime::format_duration(per).to_string().replace(' ', ""),
         // A server newer than this CLI, or a broken one: show, do not fail.
@@ -159,8 +160,10 @@ pub fn fields_text(fields: &[(&str, String)]) -> String {
     let width = fields.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
     fields
         .iter()
-        .map(|(name, value)| format!("{name:<width$}  {value}\n"))
-        .collect()
+        .fold(String::new(), |mut text, (name, value)| {
+            let _ = writeln!(text, "{name:<width$}  {value}");
+            text
+        })
 }
 
 /// Renders rows under headers, each column as wide as its widest cell. The
@@ -275,7 +278,7 @@ mod tests {
         let text = table_text(
             &["ID", "STATE", "OWNER"],
             &[
-                vec!["a".into(), "active".into(), "".into()],
+                vec!["a".into(), "active".into(), String::new()],
                 vec!["bbbb".into(), "revoked".into(), "ci".into()],
             ],
         );

@@ -122,7 +122,7 @@ fn verify_fields(response: &pb::ValidateResponse) -> Vec<(&'static str, String)>
     fields
 }
 
-/// How long a RATE_LIMITED caller should wait, to the millisecond (rounded
+/// How long a `RATE_LIMITED` caller should wait, to the millisecond (rounded
 /// up, so waiting that long is always enough); `None` for other answers.
 fn retry_after(response: &pb::ValidateResponse) -> Option<Duration> {
     if response.denial != pb::Denial::RateLimited as i32 {

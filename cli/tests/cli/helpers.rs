@@ -168,7 +168,7 @@ impl TestServer {
     }
 
     /// `keywardctl ARGS` against this server, authenticated through
-    /// KEYWARD_ADMIN_KEY.
+    /// `KEYWARD_ADMIN_KEY`.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut cmd = keywardctl();
         cmd.env("KEYWARD_SERVER", &self.url)

@@ -71,7 +71,7 @@ fn mint_prints_the_new_key_in_table_and_json() {
     assert_eq!(json["owner"], "deploy-bot");
     assert_eq!(json["description"], "CI deploys");
     let expires = humantime::parse_rfc3339(json["expires_at"].as_str().unwrap()).unwrap();
-    let in_an_hour = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    let in_an_hour = std::time::SystemTime::now() + std::time::Duration::from_hours(1);
     let off = in_an_hour
         .duration_since(expires)
         .unwrap_or_else(|e| e.duration());

@@ -48,8 +48,8 @@ pub struct ServeArgs {
     )]
     pub listen: SocketAddr,
 
-    /// Database: sqlite://PATH (one server; the file is created with mode
-    /// 0600 if missing) or postgres://USER@HOST/DATABASE (many replicas;
+    /// Database: <sqlite://PATH> (one server; the file is created with mode
+    /// 0600 if missing) or <postgres://USER@HOST/DATABASE> (many replicas;
     /// the database must exist).
     #[arg(
         long,
@@ -97,7 +97,7 @@ pub struct ServeArgs {
     /// PostgreSQL only: while the database or its change feed is
     /// unreachable, Validate answers from the in-memory index for this long
     /// after the index was last confirmed current, then fails closed with
-    /// UNAVAILABLE (and the health check reports NOT_SERVING) until it
+    /// UNAVAILABLE (and the health check reports `NOT_SERVING`) until it
     /// reconnects and resyncs, e.g. 60s.
     #[arg(long, env = "KEYWARD_MAX_STALENESS", value_name = "DURATION", default_value_t = Interval(Settings::default().max_staleness))]
     pub max_staleness: Interval,
@@ -203,12 +203,12 @@ mod tests {
 
     #[test]
     fn rates_are_parsed_with_their_burst() {
-        let parse = |args: &[&str]| {
+        let parse = |flags: &[&str]| {
             let mut argv = vec!["keyward", "serve"];
-            argv.extend_from_slice(args);
+            argv.extend_from_slice(flags);
             Cli::try_parse_from(argv).map(|cli| {
-                let Command::Serve(args) = cli.command;
-                Settings::from(args).default_rate_limit
+                let Command::Serve(serve) = cli.command;
+                Settings::from(serve).default_rate_limit
             })
         };
         assert_eq!(

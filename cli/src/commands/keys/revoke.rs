@@ -2,7 +2,7 @@
 //! revocation takes effect at once on every replica, so the bulk form makes a
 //! slip hard: it lists what matches first and acts only with `--yes`.
 
-use std::process::ExitCode;
+use std::{fmt::Write as _, process::ExitCode};
 
 use clap::{ArgGroup, Args};
 use keyward::pb;
@@ -55,7 +55,7 @@ pub struct RevokeArgs {
 /// Revokes one key by id, or every key matching `--label` (and `--owner`).
 ///
 /// # Errors
-/// No admin key, an unreachable server, NOT_FOUND for an unknown id; for
+/// No admin key, an unreachable server, `NOT_FOUND` for an unknown id; for
 /// bulk revoking also a repeated label with two values
 /// (usage) and [`CliError::RevokeNotConfirmed`] without `--yes`.
 pub async fn run(args: RevokeArgs, global: &GlobalArgs) -> Result<ExitCode, CliError> {
@@ -96,7 +96,7 @@ async fn revoke_one(
                 format!("Revoked key {} at {at}.\n", key.id)
             };
             if !key.revoke_reason.is_empty() {
-                text.push_str(&format!("Reason: {}\n", key.revoke_reason));
+                let _ = writeln!(text, "Reason: {}", key.revoke_reason);
             }
             output::print(&text)?;
         }
@@ -205,7 +205,10 @@ fn bulk_view(dry_run: bool, key_ids: &[String]) -> BulkRevokeView<'_> {
 
 /// Key ids, one indented line each.
 fn id_lines(ids: &[String]) -> String {
-    ids.iter().map(|id| format!("  {id}\n")).collect()
+    ids.iter().fold(String::new(), |mut lines, id| {
+        let _ = writeln!(lines, "  {id}");
+        lines
+    })
 }
 
 #[cfg(test)]

@@ -34,8 +34,8 @@ pub struct RotateArgs {
 /// and what became of the old key.
 ///
 /// # Errors
-/// No admin key, an unreachable server, NOT_FOUND for an unknown id, and
-/// FAILED_PRECONDITION for a key that cannot be rotated (revoked, expired or
+/// No admin key, an unreachable server, `NOT_FOUND` for an unknown id, and
+/// `FAILED_PRECONDITION` for a key that cannot be rotated (revoked, expired or
 /// already rotated).
 pub async fn run(args: RotateArgs, global: &GlobalArgs) -> Result<ExitCode, CliError> {
     let grace = args

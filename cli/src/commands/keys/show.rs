@@ -24,7 +24,7 @@ pub struct ShowArgs {
 /// Shows one key's metadata.
 ///
 /// # Errors
-/// No admin key, an unreachable server, or NOT_FOUND for an unknown id.
+/// No admin key, an unreachable server, or `NOT_FOUND` for an unknown id.
 pub async fn run(args: ShowArgs, global: &GlobalArgs) -> Result<ExitCode, CliError> {
     let mut client = admin_client(global).await?;
     let key = call(client.get_key(pb::GetKeyRequest { id: args.id }), global).await?;

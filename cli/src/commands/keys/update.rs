@@ -46,8 +46,8 @@ pub struct UpdateArgs {
 /// Sets or removes a key's own rate limit and prints the key as it is now.
 ///
 /// # Errors
-/// No admin key, an unreachable server, NOT_FOUND for an unknown id, or
-/// INVALID_ARGUMENT when the server refuses the limit.
+/// No admin key, an unreachable server, `NOT_FOUND` for an unknown id, or
+/// `INVALID_ARGUMENT` when the server refuses the limit.
 pub async fn run(args: UpdateArgs, global: &GlobalArgs) -> Result<ExitCode, CliError> {
     let request = pb::UpdateKeyRequest {
         id: args.id,
