@@ -37,6 +37,11 @@ pub const ADMIN_KEY_ENV: &str = "KEYWARD_ADMIN_KEY";
 
 /// The address of a keyward server, as a URL with a scheme: `host:port` is
 /// read as `http://host:port`, so the usual way to write an address works.
+///
+/// Only `http://` is accepted: this client speaks plaintext HTTP/2, and a
+/// `https://` URL promises an encrypted connection it cannot make (the
+/// admin key would cross the network in clear text), so it is refused
+/// rather than quietly downgraded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerUrl(String);
 
@@ -45,10 +50,24 @@ impl FromStr for ServerUrl {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
-        let url = if s.contains("://") {
-            s.to_owned()
-        } else {
-            format!("http://{s}")
+        let url = match s.split_once("://") {
+            None => format!("http://{s}"),
+            Some((scheme, _)) if scheme.eq_ignore_ascii_case("http") => s.to_owned(),
+            Some((scheme, _)) if scheme.eq_ignore_ascii_case("https") => {
+                return Err(
+                    "https:// needs TLS, which this keywardctl cannot speak yet; \
+                     refusing rather than sending the admin key in clear text \
+                     (use http:// only over loopback or a private network)"
+                        .to_owned(),
+                );
+            }
+            Some(_) => {
+                return Err(
+                    "not a server address (the scheme must be http://); expected e.g. \
+                     http://127.0.0.1:50051"
+                        .to_owned(),
+                );
+            }
         };
         Endpoint::from_shared(url.clone()).map_err(|e| {
             format!("not a server address ({e}); expected e.g. http://127.0.0.1:50051")
@@ -198,12 +217,19 @@ mod tests {
             ("127.0.0.1:50051", "http://127.0.0.1:50051"),
             ("localhost:1", "http://localhost:1"),
             ("http://keyward:50051", "http://keyward:50051"),
-            ("https://keyward.example", "https://keyward.example"),
+            ("HTTP://keyward:50051", "HTTP://keyward:50051"),
         ];
         for (input, expected) in cases {
             assert_eq!(input.parse::<ServerUrl>().unwrap().to_string(), expected);
         }
         assert!("http://bad host".parse::<ServerUrl>().is_err());
+        // Never a plaintext connection to a URL that promises TLS.
+        for tls in ["https://keyward.example", "HTTPS://127.0.0.1:50051"] {
+            let refused = tls.parse::<ServerUrl>().unwrap_err();
+            assert!(refused.contains("https:// needs TLS"), "{refused}");
+        }
+        let refused = "grpc://keyward:50051".parse::<ServerUrl>().unwrap_err();
+        assert!(refused.contains("scheme must be http://"), "{refused}");
     }
 
     #[test]

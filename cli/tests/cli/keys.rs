@@ -896,6 +896,24 @@ fn an_unreachable_server_is_named() {
     }
 }
 
+/// A URL that promises TLS is refused before anything is sent: the server
+/// below speaks plaintext and would have answered, admin key and all.
+#[test]
+fn an_https_server_url_is_refused_not_downgraded() {
+    let server = TestServer::start();
+    let https = server.url.replacen("http://", "https://", 1);
+    for (source, run) in [
+        ("flag", server.run(&["--server", &https, "list"])),
+        (
+            "env",
+            server.run_cmd(server.cmd(&["list"]).env("KEYWARD_SERVER", &https), None),
+        ),
+    ] {
+        let stderr = run.fails(2, &["https:// needs TLS", "clear text"]);
+        assert!(!stderr.contains(&server.admin_key), "{source}: {stderr}");
+    }
+}
+
 #[test]
 fn a_missing_admin_key_says_how_to_give_one() {
     let server = TestServer::start();
