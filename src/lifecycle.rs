@@ -17,7 +17,8 @@ use crate::{
     index::Index,
     key::{KeyId, MintedKey, PlaintextKey, Prefix},
     model::{
-        Change, IndexedKey, KeyRecord, KeySettings, KeyState, Labels, Role, RoleUpdate,
+        Change, IndexedKey, KeyRecord, KeySettings, KeyState, Labels, MAX_LIFETIME, Role,
+        RoleUpdate,
         query::{AuditPage, AuditQuery, KeyPage, KeyQuery},
     },
     permission::{Permission, RoleName},
@@ -235,6 +236,17 @@ impl Lifecycle {
             }
             Expiry::At(at) => Some(at),
         };
+        if expires_at.is_some_and(|at| now.until(at) > MAX_LIFETIME) {
+            let field = if matches!(request.expiry, Expiry::At(_)) {
+                "expires_at"
+            } else {
+                "ttl"
+            };
+            return Err(ServiceError::invalid(
+                field,
+                "must be at most 100 years away (omit it for a key that does not expire)",
+            ));
+        }
         if let Some((cap, role)) = lifetime_cap(&roles) {
             let within = expires_at.is_some_and(|at| now.until(at) <= cap);
             if !within {

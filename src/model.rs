@@ -28,6 +28,10 @@ pub const MAX_LABEL_BYTES: usize = 256;
 pub const MAX_OWNER_BYTES: usize = 256;
 /// Longest description or reason, in bytes.
 pub const MAX_TEXT_BYTES: usize = 1024;
+/// The longest a key may live, and the longest rotation grace: 100 years
+/// is "never" for any real deployment, and a bound keeps every expiry a
+/// date that tools (ours and the operator's) can print and compare.
+pub const MAX_LIFETIME: std::time::Duration = std::time::Duration::from_hours(100 * 365 * 24);
 
 /// Why a set of labels was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -9,8 +9,8 @@ use crate::{
     key::{KeyId, Prefix},
     lifecycle::{Expiry, MintRequest, NewRole},
     model::{
-        AuditRecord, KeyRecord, KeyState, Labels, MAX_OWNER_BYTES, MAX_TEXT_BYTES, Role,
-        RoleUpdate,
+        AuditRecord, KeyRecord, KeyState, Labels, MAX_LIFETIME, MAX_OWNER_BYTES, MAX_TEXT_BYTES,
+        Role, RoleUpdate,
         query::{AuditQuery, KeyQuery, PageCursor},
     },
     pb,
@@ -158,7 +158,11 @@ pub fn reason(text: String) -> Result<String, ServiceError> {
 }
 
 pub fn grace(grace: Option<&prost_types::Duration>) -> Result<Duration, ServiceError> {
-    grace.map_or(Ok(Duration::ZERO), |grace| duration_from("grace", grace))
+    let grace = grace.map_or(Ok(Duration::ZERO), |grace| duration_from("grace", grace))?;
+    if grace > MAX_LIFETIME {
+        return Err(ServiceError::invalid("grace", "must be at most 100 years"));
+    }
+    Ok(grace)
 }
 
 impl TryFrom<pb::MintKeyRequest> for MintRequest {

@@ -85,6 +85,55 @@ async fn bad_mint_input_names_the_field_and_writes_nothing(backend: Backend) {
     assert_eq!(all.keys.len(), 1, "only the first admin key exists");
 }
 
+/// An expiry so far away that no tool can print it (the year 20000, a TTL
+/// of 2^62 s) once hid the whole inventory from `keywardctl list`: expiries
+/// and graces are bounded at 100 years.
+async fn expiries_and_graces_are_bounded_at_100_years(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let year_20000 = prost_types::Timestamp {
+        seconds: 568_971_820_800,
+        nanos: 0,
+    };
+    for (field, expiry) in [
+        ("ttl", ttl(1 << 62)),
+        ("ttl", ttl(101 * 365 * 24 * 3600)),
+        (
+            "expires_at",
+            Some(pb::mint_key_request::Expiry::ExpiresAt(year_20000)),
+        ),
+    ] {
+        let status = app
+            .mint(pb::MintKeyRequest {
+                expiry,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}");
+        assert_eq!(
+            status.message(),
+            format!(
+                "invalid {field}: must be at most 100 years away (omit it for a key that does not expire)"
+            )
+        );
+    }
+    let (id, _) = app
+        .mint(pb::MintKeyRequest {
+            expiry: ttl(99 * 365 * 24 * 3600),
+            ..Default::default()
+        })
+        .await
+        .expect("99 years is allowed");
+    let status = app
+        .rotate(&id, Duration::from_secs(1 << 40))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(status.message(), "invalid grace: must be at most 100 years");
+    let all = app.list(pb::ListKeysRequest::default()).await.unwrap();
+    assert_eq!(all.keys.len(), 2, "the admin key and the 99-year key");
+}
+
 async fn get_and_list_with_filters_and_pages(backend: Backend) {
     let app = spawn_app(backend).await;
     let mut minted = Vec::new();
@@ -388,6 +437,7 @@ async fn a_cancelled_revoke_still_takes_effect(backend: Backend) {
 
 on_both_stores!(
     bad_mint_input_names_the_field_and_writes_nothing,
+    expiries_and_graces_are_bounded_at_100_years,
     get_and_list_with_filters_and_pages,
     rotation_keeps_the_old_key_for_the_grace_period,
     rotation_without_grace_revokes_at_once,

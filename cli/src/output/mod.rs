@@ -47,8 +47,18 @@ pub enum OutputFormat {
 }
 
 /// Formats a protobuf timestamp as RFC 3339 (seconds, UTC).
+///
+/// A time outside the years 1970–9999 (which RFC 3339 tools cannot print;
+/// servers before the 100-year expiry bound accepted such expiries) is
+/// shown as seconds since the epoch rather than hiding the whole listing.
 pub fn timestamp(ts: Option<&prost_types::Timestamp>) -> Option<String> {
-    let time = SystemTime::try_from(*ts?).ok()?;
+    /// 9999-12-31T23:59:59Z.
+    const LAST_PRINTABLE: i64 = 253_402_300_799;
+    let ts = *ts?;
+    if !(0..=LAST_PRINTABLE).contains(&ts.seconds) {
+        return Some(format!("@{} (seconds since 1970)", ts.seconds));
+    }
+    let time = SystemTime::try_from(ts).ok()?;
     Some(humantime::format_rfc3339_seconds(time).to_string())
 }
 
@@ -221,6 +231,21 @@ pub fn print_json(view: &impl Serialize) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_past_year_9999_print_instead_of_panicking() {
+        let at = |seconds| timestamp(Some(&prost_types::Timestamp { seconds, nanos: 0 }));
+        assert_eq!(at(1_800_000_000).as_deref(), Some("2027-01-15T08:00:00Z"));
+        assert_eq!(at(253_402_300_799).as_deref(), Some("9999-12-31T23:59:59Z"));
+        // The year 20000, and a TTL of 2^62 s, as older servers stored them.
+        assert_eq!(
+            at(568_971_820_800).as_deref(),
+            Some("@568971820800 (seconds since 1970)")
+        );
+        assert!(at(i64::MAX).is_some());
+        assert!(at(-1).is_some());
+        assert_eq!(timestamp(None), None);
+    }
 
     fn limit(requests: u32, seconds: i64, nanos: i32, burst: u32) -> pb::RateLimit {
         pb::RateLimit {
