@@ -25,7 +25,8 @@
 //! | [`bootstrap`] | first run: built-in roles and the first admin key |
 //! | [`service`] | the gRPC edge: wire ↔ domain conversions |
 //! | [`server`] | startup, serving, graceful shutdown; [`server::Settings`] holds every default |
-//! | [`telemetry`] | logging |
+//! | [`telemetry`] | logging, and a span per RPC with its request id |
+//! | [`text`] | what stored free text (owner, description, label values) may contain |
 //! | [`error`] | which error type is used where, and the one mapping to `tonic::Status` |
 //! | [`pb`] | generated protobuf and gRPC code for `keyward.v1` |
 
@@ -49,6 +50,7 @@ pub mod telemetry;
 #[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod testing;
+pub mod text;
 pub mod usage;
 pub mod validate;
 

@@ -43,9 +43,11 @@ pub enum InvalidLabels {
     /// `--label KEY=VALUE` split at the first one.
     #[error("label key must be 1 to {MAX_LABEL_BYTES} bytes of [A-Za-z0-9_.:/-]")]
     BadKey,
-    /// Only length and control characters are refused: a value may be empty
-    /// or contain `=`.
-    #[error("label value must be at most {MAX_LABEL_BYTES} bytes without control characters")]
+    /// Too long, or hiding characters (see [`crate::text`]); a value may be
+    /// empty or contain `=`.
+    #[error(
+        "label value must be at most {MAX_LABEL_BYTES} bytes without control, invisible or bidirectional formatting characters"
+    )]
     BadValue,
 }
 
@@ -71,7 +73,7 @@ impl Labels {
             if !key_ok {
                 return Err(InvalidLabels::BadKey);
             }
-            if value.len() > MAX_LABEL_BYTES || value.chars().any(char::is_control) {
+            if crate::text::check(value, MAX_LABEL_BYTES).is_err() {
                 return Err(InvalidLabels::BadValue);
             }
         }

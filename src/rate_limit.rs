@@ -39,7 +39,7 @@ pub enum InvalidRateLimit {
     #[error("burst must be at least 1")]
     ZeroBurst,
     /// The period is zero, or longer than a day.
-    #[error("the period must be more than zero and at most 24h")]
+    #[error("the period must be a whole number of milliseconds, from 1ms to 24h")]
     BadPeriod,
     /// Text that is not `N/s`, `N/m` or `N/h`.
     #[error("expected N/s, N/m or N/h with N a whole number of at least 1, e.g. 100/s")]
@@ -63,7 +63,12 @@ impl RateLimit {
     pub fn new(requests: u32, per: Duration, burst: u32) -> Result<Self, InvalidRateLimit> {
         let requests = NonZeroU32::new(requests).ok_or(InvalidRateLimit::ZeroRequests)?;
         let burst = NonZeroU32::new(burst).ok_or(InvalidRateLimit::ZeroBurst)?;
-        if per.is_zero() || per > MAX_PERIOD {
+        // Stored as whole milliseconds: anything finer would change after a
+        // restart.
+        if per < Duration::from_millis(1)
+            || per > MAX_PERIOD
+            || !per.subsec_nanos().is_multiple_of(1_000_000)
+        {
             return Err(InvalidRateLimit::BadPeriod);
         }
         Ok(Self {
@@ -295,6 +300,16 @@ mod tests {
             RateLimit::new(1, MAX_PERIOD * 2, 1),
             Err(InvalidRateLimit::BadPeriod)
         );
+        // Stored in whole milliseconds: anything finer is refused, not
+        // silently changed by the next restart.
+        for finer in [Duration::from_micros(500), Duration::from_micros(1_500)] {
+            assert_eq!(
+                RateLimit::new(1, finer, 1),
+                Err(InvalidRateLimit::BadPeriod),
+                "{finer:?}"
+            );
+        }
+        assert!(RateLimit::new(1, Duration::from_millis(1), 1).is_ok());
     }
 
     #[test]

@@ -111,6 +111,11 @@ fn optional_duration(
     duration
         .map(|d| match duration_from(field, d)? {
             d if d.is_zero() => Err(ServiceError::invalid(field, "must be positive")),
+            // Stored as whole milliseconds, like every duration.
+            d if !d.subsec_nanos().is_multiple_of(1_000_000) => Err(ServiceError::invalid(
+                field,
+                "must be a whole number of milliseconds",
+            )),
             d => Ok(d),
         })
         .transpose()
@@ -141,15 +146,7 @@ pub fn key_id(field: &'static str, text: &str) -> Result<KeyId, ServiceError> {
 }
 
 fn bounded(field: &'static str, text: String, max: usize) -> Result<String, ServiceError> {
-    if text.len() > max {
-        return Err(ServiceError::invalid(
-            field,
-            format!("longer than {max} bytes"),
-        ));
-    }
-    if text.chars().any(char::is_control) {
-        return Err(ServiceError::invalid(field, "contains control characters"));
-    }
+    crate::text::check(&text, max).map_err(|bad| ServiceError::invalid(field, bad))?;
     Ok(text)
 }
 

@@ -85,6 +85,68 @@ async fn bad_mint_input_names_the_field_and_writes_nothing(backend: Backend) {
     assert_eq!(all.keys.len(), 1, "only the first admin key exists");
 }
 
+/// Text that hides what it says, and durations finer than the millisecond
+/// the store keeps, are refused up front naming the field (a sub-millisecond
+/// max TTL used to fail a database check as `INTERNAL`).
+async fn hidden_text_and_sub_millisecond_durations_are_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let refused = |field: &'static str, needle: &'static str| {
+        move |status: tonic::Status| {
+            assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+            assert!(
+                status.message().contains(field) && status.message().contains(needle),
+                "{field}: {}",
+                status.message()
+            );
+        }
+    };
+    let cases = [
+        (
+            "owner",
+            pb::MintKeyRequest {
+                owner: "pay\u{202E}stnemyap".into(),
+                ..Default::default()
+            },
+        ),
+        (
+            "description",
+            pb::MintKeyRequest {
+                description: "deploy\u{200B}".into(),
+                ..Default::default()
+            },
+        ),
+        (
+            "labels",
+            pb::MintKeyRequest {
+                labels: [("tenant".to_owned(), "acme\u{200B}".to_owned())].into(),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (field, request) in cases {
+        refused(field, "invisible")(app.mint(request).await.unwrap_err());
+    }
+    let finer = pb::MintKeyRequest {
+        rate_limit: Some(pb::RateLimit {
+            requests: 1,
+            per: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 1_500_000,
+            }),
+            burst: 1,
+        }),
+        ..Default::default()
+    };
+    refused("rate_limit", "whole number of milliseconds")(app.mint(finer).await.unwrap_err());
+    refused("max_ttl", "whole number of milliseconds")(
+        app.create_role("brief", &["deploy:read"], Some(Duration::from_micros(500)))
+            .await
+            .unwrap_err(),
+    );
+    let all = app.list(pb::ListKeysRequest::default()).await.unwrap();
+    assert_eq!(all.keys.len(), 1, "only the first admin key exists");
+}
+
 /// An expiry so far away that no tool can print it (the year 20000, a TTL
 /// of 2^62 s) once hid the whole inventory from `keywardctl list`: expiries
 /// and graces are bounded at 100 years.
@@ -438,6 +500,7 @@ async fn a_cancelled_revoke_still_takes_effect(backend: Backend) {
 on_both_stores!(
     bad_mint_input_names_the_field_and_writes_nothing,
     expiries_and_graces_are_bounded_at_100_years,
+    hidden_text_and_sub_millisecond_durations_are_refused,
     get_and_list_with_filters_and_pages,
     rotation_keeps_the_old_key_for_the_grace_period,
     rotation_without_grace_revokes_at_once,
