@@ -100,6 +100,12 @@ pub struct Rotated {
 /// 64-bit ids a second draw is already astronomically unlikely.
 const MINT_ATTEMPTS: usize = 3;
 
+/// The most unrevoked keys one bulk revocation may match
+/// ([`Lifecycle::revoke_matching`]); a call matching more is refused whole.
+/// It bounds what one call reads and checks, the one transaction that
+/// revokes, and so how long the writes queued behind it wait.
+pub const MAX_BULK_REVOKE: usize = 10_000;
+
 /// Admin operations over the store and the index.
 pub struct Lifecycle {
     store: Arc<Store>,
@@ -107,6 +113,10 @@ pub struct Lifecycle {
     clock: Arc<dyn Clock>,
     /// One write at a time: the index sees changes in commit order.
     writes: Arc<tokio::sync::Mutex<()>>,
+    /// One bulk revocation at a time in the queue for `writes`: a write
+    /// queued behind bulk revocations (an emergency `RevokeKey`) waits for one
+    /// of them at most, not for all.
+    bulk: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Lifecycle {
@@ -117,6 +127,7 @@ impl Lifecycle {
             index,
             clock,
             writes: Arc::default(),
+            bulk: Arc::default(),
         }
     }
 
@@ -427,10 +438,21 @@ impl Lifecycle {
     /// Revokes every unrevoked key with all `labels` (and `owner`), or with
     /// `dry_run` only says which. Returns the ids.
     ///
+    /// The keys are found, and each checked against the caller, before the
+    /// write turn (a dry run never takes it): reading and checking thousands
+    /// of keys inside it would hold up every write queued behind, an
+    /// emergency revocation among them. The turn then re-checks the same
+    /// keys against the roles as they are now (no I/O) and revokes, in one
+    /// set-based transaction, exactly those of them still unrevoked: a key
+    /// minted after the read is never revoked unchecked; call again for it.
+    /// Bulk revocations also queue for the turn one at a time, so a
+    /// single-key write waits behind one of them at most.
+    ///
     /// # Errors
     /// `InvalidArgument` without labels (a bulk revoke must be targeted);
-    /// `PermissionDenied` when a matching key is broader than the caller's
-    /// (then nothing is revoked).
+    /// `FailedPrecondition` when more than [`MAX_BULK_REVOKE`] keys match;
+    /// `PermissionDenied` when a matching key is broader than the caller's.
+    /// Nothing is revoked then.
     pub async fn revoke_matching(
         &self,
         caller: &Caller,
@@ -445,31 +467,42 @@ impl Lifecycle {
                 "at least one label is required",
             ));
         }
-        let caller_copy = caller.clone();
-        let (labels, owner, reason) = (labels.clone(), owner.map(str::to_owned), reason.to_owned());
+        let matching = self
+            .store
+            .unrevoked_matching(labels, owner, MAX_BULK_REVOKE + 1)
+            .await?;
+        if matching.len() > MAX_BULK_REVOKE {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "more than {MAX_BULK_REVOKE} unrevoked keys match, the most one bulk revoke may \
+                 revoke; nothing was revoked: narrow the filter (another label, or an owner)"
+            )));
+        }
+        // What a key holds never changes after minting, only its roles may:
+        // the records read here serve the re-check in the write turn too.
+        let checked = if caller.is_root {
+            None
+        } else {
+            let keys = self.store.get_keys(&matching).await?;
+            for key in &keys {
+                check_may_manage(&self.index, caller, key)?;
+            }
+            Some(keys)
+        };
+        if dry_run {
+            return Ok(matching);
+        }
+        let bulk_turn = self.bulk.clone().lock_owned().await;
+        let (caller_copy, reason) = (caller.clone(), reason.to_owned());
         self.commit(caller, move |store, index, now| async move {
+            // Held until this write ends, even if the request is cancelled.
+            let _bulk_turn = bulk_turn;
             let caller = caller_copy;
-            let matching = store.unrevoked_matching(&labels, owner.as_deref()).await?;
-            if !caller.is_root {
-                for id in &matching {
-                    check_may_manage(&index, &caller, &store.get_key(*id).await?)?;
-                }
+            // A role may have gained permissions since the check.
+            for key in checked.iter().flatten() {
+                check_may_manage(&index, &caller, key)?;
             }
-            if dry_run {
-                return Ok(matching);
-            }
-            // Only keys the caller was checked against: another replica may
-            // have minted a matching one since.
-            let only = (!caller.is_root).then_some(matching.as_slice());
             let ids = store
-                .revoke_matching(
-                    &labels,
-                    owner.as_deref(),
-                    only,
-                    &reason,
-                    caller.actor(),
-                    now,
-                )
+                .revoke_keys(&matching, &reason, caller.actor(), now)
                 .await?;
             index.apply(ids.iter().copied().map(Change::KeyRemoved));
             tracing::info!(count = ids.len(), actor = %caller.id, "keys revoked in bulk");
@@ -651,58 +684,4 @@ fn upserted(key: &KeyRecord, minted: &MintedKey) -> Change {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{clock::SystemClock, model::Actor, testing::ScratchDatabase};
-
-    /// On PostgreSQL the database, not this replica's index, decides whether
-    /// the caller may still write: its key may have been revoked on another
-    /// replica a moment ago.
-    #[tokio::test]
-    async fn a_caller_revoked_on_another_replica_cannot_write() {
-        let Some(database) = ScratchDatabase::create().await else {
-            return;
-        };
-        let store = Arc::new(Store::open(database.url()).await.unwrap());
-        let clock = Arc::new(SystemClock);
-        let minted = MintedKey::generate(&Prefix::default()).unwrap();
-        let new_key = NewKey {
-            id: minted.id,
-            digest: minted.digest,
-            settings: KeySettings::default(),
-            created_by: None,
-        };
-        store
-            .insert_key(new_key, Actor::Local, clock.now())
-            .await
-            .unwrap();
-        let index = Arc::new(Index::from_snapshot(
-            store.load_snapshot(clock.now()).await.unwrap(),
-        ));
-        // Revoked in the database; this replica has not heard yet.
-        store
-            .revoke_key(minted.id, "leaked", Actor::Local, clock.now())
-            .await
-            .unwrap();
-        assert!(index.get(minted.id).is_some());
-
-        let lifecycle = Lifecycle::new(store, index, clock);
-        let caller = Caller {
-            id: minted.id,
-            permissions: vec!["keyward:*".parse().unwrap()],
-            is_root: true,
-        };
-        let new_role = NewRole {
-            name: "deployer".parse().unwrap(),
-            description: String::new(),
-            permissions: vec!["deploy:write".parse().unwrap()],
-            max_ttl: None,
-            rate_limit: None,
-        };
-        let refused = lifecycle.create_role(&caller, new_role).await.unwrap_err();
-        assert!(
-            matches!(refused, ServiceError::Unauthenticated(_)),
-            "{refused}"
-        );
-    }
-}
+mod tests;

@@ -36,6 +36,33 @@ const EXPIRY_SWEEP_INTERVAL: Duration = Duration::from_mins(1);
 /// How often idle rate-limiter state is reclaimed.
 const LIMITER_RECLAIM_INTERVAL: Duration = Duration::from_mins(1);
 
+// HTTP/2 limits that are not settings: each is set explicitly so that a
+// dependency upgrade cannot change it unnoticed, and none is something an
+// operator has a reason to tune.
+
+/// Largest header block a request may carry (`SETTINGS_MAX_HEADER_LIST_SIZE`);
+/// a bigger one is refused before any handler runs. keyward's requests carry a
+/// few hundred bytes of headers (the caller's key, a request id, gRPC's own).
+/// 16 KiB is hyper's default.
+const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+
+/// Largest HTTP/2 frame the server accepts (`SETTINGS_MAX_FRAME_SIZE`): the
+/// protocol's minimum, so no single frame makes the server buffer more.
+const MAX_FRAME_SIZE: u32 = 16 * 1024;
+
+/// Streams a client may open and reset before the server gets to them, per
+/// connection, before it is disconnected with `ENHANCE_YOUR_CALM`: the defence
+/// against "rapid reset" floods (CVE-2023-44487). h2's default.
+const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+
+/// Streams the server may reset because of the client's own errors (a stream
+/// over the concurrency limit, a malformed request), per connection, before it
+/// disconnects the client with `ENHANCE_YOUR_CALM`. hyper's default; tonic
+/// turns the check off unless it is set, which would let one connection go on
+/// opening streams past the limit for ever. A client that honours the
+/// advertised limit never comes near it.
+const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+
 /// What `keyward serve` needs to start. Its `Debug` shows the database URL
 /// without a password.
 #[derive(Clone)]
@@ -60,6 +87,30 @@ pub struct Settings {
     pub max_staleness: Duration,
     /// On PostgreSQL: how often the index is reloaded in full.
     pub resync_interval: Duration,
+    /// Most requests (HTTP/2 streams) one connection may have open at once,
+    /// advertised to clients as `SETTINGS_MAX_CONCURRENT_STREAMS`. A client
+    /// that opens more has them refused (`REFUSED_STREAM`, never processed, so
+    /// safe to retry), and one that keeps on is disconnected.
+    pub max_concurrent_streams: u32,
+    /// Largest request message accepted, in bytes. A bigger one is refused
+    /// with `OUT_OF_RANGE` as soon as its length prefix arrives: before it is
+    /// buffered, and before the caller is authenticated.
+    pub max_message_size: usize,
+    /// How long a request may take from its headers to its answer, the wait
+    /// for its body included; then it is answered `CANCELLED` ("Timeout
+    /// expired") and its stream closed. A shorter `grpc-timeout` from the
+    /// client wins. Streaming answers (health `Watch`, reflection) are bounded
+    /// only until their first headers.
+    pub request_timeout: Duration,
+    /// How long a connection may send nothing before the server pings it.
+    pub keepalive_interval: Duration,
+    /// How long the server waits for the answer to that ping before it
+    /// closes the connection (a dead or silent peer).
+    pub keepalive_timeout: Duration,
+    /// Connections older than this are asked to reconnect (`GOAWAY`); their
+    /// in-flight requests finish first. Spreads long-lived clients over
+    /// replicas again after a scale-out.
+    pub max_connection_age: Duration,
 }
 
 impl Default for Settings {
@@ -74,6 +125,27 @@ impl Default for Settings {
             pool: PoolSettings::default(),
             max_staleness: Duration::from_mins(1),
             resync_interval: Duration::from_mins(5),
+            // A shared connection (a proxy, or many backend workers on one
+            // channel) keeps ample parallelism: Validate takes well under a
+            // millisecond, so 256 in flight is not what limits a connection,
+            // and clients queue past the limit rather than fail. Above the
+            // 100 that HTTP/2 recommends as the least and that gRPC clients
+            // assume before the server's SETTINGS arrive (so they are not
+            // refused while they wait for them); hyper's own default is 200.
+            max_concurrent_streams: 256,
+            // The largest legitimate request, a MintKey with every list at
+            // its maximum (64 roles, permissions, CIDRs and labels), is under
+            // 64 KiB; twice that, rather than tonic's 4 MiB, caps what one
+            // connection can make the server buffer before authentication at
+            // 256 x 128 KiB = 32 MiB.
+            max_message_size: 128 * 1024,
+            // Validate answers in under a millisecond; an admin call can
+            // wait for the write turn behind a resync or a burst of writes,
+            // which takes seconds, not tens of them.
+            request_timeout: Duration::from_secs(30),
+            keepalive_interval: Duration::from_mins(1),
+            keepalive_timeout: Duration::from_secs(20),
+            max_connection_age: Duration::from_mins(30),
         }
     }
 }
@@ -89,6 +161,12 @@ impl std::fmt::Debug for Settings {
             .field("usage_flush_interval", &self.usage_flush_interval)
             .field("max_staleness", &self.max_staleness)
             .field("resync_interval", &self.resync_interval)
+            .field("max_concurrent_streams", &self.max_concurrent_streams)
+            .field("max_message_size", &self.max_message_size)
+            .field("request_timeout", &self.request_timeout)
+            .field("keepalive_interval", &self.keepalive_interval)
+            .field("keepalive_timeout", &self.keepalive_timeout)
+            .field("max_connection_age", &self.max_connection_age)
             .finish()
     }
 }
@@ -128,6 +206,7 @@ pub struct Application {
     usage_flush_interval: Duration,
     /// Set on PostgreSQL, where the index follows the change feed.
     feed: Option<(Arc<Freshness>, FeedSettings)>,
+    limits: Limits,
 }
 
 impl Application {
@@ -209,6 +288,7 @@ impl Application {
             clock,
             usage_flush_interval: settings.usage_flush_interval,
             feed,
+            limits: Limits::from(&settings),
         })
     }
 
@@ -234,6 +314,7 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
+        let limits = self.limits;
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_serving::<pb::key_service_server::KeyServiceServer<KeyService>>()
@@ -245,7 +326,8 @@ impl Application {
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
-            .expect("the embedded descriptor sets are valid");
+            .expect("the embedded descriptor sets are valid")
+            .max_decoding_message_size(limits.max_message_size);
 
         let mut background = vec![
             tokio::spawn(sweep_expired(self.index.clone(), self.clock.clone())),
@@ -278,16 +360,24 @@ impl Application {
             }
         };
         tracing::info!(addr = %self.local_addr, "keyward listening");
-        let serve = Server::builder()
+        let serve = limits
+            .server()
             .layer(RpcSpanLayer)
-            .add_service(health_service)
+            .add_service(health_service.max_decoding_message_size(limits.max_message_size))
             .add_service(reflection)
-            .add_service(pb::key_service_server::KeyServiceServer::new(
-                KeyService::new(self.validator.clone()),
-            ))
-            .add_service(pb::admin_service_server::AdminServiceServer::new(
-                AdminService::new(self.lifecycle.clone(), self.validator.clone()),
-            ))
+            .add_service(
+                pb::key_service_server::KeyServiceServer::new(KeyService::new(
+                    self.validator.clone(),
+                ))
+                .max_decoding_message_size(limits.max_message_size),
+            )
+            .add_service(
+                pb::admin_service_server::AdminServiceServer::new(AdminService::new(
+                    self.lifecycle.clone(),
+                    self.validator.clone(),
+                ))
+                .max_decoding_message_size(limits.max_message_size),
+            )
             .serve_with_incoming_shutdown(
                 TcpIncoming::from(self.listener).with_nodelay(Some(true)),
                 shutdown,
@@ -310,6 +400,52 @@ impl Application {
         self.store.close().await;
         tracing::info!("keyward stopped");
         Ok(served?)
+    }
+}
+
+/// What bounds the resources one connection and one request can hold: the
+/// settings of that kind, kept from [`Settings`] until the server runs.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_concurrent_streams: u32,
+    max_message_size: usize,
+    request_timeout: Duration,
+    keepalive_interval: Duration,
+    keepalive_timeout: Duration,
+    max_connection_age: Duration,
+}
+
+impl From<&Settings> for Limits {
+    fn from(settings: &Settings) -> Self {
+        Self {
+            max_concurrent_streams: settings.max_concurrent_streams,
+            max_message_size: settings.max_message_size,
+            request_timeout: settings.request_timeout,
+            keepalive_interval: settings.keepalive_interval,
+            keepalive_timeout: settings.keepalive_timeout,
+            max_connection_age: settings.max_connection_age,
+        }
+    }
+}
+
+impl Limits {
+    /// A gRPC server that enforces these limits on every connection. Without
+    /// them, tonic advertises no stream limit and times nothing out, so one
+    /// connection could hold any number of requests that never send a body
+    /// (authentication waits for the body), each costing memory for good.
+    fn server(self) -> Server {
+        Server::builder()
+            .max_concurrent_streams(self.max_concurrent_streams)
+            .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
+            .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
+            .http2_max_header_list_size(MAX_HEADER_LIST_SIZE)
+            .max_frame_size(MAX_FRAME_SIZE)
+            .timeout(self.request_timeout)
+            .http2_keepalive_interval(Some(self.keepalive_interval))
+            .http2_keepalive_timeout(Some(self.keepalive_timeout))
+            // No `max_connection_age_grace`: in tonic 0.14 setting it replaces
+            // the graceful close at this age by an abrupt one at age + grace.
+            .max_connection_age(self.max_connection_age)
     }
 }
 
@@ -390,15 +526,23 @@ async fn sweep_expired(index: Arc<Index>, clock: Arc<dyn Clock>) {
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.
 ///
+/// The handlers are installed when this is called, not when the future is
+/// first polled: call it before anything can observe the server as started
+/// (its "listening" log line, its port), or a signal sent at once would find
+/// the default action still in place and kill the process uncleanly.
+///
 /// # Panics
 /// When the process cannot install a signal handler (no Unix signals), at
 /// start-up.
-pub async fn shutdown_signal() {
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler can be installed");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
+    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler can be installed");
+    async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("shutdown requested; finishing in-flight requests");
     }
-    tracing::info!("shutdown requested; finishing in-flight requests");
 }

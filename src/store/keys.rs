@@ -2,7 +2,10 @@
 //! recording their uses. Each write is one transaction with its audit
 //! record, and notifies the change feed of the keys it touched.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashSet},
+    time::Duration,
+};
 
 use sqlx::{AnyConnection, Row};
 
@@ -10,7 +13,9 @@ use super::{
     Store, StoreError,
     audit::append_audit,
     feed::Topic,
-    rows::{count_to_i64, duration_millis, parse_column, with_details},
+    rows::{
+        IDS_PER_STATEMENT, count_to_i64, duration_millis, fetch_for_ids, parse_column, with_details,
+    },
     sql::Sql,
 };
 use crate::{
@@ -291,7 +296,10 @@ impl Store {
         })
     }
 
-    /// The unrevoked keys carrying all `labels` (and `owner`, if given).
+    /// The ids of the unrevoked keys carrying all `labels` (and `owner`, if
+    /// given), in id order, and at most `limit` of them: a caller that
+    /// accepts `n` asks for `n + 1` to learn that there are too many without
+    /// reading them all.
     ///
     /// # Errors
     /// On a database failure.
@@ -299,41 +307,151 @@ impl Store {
         &self,
         labels: &BTreeMap<String, String>,
         owner: Option<&str>,
+        limit: usize,
     ) -> Result<Vec<KeyId>, StoreError> {
         self.count();
-        let mut conn = self.pool.acquire().await?;
-        unrevoked_matching(&mut conn, labels, owner).await
+        let mut sql = Sql::new("SELECT k.id FROM api_keys k WHERE k.revoked_at IS NULL");
+        push_label_filters(&mut sql, labels);
+        if let Some(owner) = owner {
+            sql.push(" AND k.owner = ").push_bind(owner.to_owned());
+        }
+        sql.push(" ORDER BY k.id LIMIT ")
+            .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        sql.build()
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| parse_column(row, "id", "api_keys"))
+            .collect()
     }
 
-    /// Revokes every unrevoked key carrying all `labels` (and `owner`, if
-    /// given), and among `only` when given (the keys a caller was checked
-    /// against: another replica may have minted a matching key since), one
-    /// audit record per key, in one transaction.
+    /// The keys with these ids, whatever their state, read with a few
+    /// queries however many there are. An unknown id is left out.
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub async fn get_keys(&self, ids: &[KeyId]) -> Result<Vec<KeyRecord>, StoreError> {
+        self.count();
+        let texts: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        let mut conn = self.pool.acquire().await?;
+        let rows = fetch_for_ids(&mut conn, "SELECT * FROM api_keys", "id", &texts).await?;
+        Ok(with_details(&mut conn, rows, false)
+            .await?
+            .into_iter()
+            .map(|(record, _)| record)
+            .collect())
+    }
+
+    /// Revokes those of `ids` still unrevoked, with one audit record each,
+    /// in one transaction; returns them, in the order given. A key revoked
+    /// meanwhile is left as it is (and gets no second record). Set-based, a
+    /// few statements however many keys, so the write turn is held briefly:
+    /// a bulk revocation reads and checks its keys before (see
+    /// [`crate::lifecycle::Lifecycle::revoke_matching`]).
     ///
     /// # Errors
     /// On a database failure; nothing is revoked then.
-    pub async fn revoke_matching(
+    pub async fn revoke_keys(
         &self,
-        labels: &BTreeMap<String, String>,
-        owner: Option<&str>,
-        only: Option<&[KeyId]>,
+        ids: &[KeyId],
         reason: &str,
         actor: Actor,
         now: Timestamp,
     ) -> Result<Vec<KeyId>, StoreError> {
         self.count();
+        let reason = (!reason.is_empty()).then(|| reason.to_owned());
+        let texts: Vec<String> = ids.iter().map(ToString::to_string).collect();
         let mut tx = self.begin_write().await?;
-        let mut ids = unrevoked_matching(&mut tx, labels, owner).await?;
-        if let Some(only) = only {
-            ids.retain(|id| only.contains(id));
+        // The write turn excludes every other revocation meanwhile, so the
+        // keys skipped here, those revoked, audited and updated below are
+        // one consistent set. Only the (usually no) skipped ids come back:
+        // reading thousands of rows back would cost more than the writes.
+        let mut skipped = HashSet::new();
+        for chunk in texts.chunks(IDS_PER_STATEMENT) {
+            let mut select = Sql::new("SELECT v.column1 AS id FROM (VALUES ");
+            for (position, id) in chunk.iter().enumerate() {
+                select.push(if position == 0 { "(" } else { ", (" });
+                select.push_bind(id.clone()).push(")");
+            }
+            select.push(
+                ") AS v WHERE NOT EXISTS \
+                 (SELECT 1 FROM api_keys k WHERE k.id = v.column1 AND k.revoked_at IS NULL)",
+            );
+            for row in select.build().fetch_all(&mut *tx).await? {
+                skipped.insert(parse_column::<KeyId>(&row, "id", "api_keys")?);
+            }
         }
-        let reason = (!reason.is_empty()).then_some(reason);
-        for id in &ids {
-            mark_revoked(&mut tx, *id, reason, actor, now).await?;
+        for chunk in texts.chunks(IDS_PER_STATEMENT) {
+            // The bulk form of `append_audit`: the record `mark_revoked`
+            // writes, for each key of the chunk still unrevoked.
+            let mut audit =
+                Sql::new("INSERT INTO audit_log (at, actor, action, target, reason) SELECT ");
+            audit
+                .push_bind(now.as_millis())
+                .push(", ")
+                .push_bind(actor.key_id().map(|id| id.to_string()))
+                .push(", ")
+                .push_bind(AuditAction::Revoke.as_str().to_owned())
+                .push(", k.id, ")
+                .push_bind(reason.clone())
+                .push(" FROM api_keys k WHERE k.revoked_at IS NULL AND k.id IN (");
+            push_list(&mut audit, chunk);
+            audit.push(") ORDER BY k.id");
+            audit.build().execute(&mut *tx).await?;
+
+            let mut update = Sql::new("UPDATE api_keys SET revoked_at = ");
+            update
+                .push_bind(now.as_millis())
+                .push(", revoke_reason = ")
+                .push_bind(reason.clone())
+                .push(" WHERE revoked_at IS NULL AND id IN (");
+            push_list(&mut update, chunk);
+            update.push(")");
+            update.build().execute(&mut *tx).await?;
         }
-        self.notify(&mut tx, [Topic::Keys(ids.clone())]).await?;
+        let revoked: Vec<KeyId> = ids
+            .iter()
+            .copied()
+            .filter(|id| !skipped.contains(id))
+            .collect();
+        self.notify(&mut tx, [Topic::Keys(revoked.clone())]).await?;
         tx.commit().await?;
-        Ok(ids)
+        Ok(revoked)
+    }
+
+    /// Writes `keys` and their audit records in one transaction: seeding many
+    /// keys at once, for tests and benchmarks (minting one at a time costs a
+    /// transaction each).
+    ///
+    /// # Errors
+    /// [`StoreError::IdCollision`] when an id is taken; nothing is written then.
+    #[cfg(any(test, feature = "testing"))]
+    pub async fn insert_keys(
+        &self,
+        keys: Vec<NewKey>,
+        actor: Actor,
+        now: Timestamp,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        self.count();
+        let mut tx = self.begin_write().await?;
+        let mut records = Vec::with_capacity(keys.len());
+        for key in keys {
+            let record = insert_key(&mut tx, key, None, now).await?;
+            append_audit(
+                &mut tx,
+                now,
+                actor,
+                AuditAction::Mint,
+                Some(&record.id.to_string()),
+                None,
+            )
+            .await?;
+            records.push(record);
+        }
+        let ids = records.iter().map(|record| record.id).collect();
+        self.notify(&mut tx, [Topic::Keys(ids)]).await?;
+        tx.commit().await?;
+        Ok(records)
     }
 
     /// Spends one use of capped key `id`, durably, with a conditional update
@@ -424,28 +542,8 @@ impl Store {
     }
 }
 
-/// The ids of the unrevoked keys carrying all `labels` (and `owner`), in
-/// order, read on `conn` so a write can act on exactly what it read.
-async fn unrevoked_matching(
-    conn: &mut AnyConnection,
-    labels: &BTreeMap<String, String>,
-    owner: Option<&str>,
-) -> Result<Vec<KeyId>, StoreError> {
-    let mut sql = Sql::new("SELECT k.id FROM api_keys k WHERE k.revoked_at IS NULL");
-    push_label_filters(&mut sql, labels);
-    if let Some(owner) = owner {
-        sql.push(" AND k.owner = ").push_bind(owner.to_owned());
-    }
-    sql.push(" ORDER BY k.id");
-    sql.build()
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(|row| parse_column(row, "id", "api_keys"))
-        .collect()
-}
-
-/// Revokes key `id` and records it: the one way a key is revoked.
+/// Revokes key `id` and records it: the way one key is revoked
+/// ([`Store::revoke_keys`] does the same for many).
 async fn mark_revoked(
     conn: &mut AnyConnection,
     id: KeyId,
@@ -468,6 +566,16 @@ async fn mark_revoked(
         reason,
     )
     .await
+}
+
+/// Appends `values` as a comma-separated list of bound parameters.
+fn push_list(sql: &mut Sql, values: &[String]) {
+    for (position, value) in values.iter().enumerate() {
+        if position > 0 {
+            sql.push(", ");
+        }
+        sql.push_bind(value.clone());
+    }
 }
 
 /// Adds `AND` clauses matching keys (aliased `k`) that carry every label.
@@ -574,58 +682,4 @@ async fn fetch_key(conn: &mut AnyConnection, id: KeyId) -> Result<KeyRecord, Sto
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use super::*;
-
-    on_both_stores!(multi_thread: a_rotation_never_raises_a_cap_under_concurrent_use);
-
-    /// Validations spend uses while the key is rotated: the uses spent and
-    /// the uses handed to the successor never add up to more than the cap.
-    /// Half the cap is spent, so the key always has uses left to rotate
-    /// (a key whose uses are all spent is refused a rotation, rightly)
-    /// whichever spends land before the rotation.
-    async fn a_rotation_never_raises_a_cap_under_concurrent_use(store: Arc<Store>) {
-        const CAP: u64 = 40;
-        const SPENDERS: u64 = CAP / 2;
-        let now = Timestamp::from_millis(1_000_000);
-        let id = KeyId::from_u64(11);
-        let key = NewKey {
-            id,
-            digest: KeyDigest::from_bytes([11; 32]),
-            settings: KeySettings {
-                max_uses: Some(CAP),
-                ..KeySettings::default()
-            },
-            created_by: None,
-        };
-        store.insert_key(key, Actor::Local, now).await.unwrap();
-        let spenders: Vec<_> = (0..SPENDERS)
-            .map(|_| {
-                let store = store.clone();
-                tokio::spawn(async move { store.consume_use(id).await.unwrap().is_some() })
-            })
-            .collect();
-        let successor = (KeyId::from_u64(12), KeyDigest::from_bytes([12; 32]));
-        let rotation = store
-            .rotate_key(id, successor, Duration::ZERO, Actor::Local, now)
-            .await
-            .unwrap();
-        let mut spent = 0;
-        for spender in spenders {
-            spent += u64::from(spender.await.unwrap());
-        }
-        let handed_on = store
-            .get_key(rotation.successor.id)
-            .await
-            .unwrap()
-            .uses_remaining
-            .unwrap();
-        assert_eq!(
-            spent + handed_on,
-            CAP,
-            "spent {spent}, handed on {handed_on}"
-        );
-    }
-}
+mod tests;

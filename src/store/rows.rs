@@ -158,8 +158,14 @@ fn group_by_key<T: FromStr>(
     Ok(grouped)
 }
 
-/// Runs `select` restricted to `column IN ids`, in chunks that stay below
-/// both databases' bound-parameter limits.
+/// Most values bound in one `IN` list. Far below both databases' limits on
+/// bound parameters, because SQLite resolves each numbered placeholder
+/// (`$N`) by scanning those before it: a statement of 10,000 costs ~0.5 s to
+/// prepare, ten of 1,000 ~30 ms, twenty of 500 ~20 ms.
+pub(super) const IDS_PER_STATEMENT: usize = 500;
+
+/// Runs `select` restricted to `column IN ids`, in chunks of
+/// [`IDS_PER_STATEMENT`].
 pub(super) async fn fetch_for_ids(
     conn: &mut AnyConnection,
     select: &'static str,
@@ -167,7 +173,7 @@ pub(super) async fn fetch_for_ids(
     ids: &[String],
 ) -> Result<Vec<AnyRow>, StoreError> {
     let mut rows = Vec::new();
-    for chunk in ids.chunks(10_000) {
+    for chunk in ids.chunks(IDS_PER_STATEMENT) {
         let mut sql = Sql::new(select);
         sql.push(" WHERE ").push(column).push(" IN (");
         for (position, id) in chunk.iter().enumerate() {

@@ -3,6 +3,7 @@
 //! `keyward::testing`.
 
 mod audit;
+mod bulk;
 mod lifecycle;
 mod limits;
 mod proxy;
@@ -10,4 +11,5 @@ mod replicas;
 mod roles;
 mod scoped;
 mod secrets;
+mod transport;
 mod validate;

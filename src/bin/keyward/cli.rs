@@ -106,6 +106,39 @@ pub struct ServeArgs {
     /// after every reconnect of the change feed, e.g. 5m.
     #[arg(long, env = "KEYWARD_RESYNC_INTERVAL", value_name = "DURATION", default_value_t = Interval(Settings::default().resync_interval))]
     pub resync_interval: Interval,
+
+    /// Most requests one client connection may have in flight at once
+    /// (advertised as HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`; clients queue
+    /// past it). Raise it for a proxy that funnels many backends into one
+    /// connection.
+    #[arg(long, env = "KEYWARD_MAX_CONCURRENT_STREAMS", value_name = "N", default_value_t = Settings::default().max_concurrent_streams, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_streams: u32,
+
+    /// Largest request message accepted, e.g. 128KiB, 1MiB or 65536 (bytes);
+    /// bigger ones are refused with `OUT_OF_RANGE` before they are read.
+    #[arg(long, env = "KEYWARD_MAX_MESSAGE_SIZE", value_name = "SIZE", default_value_t = ByteSize(Settings::default().max_message_size))]
+    pub max_message_size: ByteSize,
+
+    /// How long a request may take, from its headers to its answer (the wait
+    /// for its body included), before it is answered `CANCELLED`, e.g. 30s.
+    #[arg(long, env = "KEYWARD_REQUEST_TIMEOUT", value_name = "DURATION", default_value_t = Interval(Settings::default().request_timeout))]
+    pub request_timeout: Interval,
+
+    /// How long a client connection may stay silent before the server pings
+    /// it, e.g. 1m.
+    #[arg(long, env = "KEYWARD_KEEPALIVE_INTERVAL", value_name = "DURATION", default_value_t = Interval(Settings::default().keepalive_interval))]
+    pub keepalive_interval: Interval,
+
+    /// How long the server waits for the answer to its ping before it closes
+    /// the connection, e.g. 20s.
+    #[arg(long, env = "KEYWARD_KEEPALIVE_TIMEOUT", value_name = "DURATION", default_value_t = Interval(Settings::default().keepalive_timeout))]
+    pub keepalive_timeout: Interval,
+
+    /// Age at which a client connection is asked to reconnect (its in-flight
+    /// requests finish first), so clients spread over replicas again, e.g.
+    /// 30m.
+    #[arg(long, env = "KEYWARD_MAX_CONNECTION_AGE", value_name = "DURATION", default_value_t = Interval(Settings::default().max_connection_age))]
+    pub max_connection_age: Interval,
 }
 
 fn parse_rate(text: &str) -> Result<RateLimit, InvalidRateLimit> {
@@ -134,6 +167,45 @@ impl fmt::Display for Interval {
     }
 }
 
+/// A size flag: longer than zero bytes, written as `131072`, `128KiB` or
+/// `1MiB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub usize);
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        let (digits, unit) = match text.strip_suffix("MiB") {
+            Some(digits) => (digits, 1024 * 1024),
+            None => match text.strip_suffix("KiB") {
+                Some(digits) => (digits, 1024),
+                None => (text, 1),
+            },
+        };
+        let expected = "expected bytes, e.g. 65536, 128KiB or 1MiB";
+        match digits.trim().parse::<usize>() {
+            Ok(0) => Err("must be more than zero".to_owned()),
+            Ok(count) => count
+                .checked_mul(unit)
+                .map(Self)
+                .ok_or_else(|| format!("too large ({expected})")),
+            Err(_) => Err(format!("not a size ({expected})")),
+        }
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            bytes if bytes % (1024 * 1024) == 0 => write!(f, "{}MiB", bytes / (1024 * 1024)),
+            bytes if bytes % 1024 == 0 => write!(f, "{}KiB", bytes / 1024),
+            bytes => write!(f, "{bytes}"),
+        }
+    }
+}
+
 impl From<ServeArgs> for Settings {
     fn from(args: ServeArgs) -> Self {
         let default_rate_limit = args.default_rate.map(|rate| match args.default_burst {
@@ -154,6 +226,12 @@ impl From<ServeArgs> for Settings {
             },
             max_staleness: args.max_staleness.0,
             resync_interval: args.resync_interval.0,
+            max_concurrent_streams: args.max_concurrent_streams,
+            max_message_size: args.max_message_size.0,
+            request_timeout: args.request_timeout.0,
+            keepalive_interval: args.keepalive_interval.0,
+            keepalive_timeout: args.keepalive_timeout.0,
+            max_connection_age: args.max_connection_age.0,
         }
     }
 }
@@ -181,6 +259,71 @@ mod tests {
         assert_eq!(settings.pool, defaults.pool);
         assert_eq!(settings.max_staleness, defaults.max_staleness);
         assert_eq!(settings.resync_interval, defaults.resync_interval);
+        assert_eq!(settings.max_concurrent_streams, 256);
+        assert_eq!(settings.max_message_size, 128 * 1024);
+        assert_eq!(settings.request_timeout, Duration::from_secs(30));
+        assert_eq!(settings.keepalive_interval, defaults.keepalive_interval);
+        assert_eq!(settings.keepalive_timeout, defaults.keepalive_timeout);
+        assert_eq!(settings.max_connection_age, defaults.max_connection_age);
+    }
+
+    #[test]
+    fn transport_limits_are_parsed() {
+        let parse = |flags: &[&str]| {
+            let mut argv = vec!["keyward", "serve"];
+            argv.extend_from_slice(flags);
+            Cli::try_parse_from(argv).map(|cli| {
+                let Command::Serve(serve) = cli.command;
+                Settings::from(serve)
+            })
+        };
+        let settings = parse(&[
+            "--max-concurrent-streams",
+            "1000",
+            "--max-message-size",
+            "1MiB",
+            "--request-timeout",
+            "5s",
+            "--keepalive-interval",
+            "30s",
+            "--keepalive-timeout",
+            "10s",
+            "--max-connection-age",
+            "2h",
+        ])
+        .unwrap();
+        assert_eq!(settings.max_concurrent_streams, 1000);
+        assert_eq!(settings.max_message_size, 1024 * 1024);
+        assert_eq!(settings.request_timeout, Duration::from_secs(5));
+        assert_eq!(settings.keepalive_interval, Duration::from_secs(30));
+        assert_eq!(settings.keepalive_timeout, Duration::from_secs(10));
+        assert_eq!(settings.max_connection_age, Duration::from_hours(2));
+        for (size, bytes) in [("65536", 65_536), ("64KiB", 65_536), ("2MiB", 2 << 20)] {
+            assert_eq!(
+                parse(&["--max-message-size", size])
+                    .unwrap()
+                    .max_message_size,
+                bytes,
+                "{size}"
+            );
+        }
+        for bad in [
+            &["--max-concurrent-streams", "0"][..],
+            &["--max-message-size", "0"],
+            &["--max-message-size", "1GiB"],
+            &["--max-message-size", "-1"],
+            &["--request-timeout", "0s"],
+            &["--max-connection-age", "soon"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn sizes_print_as_they_are_written() {
+        for size in ["128KiB", "1MiB", "1000"] {
+            assert_eq!(size.parse::<ByteSize>().unwrap().to_string(), size);
+        }
     }
 
     #[test]

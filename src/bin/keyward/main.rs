@@ -17,9 +17,12 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init();
     let Command::Serve(args) = cli.command;
+    // Before anything can see the server started, so that an early SIGTERM
+    // still shuts it down cleanly.
+    let shutdown = server::shutdown_signal();
     let result = async {
         let app = Application::build(args.into()).await?;
-        app.run_until(server::shutdown_signal()).await
+        app.run_until(shutdown).await
     }
     .await;
     match result {

@@ -1,0 +1,222 @@
+use super::*;
+use crate::{clock::SystemClock, model::Actor, permission, testing::ScratchDatabase};
+
+/// On PostgreSQL the database, not this replica's index, decides whether
+/// the caller may still write: its key may have been revoked on another
+/// replica a moment ago.
+#[tokio::test]
+async fn a_caller_revoked_on_another_replica_cannot_write() {
+    let Some(database) = ScratchDatabase::create().await else {
+        return;
+    };
+    let store = Arc::new(Store::open(database.url()).await.unwrap());
+    let clock = Arc::new(SystemClock);
+    let minted = MintedKey::generate(&Prefix::default()).unwrap();
+    let new_key = NewKey {
+        id: minted.id,
+        digest: minted.digest,
+        settings: KeySettings::default(),
+        created_by: None,
+    };
+    store
+        .insert_key(new_key, Actor::Local, clock.now())
+        .await
+        .unwrap();
+    let index = Arc::new(Index::from_snapshot(
+        store.load_snapshot(clock.now()).await.unwrap(),
+    ));
+    // Revoked in the database; this replica has not heard yet.
+    store
+        .revoke_key(minted.id, "leaked", Actor::Local, clock.now())
+        .await
+        .unwrap();
+    assert!(index.get(minted.id).is_some());
+
+    let lifecycle = Lifecycle::new(store, index, clock);
+    let caller = Caller {
+        id: minted.id,
+        permissions: vec!["keyward:*".parse().unwrap()],
+        is_root: true,
+    };
+    let new_role = NewRole {
+        name: "deployer".parse().unwrap(),
+        description: String::new(),
+        permissions: vec!["deploy:write".parse().unwrap()],
+        max_ttl: None,
+        rate_limit: None,
+    };
+    let refused = lifecycle.create_role(&caller, new_role).await.unwrap_err();
+    assert!(
+        matches!(refused, ServiceError::Unauthenticated(_)),
+        "{refused}"
+    );
+}
+
+/// Keys in each bulk batch of the write-turn tests: enough that reading
+/// them one by one inside the turn would show.
+const BATCH: u64 = 500;
+
+/// A lifecycle over a fresh SQLite store holding a narrow admin key (the
+/// caller: `keyward:keys:write` and `deploy:*`, no root), `batches`
+/// batches of [`BATCH`] `deploy:read` keys labelled `batch=N`, and one
+/// more key, `leaked`, labelled nothing.
+async fn seeded(batches: u64) -> (Arc<Lifecycle>, Caller, KeyId, tempfile::TempDir) {
+    let (store, dir) = crate::store::open_temporary().await;
+    let now = SystemClock.now();
+    let new_key = |id: u64, labels: &[(&str, String)]| NewKey {
+        id: KeyId::from_u64(id),
+        digest: crate::key::KeyDigest::from_bytes([0; 32]),
+        settings: KeySettings {
+            permissions: vec!["deploy:read".parse().unwrap()],
+            labels: Labels::new(
+                labels
+                    .iter()
+                    .map(|(name, value)| ((*name).to_owned(), value.clone()))
+                    .collect(),
+            )
+            .unwrap(),
+            ..KeySettings::default()
+        },
+        created_by: None,
+    };
+    let caller = Caller {
+        id: KeyId::from_u64(1),
+        permissions: vec![
+            permission::KEYS_WRITE.parse().unwrap(),
+            "deploy:*".parse().unwrap(),
+        ],
+        is_root: false,
+    };
+    let leaked = KeyId::from_u64(2);
+    let mut keys = vec![new_key(1, &[]), new_key(2, &[])];
+    for batch in 0..batches {
+        let first = 1_000 + batch * BATCH;
+        keys.extend((first..first + BATCH).map(|id| new_key(id, &[("batch", batch.to_string())])));
+    }
+    store.insert_keys(keys, Actor::Local, now).await.unwrap();
+    let index = Arc::new(Index::from_snapshot(
+        store.load_snapshot(now).await.unwrap(),
+    ));
+    let lifecycle = Arc::new(Lifecycle::new(store, index, Arc::new(SystemClock)));
+    (lifecycle, caller, leaked, dir)
+}
+
+fn batch(number: u64) -> BTreeMap<String, String> {
+    [("batch".to_owned(), number.to_string())].into()
+}
+
+/// A dry run only reads: it answers while another write holds the turn.
+#[tokio::test]
+async fn a_bulk_dry_run_takes_no_write_turn() {
+    let (lifecycle, caller, _, _dir) = seeded(1).await;
+    let _slow_write = lifecycle.writes.lock().await;
+    let labels = batch(0);
+    let dry_run = lifecycle.revoke_matching(&caller, &labels, None, "", true);
+    let ids = tokio::time::timeout(Duration::from_secs(10), dry_run)
+        .await
+        .expect("a dry run must not wait for the write turn")
+        .unwrap();
+    assert_eq!(ids.len(), usize::try_from(BATCH).unwrap());
+}
+
+/// Three bulk revocations and then a single revocation queue behind a
+/// write in progress. The bulk ones read and check their keys meanwhile,
+/// without the turn; and the single one waits for one bulk write at
+/// most, never for all three.
+#[tokio::test]
+async fn a_single_revoke_waits_for_one_bulk_revoke_at_most() {
+    let (lifecycle, caller, leaked, _dir) = seeded(3).await;
+    let store = lifecycle.store.clone();
+    let slow_write = lifecycle.writes.lock().await;
+    let before = store.operations();
+    let (done, mut finished) = tokio::sync::mpsc::unbounded_channel();
+    for number in 0..3 {
+        let (lifecycle, caller, done) = (lifecycle.clone(), caller.clone(), done.clone());
+        tokio::spawn(async move {
+            let ids = lifecycle
+                .revoke_matching(&caller, &batch(number), None, "batch done", false)
+                .await
+                .unwrap();
+            assert_eq!(ids.len(), usize::try_from(BATCH).unwrap());
+            done.send("bulk").unwrap();
+        });
+    }
+    // Each finds its keys, then reads them to check them.
+    let read_and_checked = async {
+        while store.operations() < before + 6 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read_and_checked)
+        .await
+        .expect("bulk revocations read and check their keys outside the write turn");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let single = {
+        let (lifecycle, caller, done) = (lifecycle.clone(), caller.clone(), done.clone());
+        tokio::spawn(async move {
+            let revocation = lifecycle.revoke(&caller, leaked, "leaked").await.unwrap();
+            assert!(!revocation.already_revoked);
+            done.send("single").unwrap();
+        })
+    };
+    // Let it join the queue for the turn before the slow write ends.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(slow_write);
+    drop(done);
+    single.await.unwrap();
+    let mut order = Vec::new();
+    while let Some(which) = finished.recv().await {
+        order.push(which);
+    }
+    let position = order.iter().position(|which| *which == "single");
+    assert!(
+        position.is_some_and(|at| at <= 1),
+        "the single revoke waited for more than one bulk revoke: {order:?}"
+    );
+    assert_eq!(order.len(), 4, "{order:?}");
+    let audit = store
+        .list_audit(&AuditQuery {
+            action: Some(crate::model::AuditAction::Revoke.as_str().to_owned()),
+            limit: 10_000,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        audit.records.len(),
+        usize::try_from(3 * BATCH + 1).unwrap(),
+        "one audit record per revoked key"
+    );
+}
+
+/// The keys are checked against the caller before the turn and again in
+/// it: a narrow caller is refused a key it could not have minted, and
+/// nothing is revoked.
+#[tokio::test]
+async fn a_bulk_revoke_matching_a_broader_key_revokes_nothing() {
+    let (lifecycle, _, _, _dir) = seeded(1).await;
+    let narrow = Caller {
+        id: KeyId::from_u64(1),
+        permissions: vec![
+            permission::KEYS_WRITE.parse().unwrap(),
+            "deploy:write".parse().unwrap(),
+        ],
+        is_root: false,
+    };
+    for dry_run in [true, false] {
+        let refused = lifecycle
+            .revoke_matching(&narrow, &batch(0), None, "", dry_run)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused, ServiceError::PermissionDenied(_)),
+            "{refused}"
+        );
+    }
+    let unrevoked = lifecycle
+        .store
+        .unrevoked_matching(&batch(0), None, MAX_BULK_REVOKE)
+        .await
+        .unwrap();
+    assert_eq!(unrevoked.len(), usize::try_from(BATCH).unwrap());
+}
