@@ -112,19 +112,7 @@ async fn propagation(database_url: &str) -> String {
         from_commit.push((refused - committed).as_secs_f64() * 1e3);
     }
     println!("Revocation propagation A -> B over one PostgreSQL, {REVOCATIONS} revocations");
-    println!("| measured from | p50 | p99 | max |");
-    println!("| --- | --- | --- | --- |");
-    for (label, values) in [
-        ("revoke sent to A", &mut from_request),
-        ("A's answer (commit)", &mut from_commit),
-    ] {
-        println!(
-            "| {label} | {:.2} ms | {:.2} ms | {:.2} ms |",
-            percentile(values, 50),
-            percentile(values, 99),
-            percentile(values, 100)
-        );
-    }
+    print_propagation(&mut from_request, &mut from_commit);
     println!(
         "B still said valid after A's answer on {:.1} Validate calls per revocation (mean)",
         polls as f64 / REVOCATIONS as f64
@@ -351,19 +339,25 @@ async fn write_load(database_url: &str) {
         "Revocation A -> B during the load, {} revocations",
         from_request.len()
     );
+    print_propagation(&mut from_request, &mut from_commit);
+    b.stop().await;
+    a.stop().await;
+}
+
+/// Prints p50, p99 and max of revocation times (ms), from the request and
+/// from A's answer, as a Markdown table.
+fn print_propagation(from_request: &mut [f64], from_commit: &mut [f64]) {
     println!("| measured from | p50 | p99 | max |");
     println!("| --- | --- | --- | --- |");
     for (label, values) in [
-        ("revoke sent to A", &mut from_request),
-        ("A's answer (commit)", &mut from_commit),
+        ("revoke sent to A", from_request),
+        ("A's answer (commit)", from_commit),
     ] {
         println!(
-            "| {label} | {:.1} ms | {:.1} ms | {:.1} ms |",
+            "| {label} | {:.2} ms | {:.2} ms | {:.2} ms |",
             percentile(values, 50),
             percentile(values, 99),
             percentile(values, 100)
         );
     }
-    b.stop().await;
-    a.stop().await;
 }

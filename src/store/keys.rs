@@ -76,16 +76,7 @@ impl Store {
     ) -> Result<KeyRecord, StoreError> {
         self.count();
         let mut tx = self.begin_write().await?;
-        let record = insert_key(&mut tx, key, None, now).await?;
-        append_audit(
-            &mut tx,
-            now,
-            actor,
-            AuditAction::Mint,
-            Some(&record.id.to_string()),
-            None,
-        )
-        .await?;
+        let record = insert_minted(&mut tx, key, actor, now).await?;
         self.notify(&mut tx, [Topic::Keys(vec![record.id])]).await?;
         tx.commit().await?;
         Ok(record)
@@ -436,17 +427,7 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let mut records = Vec::with_capacity(keys.len());
         for key in keys {
-            let record = insert_key(&mut tx, key, None, now).await?;
-            append_audit(
-                &mut tx,
-                now,
-                actor,
-                AuditAction::Mint,
-                Some(&record.id.to_string()),
-                None,
-            )
-            .await?;
-            records.push(record);
+            records.push(insert_minted(&mut tx, key, actor, now).await?);
         }
         let ids = records.iter().map(|record| record.id).collect();
         self.notify(&mut tx, [Topic::Keys(ids)]).await?;
@@ -679,6 +660,26 @@ async fn fetch_key(conn: &mut AnyConnection, id: KeyId) -> Result<KeyRecord, Sto
         .ok_or(StoreError::KeyNotFound(id))?;
     let mut records = with_details(conn, vec![row], false).await?;
     Ok(records.pop().expect("one row in, one record out").0)
+}
+
+/// A new key and its `Mint` audit record, in `tx`.
+async fn insert_minted(
+    tx: &mut AnyConnection,
+    key: NewKey,
+    actor: Actor,
+    now: Timestamp,
+) -> Result<KeyRecord, StoreError> {
+    let record = insert_key(tx, key, None, now).await?;
+    append_audit(
+        tx,
+        now,
+        actor,
+        AuditAction::Mint,
+        Some(&record.id.to_string()),
+        None,
+    )
+    .await?;
+    Ok(record)
 }
 
 #[cfg(test)]
