@@ -27,6 +27,7 @@
 //! | [`server`] | startup, serving, graceful shutdown; [`server::Settings`] holds every default |
 //! | [`telemetry`] | logging, and a span per RPC with its request id |
 //! | [`text`] | what stored free text (owner, description, label values) may contain |
+//! | [`tls`] | TLS on the gRPC port: certificates reloaded under a running server, optional client certificates (mTLS) |
 //! | [`error`] | which error type is used where, and the one mapping to `tonic::Status` |
 //! | [`pb`] | generated protobuf and gRPC code for `keyward.v1` |
 
@@ -51,6 +52,7 @@ pub mod telemetry;
 #[doc(hidden)]
 pub mod testing;
 pub mod text;
+pub mod tls;
 pub mod usage;
 pub mod validate;
 

@@ -4,9 +4,9 @@
 //! Binding comes first and the bound address is exposed, so tests listen on
 //! port 0 and talk to the real server.
 
-use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, path::PathBuf, pin::Pin, sync::Arc, time::Duration};
 
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::{
@@ -21,14 +21,9 @@ use crate::{
     service::{AdminService, KeyService},
     store::{PoolSettings, Store, StoreError, redacted_url},
     telemetry::RpcSpanLayer,
+    tls::{self, TlsConfig, TlsError, TlsFiles},
     validate::Validator,
 };
-
-/// How long in-flight requests and open connections get to finish after a
-/// shutdown signal before the server stops anyway. HTTP/2 graceful shutdown
-/// waits for each client to acknowledge, and a stuck client must not keep a
-/// server from stopping.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// How often keys past their expiry are dropped from the index.
 const EXPIRY_SWEEP_INTERVAL: Duration = Duration::from_mins(1);
@@ -111,6 +106,13 @@ pub struct Settings {
     /// in-flight requests finish first. Spreads long-lived clients over
     /// replicas again after a scale-out.
     pub max_connection_age: Duration,
+    /// TLS on the gRPC port; plaintext HTTP/2 when `None`.
+    pub tls: Option<TlsFiles>,
+    /// After a shutdown signal, how long in-flight requests get to finish
+    /// before the server stops anyway. HTTP/2 graceful shutdown waits for
+    /// each client to close its connection, and a stuck client (or an open
+    /// health `Watch`) must not keep a server from stopping.
+    pub drain_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -146,6 +148,11 @@ impl Default for Settings {
             keepalive_interval: Duration::from_mins(1),
             keepalive_timeout: Duration::from_secs(20),
             max_connection_age: Duration::from_mins(30),
+            tls: None,
+            // Inside Kubernetes' default 30 s termination grace period,
+            // with room for the usage flush and closing the store; far
+            // longer than any call but a queued admin write takes.
+            drain_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -167,6 +174,8 @@ impl std::fmt::Debug for Settings {
             .field("keepalive_interval", &self.keepalive_interval)
             .field("keepalive_timeout", &self.keepalive_timeout)
             .field("max_connection_age", &self.max_connection_age)
+            .field("tls", &self.tls)
+            .field("drain_timeout", &self.drain_timeout)
             .finish()
     }
 }
@@ -189,6 +198,9 @@ pub enum StartupError {
     /// A new database could not be given its first admin key.
     #[error("cannot initialise the database: {0}")]
     Initialize(#[from] InitError),
+    /// A TLS certificate, key or CA file is unreadable or invalid.
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
     /// The server stopped with a transport error.
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -207,6 +219,8 @@ pub struct Application {
     /// Set on PostgreSQL, where the index follows the change feed.
     feed: Option<(Arc<Freshness>, FeedSettings)>,
     limits: Limits,
+    tls: Option<Arc<TlsConfig>>,
+    drain_timeout: Duration,
 }
 
 impl Application {
@@ -241,6 +255,14 @@ impl Application {
                 addr: settings.listen,
                 source,
             })?;
+        // Before the database: a bad certificate is a one-line error that
+        // should not wait for (or touch) the store.
+        let tls = settings
+            .tls
+            .clone()
+            .map(TlsConfig::load)
+            .transpose()?
+            .map(Arc::new);
         let store = Arc::new(Store::open_with(&settings.database_url, settings.pool).await?);
         if let Some(admin) =
             bootstrap::initialize_if_new(&store, clock.as_ref(), &settings.bootstrap_key_file)
@@ -289,6 +311,8 @@ impl Application {
             usage_flush_interval: settings.usage_flush_interval,
             feed,
             limits: Limits::from(&settings),
+            tls,
+            drain_timeout: settings.drain_timeout,
         })
     }
 
@@ -351,16 +375,21 @@ impl Application {
                 feed.heartbeat(),
             )));
         }
-        let requested = Arc::new(tokio::sync::Notify::new());
+        if let Some(tls) = &self.tls {
+            background.push(tokio::spawn(tls::reload_on_change(tls.clone())));
+        }
+        let (draining, drain_started) = watch::channel(false);
         let shutdown = {
-            let requested = requested.clone();
+            let health = health.clone();
             async move {
                 shutdown.await;
-                requested.notify_one();
+                // First, so load balancers and health watchers stop sending
+                // work here while the calls already sent finish.
+                report_draining(&health).await;
+                let _ = draining.send(true);
             }
         };
-        tracing::info!(addr = %self.local_addr, "keyward listening");
-        let serve = limits
+        let router = limits
             .server()
             .layer(RpcSpanLayer)
             .add_service(health_service.max_decoding_message_size(limits.max_message_size))
@@ -377,18 +406,39 @@ impl Application {
                     self.validator.clone(),
                 ))
                 .max_decoding_message_size(limits.max_message_size),
-            )
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(self.listener).with_nodelay(Some(true)),
-                shutdown,
             );
+        tracing::info!(
+            addr = %self.local_addr,
+            tls = self.tls.is_some(),
+            client_certificates = self.tls.as_ref().is_some_and(|tls| tls.files().client_ca.is_some()),
+            "keyward listening"
+        );
+        // Either way, on `shutdown` the listener closes at once and every
+        // connection is asked to finish (HTTP/2 `GOAWAY`): calls already sent
+        // are answered, new ones go elsewhere.
+        let serve: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+            match &self.tls {
+                None => Box::pin(router.serve_with_incoming_shutdown(
+                    TcpIncoming::from(self.listener).with_nodelay(Some(true)),
+                    shutdown,
+                )),
+                Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
+                    tls::incoming(self.listener, tls.clone(), drain_started.clone()),
+                    shutdown,
+                )),
+            };
+        let drain_timeout = self.drain_timeout;
+        let mut drain_started = drain_started;
         let served = tokio::select! {
             served = serve => served,
             () = async {
-                requested.notified().await;
-                tokio::time::sleep(SHUTDOWN_GRACE).await;
+                let _ = drain_started.wait_for(|draining| *draining).await;
+                tokio::time::sleep(drain_timeout).await;
             } => {
-                tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the shutdown grace period; stopping anyway");
+                tracing::warn!(
+                    drain_timeout = %humantime::format_duration(drain_timeout),
+                    "connections still open at the end of the drain timeout; stopping anyway"
+                );
                 Ok(())
             }
         };
@@ -447,6 +497,19 @@ impl Limits {
             // the graceful close at this age by an abrupt one at age + grace.
             .max_connection_age(self.max_connection_age)
     }
+}
+
+/// Tells health checks that this server is going away: every service, and
+/// the server as a whole (the empty service name), turns `NOT_SERVING`.
+async fn report_draining(health: &tonic_health::server::HealthReporter) {
+    use tonic_health::ServingStatus::NotServing;
+    health
+        .set_not_serving::<pb::key_service_server::KeyServiceServer<KeyService>>()
+        .await;
+    health
+        .set_not_serving::<pb::admin_service_server::AdminServiceServer<AdminService>>()
+        .await;
+    health.set_service_status("", NotServing).await;
 }
 
 /// Tells health checks, so a load balancer can route around it, while this

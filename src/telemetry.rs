@@ -22,14 +22,34 @@ use std::{
 use tracing::Instrument;
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber. Call once, from `main`.
-pub fn init() {
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event, coloured on a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line, for log pipelines: `timestamp`, `level`,
+    /// `target`, `fields` (the event's, with its `message`), and `spans`
+    /// (the enclosing spans' fields, so each request's `request_id`,
+    /// `method` and `caller` are on every line it logs).
+    Json,
+}
+
+/// Installs the global subscriber, writing to stderr in `format`. Call once,
+/// from `main`.
+pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(false)
+            .with_span_list(true)
+            .init(),
+    }
 }
 
 /// The metadata key a request id comes in and goes out under.

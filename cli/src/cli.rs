@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use keyward::rate_limit::RateLimit;
 
 use crate::{
-    client::ServerUrl,
+    client::{ServerUrl, TlsOptions},
     commands::{audit::AuditArgs, init::InitArgs, keys, roles::RoleCommand, verify::VerifyArgs},
     output::OutputFormat,
 };
@@ -64,6 +64,32 @@ pub struct GlobalArgs {
     )]
     pub admin_key_file: Option<PathBuf>,
 
+    /// With an https:// server: CA certificates (PEM) to check the server's
+    /// certificate against, instead of the system's trusted CAs
+    #[arg(long, global = true, env = "KEYWARD_CA_CERT", value_name = "PATH")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// With an https:// server that requires client certificates (mTLS):
+    /// this client's certificate (PEM)
+    #[arg(
+        long,
+        global = true,
+        env = "KEYWARD_CLIENT_CERT",
+        value_name = "PATH",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --client-cert
+    #[arg(
+        long,
+        global = true,
+        env = "KEYWARD_CLIENT_KEY",
+        value_name = "PATH",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
+
     /// Output format: `table` for people, `json` for scripts
     #[arg(
         long,
@@ -73,6 +99,17 @@ pub struct GlobalArgs {
         default_value_t = OutputFormat::Table
     )]
     pub output: OutputFormat,
+}
+
+impl GlobalArgs {
+    /// The TLS flags, for an https:// server.
+    pub fn tls(&self) -> TlsOptions {
+        TlsOptions {
+            ca_cert: self.ca_cert.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+        }
+    }
 }
 
 /// The verbs.
@@ -139,6 +176,27 @@ pub enum Command {
     /// with the id of the key that made it (`local` for `init` and the
     /// server's first start, which need no key). Records never hold a secret.
     Audit(AuditArgs),
+    /// Print a shell completion script for keywardctl
+    ///
+    /// bash: `keywardctl completions bash > /etc/bash_completion.d/keywardctl`;
+    /// zsh: into a directory on `$fpath` as `_keywardctl`; fish:
+    /// `keywardctl completions fish > ~/.config/fish/completions/keywardctl.fish`.
+    Completions {
+        /// The shell to complete in
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+}
+
+/// The shells `keywardctl completions` writes scripts for.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Shell {
+    /// GNU bash
+    Bash,
+    /// Z shell
+    Zsh,
+    /// fish
+    Fish,
 }
 
 /// Parses `KEY=VALUE` for `--label`.

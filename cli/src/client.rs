@@ -18,7 +18,7 @@ use keyward::pb::{admin_service_client::AdminServiceClient, key_service_client::
 use tonic::{
     metadata::{Ascii, MetadataValue},
     service::{Interceptor, interceptor::InterceptedService},
-    transport::{Channel, Endpoint},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 
 use crate::{
@@ -38,12 +38,21 @@ pub const ADMIN_KEY_ENV: &str = "KEYWARD_ADMIN_KEY";
 /// The address of a keyward server, as a URL with a scheme: `host:port` is
 /// read as `http://host:port`, so the usual way to write an address works.
 ///
-/// Only `http://` is accepted: this client speaks plaintext HTTP/2, and a
-/// `https://` URL promises an encrypted connection it cannot make (the
-/// admin key would cross the network in clear text), so it is refused
-/// rather than quietly downgraded.
+/// `https://` means TLS: the server's certificate is checked against
+/// `--ca-cert` (or the system's trusted CAs) and the URL's host name, so
+/// the admin key never goes to a server that cannot prove it is the one
+/// named. `http://` is plaintext HTTP/2, for loopback or a private network.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerUrl(String);
+
+impl ServerUrl {
+    /// Whether this URL asks for TLS.
+    pub fn is_tls(&self) -> bool {
+        self.0
+            .split_once("://")
+            .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("https"))
+    }
+}
 
 impl FromStr for ServerUrl {
     type Err = String;
@@ -52,25 +61,21 @@ impl FromStr for ServerUrl {
         let s = s.trim();
         let url = match s.split_once("://") {
             None => format!("http://{s}"),
-            Some((scheme, _)) if scheme.eq_ignore_ascii_case("http") => s.to_owned(),
-            Some((scheme, _)) if scheme.eq_ignore_ascii_case("https") => {
-                return Err(
-                    "https:// needs TLS, which this keywardctl cannot speak yet; \
-                     refusing rather than sending the admin key in clear text \
-                     (use http:// only over loopback or a private network)"
-                        .to_owned(),
-                );
+            Some((scheme, _))
+                if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") =>
+            {
+                s.to_owned()
             }
             Some(_) => {
                 return Err(
-                    "not a server address (the scheme must be http://); expected e.g. \
-                     http://127.0.0.1:50051"
+                    "not a server address (the scheme must be http:// or https://); expected \
+                     e.g. https://keyward.internal:50051"
                         .to_owned(),
                 );
             }
         };
         Endpoint::from_shared(url.clone()).map_err(|e| {
-            format!("not a server address ({e}); expected e.g. http://127.0.0.1:50051")
+            format!("not a server address ({e}); expected e.g. https://keyward.internal:50051")
         })?;
         Ok(Self(url))
     }
@@ -165,6 +170,52 @@ pub type AdminClient = AdminServiceClient<InterceptedService<Channel, BearerAuth
 /// An authenticated channel to the data plane (Validate).
 pub type KeyClient = KeyServiceClient<InterceptedService<Channel, BearerAuth>>;
 
+/// How to make a TLS connection: whom to trust, and who this client is.
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    /// CA certificates (PEM) the server's certificate must chain to; the
+    /// system's trusted CAs when `None`.
+    pub ca_cert: Option<PathBuf>,
+    /// This client's certificate (PEM), for a server that requires one.
+    pub client_cert: Option<PathBuf>,
+    /// The private key of `client_cert` (PEM).
+    pub client_key: Option<PathBuf>,
+}
+
+impl TlsOptions {
+    fn any(&self) -> bool {
+        self.ca_cert.is_some() || self.client_cert.is_some() || self.client_key.is_some()
+    }
+
+    /// The tonic configuration for a connection to `server`.
+    fn client_config(&self) -> Result<ClientTlsConfig, CliError> {
+        let read = |what: &'static str, path: &Path| {
+            fs::read(path).map_err(|source| CliError::TlsFile {
+                what,
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let mut config = ClientTlsConfig::new();
+        config = match &self.ca_cert {
+            Some(path) => {
+                config.ca_certificate(Certificate::from_pem(read("CA certificate", path)?))
+            }
+            None => config.with_native_roots(),
+        };
+        match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => Ok(config.identity(Identity::from_pem(
+                read("client certificate", cert)?,
+                read("client key", key)?,
+            ))),
+            (None, None) => Ok(config),
+            _ => Err(CliError::Usage(
+                "--client-cert and --client-key go together".to_owned(),
+            )),
+        }
+    }
+}
+
 /// Connects to the server named by the global flags, with the admin key.
 ///
 /// The key is resolved first, so a missing credential is reported without a
@@ -175,7 +226,7 @@ pub type KeyClient = KeyServiceClient<InterceptedService<Channel, BearerAuth>>;
 /// A missing or unreadable admin key, or [`CliError::Unreachable`].
 pub async fn admin_client(global: &GlobalArgs) -> Result<AdminClient, CliError> {
     let auth = BearerAuth(AdminKey::from_args(global)?);
-    let channel = connect(&global.server).await?;
+    let channel = connect(&global.server, &global.tls()).await?;
     Ok(AdminServiceClient::with_interceptor(channel, auth))
 }
 
@@ -185,20 +236,31 @@ pub async fn admin_client(global: &GlobalArgs) -> Result<AdminClient, CliError> 
 /// As [`admin_client`].
 pub async fn key_client(global: &GlobalArgs) -> Result<KeyClient, CliError> {
     let auth = BearerAuth(AdminKey::from_args(global)?);
-    let channel = connect(&global.server).await?;
+    let channel = connect(&global.server, &global.tls()).await?;
     Ok(KeyServiceClient::with_interceptor(channel, auth))
 }
 
-async fn connect(server: &ServerUrl) -> Result<Channel, CliError> {
+async fn connect(server: &ServerUrl, tls: &TlsOptions) -> Result<Channel, CliError> {
     let unreachable = |cause: String| CliError::Unreachable {
         server: server.clone(),
         cause,
     };
     // `ServerUrl::from_str` already checked the URL; this cannot fail.
-    let endpoint = Endpoint::from_shared(server.0.clone())
+    let mut endpoint = Endpoint::from_shared(server.0.clone())
         .map_err(|e| unreachable(e.to_string()))?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT);
+    if server.is_tls() {
+        endpoint = endpoint
+            .tls_config(tls.client_config()?)
+            .map_err(|e| unreachable(root_cause(&e)))?;
+    } else if tls.any() {
+        // Certificates were given for a plaintext connection: the operator
+        // expects TLS, and would not get it.
+        return Err(CliError::Usage(format!(
+            "--ca-cert, --client-cert and --client-key need an https:// server URL, not {server}"
+        )));
+    }
     endpoint
         .connect()
         .await
@@ -218,18 +280,21 @@ mod tests {
             ("localhost:1", "http://localhost:1"),
             ("http://keyward:50051", "http://keyward:50051"),
             ("HTTP://keyward:50051", "HTTP://keyward:50051"),
+            ("https://keyward.example", "https://keyward.example"),
         ];
         for (input, expected) in cases {
             assert_eq!(input.parse::<ServerUrl>().unwrap().to_string(), expected);
         }
         assert!("http://bad host".parse::<ServerUrl>().is_err());
-        // Never a plaintext connection to a URL that promises TLS.
         for tls in ["https://keyward.example", "HTTPS://127.0.0.1:50051"] {
-            let refused = tls.parse::<ServerUrl>().unwrap_err();
-            assert!(refused.contains("https:// needs TLS"), "{refused}");
+            assert!(tls.parse::<ServerUrl>().unwrap().is_tls(), "{tls}");
         }
+        assert!(!"127.0.0.1:1".parse::<ServerUrl>().unwrap().is_tls());
         let refused = "grpc://keyward:50051".parse::<ServerUrl>().unwrap_err();
-        assert!(refused.contains("scheme must be http://"), "{refused}");
+        assert!(
+            refused.contains("scheme must be http:// or https://"),
+            "{refused}"
+        );
     }
 
     #[test]

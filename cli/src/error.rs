@@ -37,6 +37,13 @@ pub enum CliError {
     #[error("the admin key contains characters that are not allowed in a key")]
     MalformedAdminKey,
 
+    #[error("cannot read the {what} {}: {source}", path.display())]
+    TlsFile {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+
     #[error("cannot reach keyward at {server}: {cause}")]
     Unreachable { server: ServerUrl, cause: String },
 
@@ -104,6 +111,27 @@ impl CliError {
         } else {
             status.message().to_owned()
         };
+        if matches!(
+            status.code(),
+            Code::Internal | Code::Unknown | Code::Cancelled
+        ) && let Some(source) = status.source()
+        {
+            // Not the server's answer but the connection failing under the
+            // call: what a plaintext client meets at a TLS port, or a TLS
+            // client whose certificate the server refused after the
+            // handshake (TLS 1.3 checks it then).
+            let hint = if server.is_tls() {
+                "the server closed the connection; does it require a client \
+                 certificate (--client-cert, --client-key)?"
+            } else {
+                "the server closed the connection; does it serve TLS? then use \
+                 an https:// URL"
+            };
+            return Self::Unreachable {
+                server: server.clone(),
+                cause: format!("{} ({hint})", root_cause(source)),
+            };
+        }
         let what = match status.code() {
             Code::Unauthenticated => return Self::Unauthenticated(message),
             Code::PermissionDenied => return Self::PermissionDenied(message),

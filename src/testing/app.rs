@@ -11,7 +11,10 @@ use std::{
 
 use tempfile::TempDir;
 use tokio::{sync::oneshot, task::JoinHandle};
-use tonic::{Request, Status, transport::Channel};
+use tonic::{
+    Request, Status,
+    transport::{Channel, ClientTlsConfig},
+};
 
 use super::ScratchDatabase;
 use crate::{
@@ -185,6 +188,8 @@ pub struct TestApp<C = ManualClock> {
     /// This server's own directory, for its bootstrap key file.
     dir: Arc<TempDir>,
     settings: Settings,
+    /// How [`TestApp::channel`] connects to a server with TLS.
+    client_tls: Option<ClientTlsConfig>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
 }
@@ -260,14 +265,28 @@ impl<C: Clock + Clone> TestApp<C> {
             database,
             dir,
             settings: base,
+            client_tls: None,
             shutdown: Some(tx),
             server: Some(server),
         }
     }
 
-    /// `http://<address>`.
+    /// Makes every client of this harness connect over TLS with `config`
+    /// (for a server started with [`Settings::tls`]).
+    #[must_use]
+    pub fn with_client_tls(mut self, config: ClientTlsConfig) -> Self {
+        self.client_tls = Some(config);
+        self
+    }
+
+    /// `http://<address>`, or `https://` with [`TestApp::with_client_tls`].
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.client_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Where this server wrote the first admin key (if it did).
@@ -282,8 +301,13 @@ impl<C: Clock + Clone> TestApp<C> {
 
     /// A new HTTP/2 connection to the server.
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url())
-            .expect("a valid URL")
+        let mut endpoint = Channel::from_shared(self.url()).expect("a valid URL");
+        if let Some(tls) = &self.client_tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .expect("a usable TLS configuration");
+        }
+        endpoint
             .connect()
             .await
             .expect("connects to the test server")

@@ -10,14 +10,24 @@
 //! | [`on_both_stores!`] | a test written once as `async fn name(backend: Backend)`, run on each store |
 //! | [`ScratchDatabase`] | a PostgreSQL database for one test; ones left by a killed run are swept |
 //! | [`forge`] | a well-formed key with a chosen id and another key's secret |
+//! | [`tls`] | CAs and certificates made at run time for the TLS tests |
 
 mod app;
 mod postgres;
+pub mod tls;
 
 pub use app::{Backend, Builder, TestApp, TestDatabase, authed, denial, spawn_app, spawn_with};
 pub use postgres::{ScratchDatabase, postgres_reachable};
 
 use crate::key::KeyId;
+
+/// `CI` set to anything but empty, `0` or `false`: tests that need something
+/// outside the repository (PostgreSQL, Python's grpcio) fail rather than
+/// skip when it is missing, so CI never goes green by skipping them.
+#[must_use]
+pub fn running_in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|ci| !matches!(ci.as_str(), "" | "0" | "false"))
+}
 
 /// A well-formed key (valid checksum) with key id `id` and the secret of
 /// `donor`: "right id, wrong secret" when `id` is another key's, "unknown id"

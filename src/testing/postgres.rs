@@ -8,6 +8,7 @@
 //! A run that is killed leaves its databases behind; the first database a
 //! later test process creates sweeps those (see [`sweep_abandoned`]).
 
+use super::running_in_ci;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use sqlx::{Connection, Executor, PgConnection};
@@ -46,11 +47,6 @@ async fn admin_connection() -> Option<(PgConnection, String)> {
             None
         }
     }
-}
-
-/// `CI` set to anything but empty, `0` or `false`.
-fn running_in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|ci| !matches!(ci.as_str(), "" | "0" | "false"))
 }
 
 /// A PostgreSQL database that exists for one test.

@@ -3,13 +3,17 @@
 //! `keyward::testing`.
 
 mod audit;
+mod binary;
 mod bulk;
 mod lifecycle;
 mod limits;
+mod process;
 mod proxy;
+mod python;
 mod replicas;
 mod roles;
 mod scoped;
 mod secrets;
+mod tls;
 mod transport;
 mod validate;

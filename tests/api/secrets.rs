@@ -3,11 +3,9 @@
 //! one clear line.
 
 use std::{
-    io::{BufRead, BufReader},
     net::SocketAddr,
     path::Path,
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex, mpsc},
+    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -16,61 +14,28 @@ use keyward::{
     testing::authed,
 };
 use sqlx::{Connection, Row, SqliteConnection};
-use tonic::transport::Channel;
 
-/// A `keyward serve` child process whose stderr is captured.
-struct ServerProcess {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<String>>,
-}
+use crate::binary::{Server, channel};
 
-impl ServerProcess {
-    fn start(dir: &Path) -> Self {
-        let mut child = serve_command(dir, "127.0.0.1:0")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("keyward binary starts");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (addr_tx, addr_rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let captured = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let line = line.unwrap();
-                if line.contains("keyward listening")
-                    && let Some(addr) = line.split("addr=").nth(1)
-                {
-                    let _ = addr_tx.send(addr.trim().parse::<SocketAddr>().unwrap());
-                }
-                captured.lock().unwrap().push_str(&line);
-                captured.lock().unwrap().push('\n');
-            }
-        });
-        let addr = addr_rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| {
-                panic!(
-                    "server did not report its address; log:\n{}",
-                    log.lock().unwrap()
-                )
-            });
-        Self { child, addr, log }
-    }
-
-    /// Sends SIGTERM and waits for a clean exit.
-    fn terminate(mut self) -> String {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let exit = self.child.wait().unwrap();
-        assert!(exit.success(), "graceful shutdown exits 0, got {exit}");
-        // The reader thread drains stderr until the pipe closes.
-        std::thread::sleep(Duration::from_millis(100));
-        self.log.lock().unwrap().clone()
-    }
+/// Starts `keyward serve` on a database in `dir`, logging at trace level,
+/// and waits until it listens.
+fn start_server(dir: &Path) -> (Server, SocketAddr) {
+    let database = format!("sqlite://{}", dir.join("keyward.db").display());
+    let key_file = dir.join("admin.key").display().to_string();
+    let mut server = Server::start_in(
+        dir,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &database,
+            "--bootstrap-key-file",
+            &key_file,
+        ],
+        &[("RUST_LOG", "trace")],
+    );
+    let addr = server.wait_until_listening();
+    (server, addr)
 }
 
 fn serve_command(dir: &Path, listen: &str) -> Command {
@@ -92,24 +57,16 @@ fn serve_command(dir: &Path, listen: &str) -> Command {
     command
 }
 
-async fn channel(addr: SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_reach_the_database_or_the_logs() {
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(dir.path());
+    let (server, addr) = start_server(dir.path());
     let admin_key = std::fs::read_to_string(dir.path().join("admin.key"))
         .unwrap()
         .trim()
         .to_owned();
-    let mut admin = AdminServiceClient::new(channel(server.addr).await);
-    let mut keys = KeyServiceClient::new(channel(server.addr).await);
+    let mut admin = AdminServiceClient::new(channel(addr).await);
+    let mut keys = KeyServiceClient::new(channel(addr).await);
 
     let mut plaintexts = vec![admin_key.clone()];
     let minted = admin
@@ -222,7 +179,7 @@ async fn secrets_never_reach_the_database_or_the_logs() {
 async fn bootstrap_key_file_is_private_and_never_logged() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(dir.path());
+    let (server, _) = start_server(dir.path());
     let key_file = dir.path().join("admin.key");
     let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
     let db_mode = std::fs::metadata(dir.path().join("keyward.db"))
@@ -235,7 +192,7 @@ async fn bootstrap_key_file_is_private_and_never_logged() {
     assert!(!log.contains(admin_key.trim()));
 
     // A second start on the same database keeps the file and mints nothing.
-    let again = ServerProcess::start(dir.path());
+    let (again, _) = start_server(dir.path());
     assert_eq!(std::fs::read_to_string(&key_file).unwrap(), admin_key);
     let log = again.terminate();
     assert!(!log.contains("initialised a new database"), "{log}");

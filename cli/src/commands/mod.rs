@@ -17,7 +17,7 @@ use std::{process::ExitCode, time::Duration};
 use keyward::{pb, rate_limit::RateLimit};
 
 use crate::{
-    cli::{Cli, Command, GlobalArgs},
+    cli::{Cli, Command, GlobalArgs, Shell},
     error::CliError,
 };
 
@@ -39,7 +39,23 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Verify(args) => verify::run(args, global).await,
         Command::Role(command) => roles::run(command, global).await,
         Command::Audit(args) => audit::run(args, global).await,
+        Command::Completions { shell } => completions(shell),
     }
+}
+
+/// Writes the completion script for `shell` to stdout, generated from the
+/// same definition that parses the command line, so it never lags behind.
+fn completions(shell: Shell) -> Result<ExitCode, CliError> {
+    use clap::CommandFactory;
+    let shell = match shell {
+        Shell::Bash => clap_complete::Shell::Bash,
+        Shell::Zsh => clap_complete::Shell::Zsh,
+        Shell::Fish => clap_complete::Shell::Fish,
+    };
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "keywardctl", &mut script);
+    std::io::Write::write_all(&mut std::io::stdout().lock(), &script).map_err(CliError::Output)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Awaits an RPC and turns a failure into an operator message, so every verb

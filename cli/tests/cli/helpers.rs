@@ -20,6 +20,9 @@ const KEYWARD_ENV: &[&str] = &[
     "KEYWARD_ADMIN_KEY",
     "KEYWARD_ADMIN_KEY_FILE",
     "KEYWARD_DATABASE_URL",
+    "KEYWARD_CA_CERT",
+    "KEYWARD_CLIENT_CERT",
+    "KEYWARD_CLIENT_KEY",
 ];
 
 /// `keywardctl` with a clean environment and a timeout, so a hang fails the

@@ -6,7 +6,9 @@
 //! admin key nor any key the test marked secret appears in stdout or stderr.
 
 mod audit;
+mod completions;
 mod helpers;
 mod keys;
 mod rate_limits;
 mod roles;
+mod tls;

@@ -11,6 +11,8 @@ use keyward::{
     rate_limit::{InvalidRateLimit, RateLimit},
     server::Settings,
     store::PoolSettings,
+    telemetry::LogFormat,
+    tls::TlsFiles,
 };
 
 /// keyward: an API-key service for machine-to-machine access.
@@ -32,13 +34,30 @@ pub enum Command {
     ///
     /// On a database that was never initialised, creates the built-in roles
     /// and the first admin key, and writes that key to --bootstrap-key-file.
+    #[command(after_long_help = SETTINGS_HELP)]
     Serve(ServeArgs),
 }
+
+/// Where `serve`'s settings come from; shown by `serve --help`.
+const SETTINGS_HELP: &str = "\
+Settings come from, lowest precedence first: built-in defaults, the --config
+file, KEYWARD_* environment variables, flags. In the file (TOML), each key is a
+long flag's name with `_` for `-`, e.g.
+
+    listen = \"0.0.0.0:50051\"
+    database_url = \"sqlite:///var/lib/keyward/keyward.db\"
+    request_timeout = \"30s\"
+    max_concurrent_streams = 512";
 
 /// Flags of `keyward serve`. No `Debug`: the database URL may hold a
 /// password ([`Settings`]' `Debug` redacts it).
 #[derive(clap::Args)]
 pub struct ServeArgs {
+    /// Read settings from this TOML file (see below); the environment and
+    /// flags override it. An unknown key or a bad value fails start-up.
+    #[arg(long, env = "KEYWARD_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
     /// Address to serve gRPC on.
     #[arg(
         long,
@@ -139,6 +158,48 @@ pub struct ServeArgs {
     /// 30m.
     #[arg(long, env = "KEYWARD_MAX_CONNECTION_AGE", value_name = "DURATION", default_value_t = Interval(Settings::default().max_connection_age))]
     pub max_connection_age: Interval,
+
+    /// Serve gRPC over TLS with this certificate chain (PEM, leaf first).
+    /// The file is re-read when it changes and on SIGHUP; established
+    /// connections keep the certificate they started with.
+    #[arg(
+        long,
+        env = "KEYWARD_TLS_CERT",
+        value_name = "PATH",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        env = "KEYWARD_TLS_KEY",
+        value_name = "PATH",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require every client to present a certificate signed by one of these
+    /// CAs (PEM), refusing others at the TLS handshake (mTLS). Needs
+    /// --tls-cert.
+    #[arg(
+        long,
+        env = "KEYWARD_TLS_CLIENT_CA",
+        value_name = "PATH",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// On SIGTERM or SIGINT: how long calls in flight get to finish before
+    /// the server stops anyway (health turns NOT_SERVING and the listener
+    /// closes at once), e.g. 20s.
+    #[arg(long, env = "KEYWARD_DRAIN_TIMEOUT", value_name = "DURATION", default_value_t = Interval(Settings::default().drain_timeout))]
+    pub drain_timeout: Interval,
+
+    /// Log lines as `text` (for people) or `json` (one object per line, for
+    /// log pipelines). `RUST_LOG` sets what is logged (default `info`).
+    #[arg(long, env = "KEYWARD_LOG_FORMAT", value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 fn parse_rate(text: &str) -> Result<RateLimit, InvalidRateLimit> {
@@ -232,6 +293,12 @@ impl From<ServeArgs> for Settings {
             keepalive_interval: args.keepalive_interval.0,
             keepalive_timeout: args.keepalive_timeout.0,
             max_connection_age: args.max_connection_age.0,
+            tls: args.tls_cert.zip(args.tls_key).map(|(cert, key)| TlsFiles {
+                cert,
+                key,
+                client_ca: args.tls_client_ca,
+            }),
+            drain_timeout: args.drain_timeout.0,
         }
     }
 }

@@ -1,22 +1,28 @@
-//! The `keyward` server binary: parse flags, set up logging, run.
+//! The `keyward` server binary: read the settings, set up logging, run.
 
 mod cli;
+mod config;
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use keyward::{
     server::{self, Application},
     telemetry,
 };
 
-use crate::cli::{Cli, Command};
+use crate::cli::Command;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    telemetry::init();
+    let cli = match config::parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            eprintln!("keyward: error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let Command::Serve(args) = cli.command;
+    telemetry::init(args.log_format);
     // Before anything can see the server started, so that an early SIGTERM
     // still shuts it down cleanly.
     let shutdown = server::shutdown_signal();
