@@ -69,7 +69,16 @@ async fn run(backend: Backend, name: &str) {
         .create_role("ci-admin", &["keyward:keys:write", "deploy:*"], None)
         .await
         .expect("role created");
-    let narrow = server.mint_with_roles(&["ci-admin"]).await.1;
+    // Team ci's admin; the seeded keys are team ci's, so within its scope.
+    let narrow = server
+        .mint(pb::MintKeyRequest {
+            roles: vec!["ci-admin".into()],
+            owner: OWNER.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("mint")
+        .1;
     let cap = u64::try_from(MAX_BULK_REVOKE).expect("the cap fits");
     let mut next_id = 1_000_000;
     let mut seed_batches = async |server: &Server| {
@@ -139,6 +148,9 @@ async fn phases(server: &Server, batch: &str) {
     );
 }
 
+/// The owner of the narrow admin and of every seeded key.
+const OWNER: &str = "ci";
+
 /// Writes `count` keys labelled `batch=<first>` straight to the store.
 async fn seed(server: &Server, first: u64, count: u64) {
     let labels: BTreeMap<String, String> = [("batch".to_owned(), first.to_string())].into();
@@ -149,6 +161,7 @@ async fn seed(server: &Server, first: u64, count: u64) {
             settings: KeySettings {
                 permissions: vec!["deploy:read".parse().expect("a permission")],
                 labels: Labels::new(labels.clone()).expect("valid labels"),
+                owner: OWNER.to_owned(),
                 ..KeySettings::default()
             },
             created_by: None,
@@ -174,6 +187,7 @@ async fn round(server: &Server, narrow: &str, batches: &[String], dry_run: bool)
     let (leaked, _) = server
         .mint(pb::MintKeyRequest {
             permissions: vec!["deploy:read".into()],
+            owner: OWNER.into(),
             ..Default::default()
         })
         .await

@@ -11,6 +11,7 @@ use crate::{
     key::KeyId,
     model::Actor,
     permission::{self, Permission},
+    scope::Scope,
     validate::{Denied, Outcome, Validator},
 };
 
@@ -23,6 +24,8 @@ pub struct Caller {
     pub permissions: Vec<Permission>,
     /// Holds `keyward:admin`: may grant any permission.
     pub is_root: bool,
+    /// Which keys it may mint and manage; unrestricted for root.
+    pub scope: Scope,
 }
 
 impl Caller {
@@ -108,6 +111,7 @@ pub fn authenticate<T>(
     crate::telemetry::record_caller(grant.key.id);
     Ok(Caller {
         id: grant.key.id,
+        scope: Scope::of(&grant.key, is_root),
         permissions: grant.permissions,
         is_root,
     })
@@ -196,6 +200,11 @@ mod tests {
             id: "0000000000A".parse().unwrap(),
             permissions: perms(&["keyward:keys:write", "deploy:*"]),
             is_root: false,
+            scope: Scope::Narrow {
+                key_id: "0000000000A".parse().unwrap(),
+                owner: String::new(),
+                tenant: None,
+            },
         };
         assert!(
             scoped

@@ -21,6 +21,7 @@
 //! | [`rate_limit`] | per-key GCRA limits (governor), idle state reclaimed |
 //! | [`usage`] | last-used and use counts, batched off the hot path |
 //! | [`auth`] | caller authentication from `authorization: Bearer` metadata; no-escalation rule |
+//! | [`scope`] | administration scope: which keys a narrow admin key may mint and manage (its owner, tenant, and keys it minted) |
 //! | [`lifecycle`] | mint, get, list, rotate, revoke; roles; audit queries |
 //! | [`bootstrap`] | first run: built-in roles and the first admin key |
 //! | [`service`] | the gRPC edge: wire ↔ domain conversions |
@@ -44,6 +45,7 @@ pub mod model;
 pub mod permission;
 pub mod rate_limit;
 pub mod replica;
+pub mod scope;
 pub mod server;
 pub mod service;
 pub mod store;

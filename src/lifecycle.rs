@@ -235,6 +235,12 @@ impl Lifecycle {
             .flat_map(|role| role.permissions.iter())
             .chain(&request.permissions);
         caller.check_may_grant(granted)?;
+        let (owner, labels) = caller.scope.admit_mint(request.owner, request.labels)?;
+        let request = MintRequest {
+            labels,
+            owner,
+            ..request
+        };
         let now = self.now();
         let expires_at = match request.expiry {
             Expiry::Never => None,
@@ -612,11 +618,14 @@ impl Lifecycle {
 }
 
 /// Refuses a change to `key` by a caller that may not grant everything
-/// the key holds: a narrow admin key may manage only narrower keys.
+/// the key holds, or whose scope does not include it
+/// ([`crate::scope`]): a narrow admin key may manage only narrower keys, of
+/// its own owner and tenant.
 fn check_may_manage(index: &Index, caller: &Caller, key: &KeyRecord) -> Result<(), ServiceError> {
     if caller.is_root {
         return Ok(());
     }
+    caller.scope.check_contains(key)?;
     // A role deleted since the key was minted grants nothing any more.
     let roles: Vec<Role> = key
         .settings

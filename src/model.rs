@@ -85,6 +85,22 @@ impl Labels {
     pub fn as_map(&self) -> &BTreeMap<String, String> {
         &self.0
     }
+
+    /// The value of label `key`, if set.
+    #[must_use]
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    /// These labels with `key` set to `value`, checked like any.
+    ///
+    /// # Errors
+    /// [`InvalidLabels`] when the result would not be valid labels.
+    pub fn with(&self, key: &str, value: &str) -> Result<Self, InvalidLabels> {
+        let mut labels = self.0.clone();
+        labels.insert(key.to_owned(), value.to_owned());
+        Self::new(labels)
+    }
 }
 
 /// The lifecycle state of a key at a given time.

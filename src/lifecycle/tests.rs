@@ -1,5 +1,5 @@
 use super::*;
-use crate::{clock::SystemClock, model::Actor, permission, testing::ScratchDatabase};
+use crate::{clock::SystemClock, model::Actor, permission, scope::Scope, testing::ScratchDatabase};
 
 /// On PostgreSQL the database, not this replica's index, decides whether
 /// the caller may still write: its key may have been revoked on another
@@ -37,6 +37,7 @@ async fn a_caller_revoked_on_another_replica_cannot_write() {
         id: minted.id,
         permissions: vec!["keyward:*".parse().unwrap()],
         is_root: true,
+        scope: Scope::Unrestricted,
     };
     let new_role = NewRole {
         name: "deployer".parse().unwrap(),
@@ -77,7 +78,8 @@ async fn seeded(batches: u64) -> (Arc<Lifecycle>, Caller, KeyId, tempfile::TempD
             .unwrap(),
             ..KeySettings::default()
         },
-        created_by: None,
+        // Minted by the caller, so within its scope.
+        created_by: Some(KeyId::from_u64(1)),
     };
     let caller = Caller {
         id: KeyId::from_u64(1),
@@ -86,6 +88,11 @@ async fn seeded(batches: u64) -> (Arc<Lifecycle>, Caller, KeyId, tempfile::TempD
             "deploy:*".parse().unwrap(),
         ],
         is_root: false,
+        scope: Scope::Narrow {
+            key_id: KeyId::from_u64(1),
+            owner: String::new(),
+            tenant: None,
+        },
     };
     let leaked = KeyId::from_u64(2);
     let mut keys = vec![new_key(1, &[]), new_key(2, &[])];
@@ -202,6 +209,11 @@ async fn a_bulk_revoke_matching_a_broader_key_revokes_nothing() {
             "deploy:write".parse().unwrap(),
         ],
         is_root: false,
+        scope: Scope::Narrow {
+            key_id: KeyId::from_u64(1),
+            owner: String::new(),
+            tenant: None,
+        },
     };
     for dry_run in [true, false] {
         let refused = lifecycle

@@ -145,10 +145,19 @@ async fn an_emergency_revoke_does_not_queue_behind_bulk_revokes(backend: Backend
     app.create_role("ci-admin", &["keyward:keys:write", "deploy:*"], None)
         .await
         .unwrap();
-    let (_, narrow) = app.mint_with_roles(&["ci-admin"]).await;
+    // All of team ci's, so within the narrow admin's scope.
+    let (_, narrow) = app
+        .mint(pb::MintKeyRequest {
+            roles: vec!["ci-admin".into()],
+            owner: "ci".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let (leaked_id, leaked) = app
         .mint(pb::MintKeyRequest {
             permissions: vec!["deploy:read".into()],
+            owner: "ci".into(),
             ..Default::default()
         })
         .await
@@ -160,7 +169,7 @@ async fn an_emergency_revoke_does_not_queue_behind_bulk_revokes(backend: Backend
             2_000_000 + batch * BATCH,
             BATCH,
             &[("batch", &value)],
-            |_| String::new(),
+            |_| "ci".to_owned(),
         )
         .await;
     }

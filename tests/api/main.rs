@@ -2,6 +2,7 @@
 //! area; the harness (`spawn_app`, `on_both_stores!`, …) is
 //! `keyward::testing`.
 
+mod admin_scope;
 mod audit;
 mod binary;
 mod bulk;
