@@ -6,6 +6,7 @@ mod audit;
 mod bulk;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod proxy;
 mod replicas;
 mod roles;

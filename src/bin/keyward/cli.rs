@@ -139,6 +139,12 @@ pub struct ServeArgs {
     /// 30m.
     #[arg(long, env = "KEYWARD_MAX_CONNECTION_AGE", value_name = "DURATION", default_value_t = Interval(Settings::default().max_connection_age))]
     pub max_connection_age: Interval,
+
+    /// Address to serve Prometheus metrics on, as plain HTTP `GET /metrics`,
+    /// e.g. 127.0.0.1:9464. Default: no metrics listener. The metrics hold
+    /// no key, key id or owner, but keep the port off the public network.
+    #[arg(long, env = "KEYWARD_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn parse_rate(text: &str) -> Result<RateLimit, InvalidRateLimit> {
@@ -232,6 +238,7 @@ impl From<ServeArgs> for Settings {
             keepalive_interval: args.keepalive_interval.0,
             keepalive_timeout: args.keepalive_timeout.0,
             max_connection_age: args.max_connection_age.0,
+            metrics_listen: args.metrics_listen,
         }
     }
 }
