@@ -231,4 +231,31 @@ mod tests {
             assert_eq!((status.code(), status.message()), (code, message));
         }
     }
+
+    #[test]
+    fn database_failures_are_unavailable_when_an_outage_and_internal_otherwise() {
+        let outage = ServiceError::from(StoreError::Database(sqlx::Error::PoolTimedOut));
+        assert!(matches!(outage, ServiceError::Database(_)));
+        let status = Status::from(outage);
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(
+            status
+                .message()
+                .starts_with("the database is unavailable; try again: "),
+            "{status:?}"
+        );
+        let corrupt = ServiceError::from(StoreError::Corrupt {
+            table: "api_keys",
+            what: "digest",
+        });
+        assert_eq!(corrupt.kind(), "database_error");
+        let status = Status::from(corrupt);
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::Internal, "internal error")
+        );
+        // Not failures of the database: what the request asked for.
+        let missing = ServiceError::from(StoreError::KeyNotFound(crate::key::KeyId::from_u64(1)));
+        assert!(matches!(missing, ServiceError::NotFound(_)));
+    }
 }
