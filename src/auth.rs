@@ -9,6 +9,7 @@ use tonic::{Request, metadata::MetadataMap};
 use crate::{
     error::ServiceError,
     key::KeyId,
+    metrics::{CallerRefused, Metrics},
     model::Actor,
     permission::{self, Permission},
     scope::Scope,
@@ -68,20 +69,23 @@ impl Caller {
 /// the connection's address; `ResourceExhausted` when the caller's key is
 /// over its rate limit; `Unavailable` on a replica whose index is too stale
 /// to trust (the caller's key itself may have been revoked meanwhile). None
-/// echoes the key.
+/// echoes the key. Each refusal of the credential is counted in `metrics`.
 pub fn authenticate<T>(
     request: &Request<T>,
     validator: &Validator,
     needed: &Permission,
+    metrics: &Metrics,
 ) -> Result<Caller, ServiceError> {
     static ROOT: LazyLock<Permission> =
         LazyLock::new(|| permission::ADMIN.parse().expect("built-in permission"));
     validator.ensure_fresh()?;
-    let token = bearer_token(request.metadata())?;
+    let token = bearer_token(request.metadata())
+        .inspect_err(|_| metrics.caller_refused(CallerRefused::MissingCredential))?;
     let outcome = validator.check_credential(token, request.remote_addr().map(|addr| addr.ip()));
     let grant = match outcome {
         Outcome::Valid(grant) => grant,
         Outcome::RateLimited { grant, retry_after } => {
+            metrics.caller_refused(CallerRefused::RateLimited);
             tracing::info!(caller = %grant.key.id, ?retry_after, "caller rate limited");
             return Err(ServiceError::ResourceExhausted(format!(
                 "the caller's key is over its rate limit; retry in {}",
@@ -91,10 +95,15 @@ pub fn authenticate<T>(
             )));
         }
         Outcome::Forbidden { grant, denied } => {
+            metrics.caller_refused(match denied {
+                Denied::ClientIpNotAllowed(_) => CallerRefused::ClientIpNotAllowed,
+                Denied::MissingPermission(_) => CallerRefused::MissingPermission,
+            });
             tracing::info!(caller = %grant.key.id, %denied, "caller refused");
             return Err(ServiceError::PermissionDenied(caller_denied(&denied)));
         }
         Outcome::Invalid(reason) => {
+            metrics.caller_refused(CallerRefused::invalid(reason));
             tracing::info!(caller = ?reason.key_id(), %reason, "caller key refused");
             return Err(ServiceError::Unauthenticated(
                 "the caller's key is not valid",
@@ -103,6 +112,7 @@ pub fn authenticate<T>(
     };
     let is_root = grant.permissions.iter().any(|held| held.grants(&ROOT));
     if !is_root && !grant.permissions.iter().any(|held| held.grants(needed)) {
+        metrics.caller_refused(CallerRefused::MissingPermission);
         tracing::info!(caller = %grant.key.id, %needed, "caller lacks permission");
         return Err(ServiceError::PermissionDenied(format!(
             "the caller's key lacks the {needed} permission"

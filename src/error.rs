@@ -51,6 +51,12 @@ pub enum ServiceError {
     /// Anything keyward did not expect; details go to the log only.
     #[error("internal error")]
     Internal(String),
+    /// The database failed: unreachable, timed out, or it returned what
+    /// keyward could not have written. Kept whole until it becomes a status,
+    /// so that it can be counted (`keyward_database_errors_total`); clients see
+    /// `UNAVAILABLE` for an outage (worth a retry), `INTERNAL` otherwise.
+    #[error("{0}")]
+    Database(StoreError),
 }
 
 impl ServiceError {
@@ -61,6 +67,23 @@ impl ServiceError {
         Self::InvalidArgument {
             field,
             message: message.to_string(),
+        }
+    }
+
+    /// A short, fixed name for the kind of error, for log fields.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::InvalidArgument { .. } => "invalid_argument",
+            Self::Unauthenticated(_) => "unauthenticated",
+            Self::PermissionDenied(_) => "permission_denied",
+            Self::NotFound(_) => "not_found",
+            Self::AlreadyExists(_) => "already_exists",
+            Self::FailedPrecondition(_) => "failed_precondition",
+            Self::ResourceExhausted(_) => "resource_exhausted",
+            Self::Unavailable(_) => "unavailable",
+            Self::Internal(_) => "internal_error",
+            Self::Database(_) => "database_error",
         }
     }
 }
@@ -76,14 +99,18 @@ impl From<StoreError> for ServiceError {
             | StoreError::AlreadyInitialized
             | StoreError::BuiltinRole(_)
             | StoreError::RoleInUse { .. } => Self::FailedPrecondition(error.to_string()),
-            StoreError::Database(ref cause) if is_connection_failure(cause) => {
-                Self::Unavailable(format!("the database is unavailable; try again: {error}"))
-            }
-            StoreError::FeedClosed | StoreError::Timeout(_) => {
-                Self::Unavailable(format!("the database is unavailable; try again: {error}"))
-            }
-            other => Self::Internal(other.to_string()),
+            other => Self::Database(other),
         }
+    }
+}
+
+/// Whether a database failure is an outage, worth a retry (`UNAVAILABLE`),
+/// rather than something keyward did not expect (`INTERNAL`).
+fn is_outage(error: &StoreError) -> bool {
+    match error {
+        StoreError::Database(cause) => is_connection_failure(cause),
+        StoreError::FeedClosed | StoreError::Timeout(_) => true,
+        _ => false,
     }
 }
 
@@ -131,6 +158,15 @@ impl From<ServiceError> for Status {
             ServiceError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 Code::Internal
+            }
+            ServiceError::Database(cause) if is_outage(cause) => {
+                return Status::unavailable(format!(
+                    "the database is unavailable; try again: {cause}"
+                ));
+            }
+            ServiceError::Database(cause) => {
+                tracing::error!(detail = %cause, "internal error");
+                return Status::internal("internal error");
             }
         };
         Status::new(code, error.to_string())
@@ -194,5 +230,32 @@ mod tests {
             let status = Status::from(error);
             assert_eq!((status.code(), status.message()), (code, message));
         }
+    }
+
+    #[test]
+    fn database_failures_are_unavailable_when_an_outage_and_internal_otherwise() {
+        let outage = ServiceError::from(StoreError::Database(sqlx::Error::PoolTimedOut));
+        assert!(matches!(outage, ServiceError::Database(_)));
+        let status = Status::from(outage);
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(
+            status
+                .message()
+                .starts_with("the database is unavailable; try again: "),
+            "{status:?}"
+        );
+        let corrupt = ServiceError::from(StoreError::Corrupt {
+            table: "api_keys",
+            what: "digest",
+        });
+        assert_eq!(corrupt.kind(), "database_error");
+        let status = Status::from(corrupt);
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::Internal, "internal error")
+        );
+        // Not failures of the database: what the request asked for.
+        let missing = ServiceError::from(StoreError::KeyNotFound(crate::key::KeyId::from_u64(1)));
+        assert!(matches!(missing, ServiceError::NotFound(_)));
     }
 }

@@ -63,6 +63,12 @@ impl Freshness {
         self.origin.elapsed().saturating_sub(confirmed)
     }
 
+    /// The most the index may age before Validate refuses to answer from it.
+    #[must_use]
+    pub fn max_staleness(&self) -> Duration {
+        self.max_staleness
+    }
+
     /// Whether the index may still be trusted.
     ///
     /// # Errors

@@ -185,6 +185,12 @@ impl Index {
         self.read().keys.len()
     }
 
+    /// How many keys and roles the index holds, read together (for metrics).
+    pub fn sizes(&self) -> (usize, usize) {
+        let state = self.read();
+        (state.keys.len(), state.roles.len())
+    }
+
     /// Whether the index holds no key.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

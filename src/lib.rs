@@ -27,6 +27,7 @@
 //! | [`service`] | the gRPC edge: wire ↔ domain conversions |
 //! | [`server`] | startup, serving, graceful shutdown; [`server::Settings`] holds every default |
 //! | [`telemetry`] | logging, and a span per RPC with its request id |
+//! | [`metrics`] | Prometheus metrics (`keyward_*`), recorded by the services, the lifecycle and the change feed; [`metrics::http`] serves `GET /metrics` |
 //! | [`text`] | what stored free text (owner, description, label values) may contain |
 //! | [`tls`] | TLS on the gRPC port: certificates reloaded under a running server, optional client certificates (mTLS) |
 //! | [`error`] | which error type is used where, and the one mapping to `tonic::Status` |
@@ -41,6 +42,7 @@ pub mod freshness;
 pub mod index;
 pub mod key;
 pub mod lifecycle;
+pub mod metrics;
 pub mod model;
 pub mod permission;
 pub mod rate_limit;

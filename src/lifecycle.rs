@@ -5,7 +5,7 @@
 //! store transaction (the change and its audit record), then applies the
 //! resulting [`Change`]s to the index, so the next Validate sees it.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, fmt, sync::Arc, time::Duration};
 
 use tracing::Instrument;
 
@@ -16,9 +16,10 @@ use crate::{
     error::ServiceError,
     index::Index,
     key::{KeyId, MintedKey, PlaintextKey, Prefix},
+    metrics::{DbOperation, Metrics},
     model::{
-        Change, IndexedKey, KeyRecord, KeySettings, KeyState, Labels, MAX_LIFETIME, Role,
-        RoleUpdate,
+        AuditAction, Change, IndexedKey, KeyRecord, KeySettings, KeyState, Labels, MAX_LIFETIME,
+        Role, RoleUpdate,
         query::{AuditPage, AuditQuery, KeyPage, KeyQuery},
     },
     permission::{Permission, RoleName},
@@ -117,18 +118,74 @@ pub struct Lifecycle {
     /// queued behind bulk revocations (an emergency `RevokeKey`) waits for one
     /// of them at most, not for all.
     bulk: Arc<tokio::sync::Mutex<()>>,
+    /// Where database failures met by admin operations are counted.
+    metrics: Arc<Metrics>,
 }
 
 impl Lifecycle {
-    /// Operations writing to `store` and keeping `index` current.
-    pub fn new(store: Arc<Store>, index: Arc<Index>, clock: Arc<dyn Clock>) -> Self {
+    /// Operations writing to `store` and keeping `index` current, counting
+    /// database failures into `metrics`.
+    pub fn new(
+        store: Arc<Store>,
+        index: Arc<Index>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             store,
             index,
             clock,
             writes: Arc::default(),
             bulk: Arc::default(),
+            metrics,
         }
+    }
+
+    /// Runs an admin write and makes sure it logs one line whatever its
+    /// outcome, with the action, the actor's key id, the target and the
+    /// outcome. A write that succeeds logs its own line (with what it made:
+    /// a new key's id, a successor); a refusal or a failure is logged here,
+    /// with its error, which never holds a secret. Database failures are
+    /// counted too.
+    async fn logged<T>(
+        &self,
+        action: AuditAction,
+        caller: &Caller,
+        target: &(dyn fmt::Display + Sync),
+        write: impl Future<Output = Result<T, ServiceError>>,
+    ) -> Result<T, ServiceError> {
+        let result = write.await;
+        if let Err(error) = &result {
+            self.count(error);
+            let (action, actor, outcome) = (action.as_str(), caller.id, error.kind());
+            match error {
+                ServiceError::Database(_)
+                | ServiceError::Internal(_)
+                | ServiceError::Unavailable(_) => {
+                    tracing::warn!(action, %actor, %target, outcome, %error, "admin write failed");
+                }
+                _ => {
+                    tracing::info!(action, %actor, %target, outcome, %error, "admin write refused");
+                }
+            }
+        }
+        result
+    }
+
+    /// Counts `error` if the database caused it.
+    fn count(&self, error: &ServiceError) {
+        if matches!(error, ServiceError::Database(_)) {
+            self.metrics.database_error(DbOperation::Admin);
+        }
+    }
+
+    /// A store read's result for an admin RPC, its failure counted.
+    fn read<T>(&self, result: Result<T, StoreError>) -> Result<T, ServiceError> {
+        result.map_err(|error| {
+            let error = ServiceError::from(error);
+            self.count(&error);
+            error
+        })
     }
 
     /// The time according to the injected clock.
@@ -229,44 +286,32 @@ impl Lifecycle {
         caller: &Caller,
         request: MintRequest,
     ) -> Result<Minted, ServiceError> {
-        let roles = self.roles(&request.roles)?;
-        let granted = roles
-            .iter()
-            .flat_map(|role| role.permissions.iter())
-            .chain(&request.permissions);
-        caller.check_may_grant(granted)?;
-        let (owner, labels) = caller.scope.admit_mint(request.owner, request.labels)?;
-        let request = MintRequest {
-            labels,
-            owner,
-            ..request
-        };
-        let now = self.now();
-        let expires_at = match request.expiry {
-            Expiry::Never => None,
-            Expiry::Ttl(ttl) if ttl.is_zero() => {
-                return Err(ServiceError::invalid("ttl", "must be positive"));
-            }
-            Expiry::Ttl(ttl) => Some(now.saturating_add(ttl)),
-            Expiry::At(at) if at <= now => {
-                return Err(ServiceError::invalid("expires_at", "must be in the future"));
-            }
-            Expiry::At(at) => Some(at),
-        };
-        if expires_at.is_some_and(|at| now.until(at) > MAX_LIFETIME) {
-            let field = if matches!(request.expiry, Expiry::At(_)) {
-                "expires_at"
-            } else {
-                "ttl"
+        self.logged(AuditAction::Mint, caller, &"-", async {
+            let roles = self.roles(&request.roles)?;
+            let granted = roles
+                .iter()
+                .flat_map(|role| role.permissions.iter())
+                .chain(&request.permissions);
+            caller.check_may_grant(granted)?;
+            let (owner, labels) = caller.scope.admit_mint(request.owner, request.labels)?;
+            let request = MintRequest {
+                labels,
+                owner,
+                ..request
             };
-            return Err(ServiceError::invalid(
-                field,
-                "must be at most 100 years away (omit it for a key that does not expire)",
-            ));
-        }
-        if let Some((cap, role)) = lifetime_cap(&roles) {
-            let within = expires_at.is_some_and(|at| now.until(at) <= cap);
-            if !within {
+            let now = self.now();
+            let expires_at = match request.expiry {
+                Expiry::Never => None,
+                Expiry::Ttl(ttl) if ttl.is_zero() => {
+                    return Err(ServiceError::invalid("ttl", "must be positive"));
+                }
+                Expiry::Ttl(ttl) => Some(now.saturating_add(ttl)),
+                Expiry::At(at) if at <= now => {
+                    return Err(ServiceError::invalid("expires_at", "must be in the future"));
+                }
+                Expiry::At(at) => Some(at),
+            };
+            if expires_at.is_some_and(|at| now.until(at) > MAX_LIFETIME) {
                 let field = if matches!(request.expiry, Expiry::At(_)) {
                     "expires_at"
                 } else {
@@ -274,54 +319,69 @@ impl Lifecycle {
                 };
                 return Err(ServiceError::invalid(
                     field,
-                    format!(
-                        "role {role} caps key lifetime at {}; give a shorter expiry",
-                        humantime::format_duration(cap)
-                    ),
+                    "must be at most 100 years away (omit it for a key that does not expire)",
                 ));
             }
-        }
-        let settings = KeySettings {
-            prefix: request.prefix,
-            roles: request.roles,
-            permissions: request.permissions,
-            allowed_cidrs: request.allowed_cidrs,
-            labels: request.labels,
-            owner: request.owner,
-            description: request.description,
-            expires_at,
-            rate_limit: request.rate_limit,
-            max_uses: request.max_uses,
-        };
-        let actor = caller.actor();
-        let creator = caller.id;
-        self.commit(caller, move |store, index, now| async move {
-            for _ in 0..MINT_ATTEMPTS {
-                let minted = generate(&settings.prefix)?;
-                let new_key = NewKey {
-                    id: minted.id,
-                    digest: minted.digest,
-                    settings: settings.clone(),
-                    created_by: Some(creator),
-                };
-                match store.insert_key(new_key, actor, now).await {
-                    Ok(key) => {
-                        index.apply([upserted(&key, &minted)]);
-                        tracing::info!(key_id = %key.id, actor = %creator, "key minted");
-                        return Ok(Minted {
-                            key,
-                            plaintext: minted.plaintext,
-                        });
-                    }
-                    Err(StoreError::IdCollision(id)) => {
-                        tracing::warn!(key_id = %id, "random key id taken; drawing again");
-                    }
-                    Err(other) => return Err(other.into()),
+            if let Some((cap, role)) = lifetime_cap(&roles) {
+                let within = expires_at.is_some_and(|at| now.until(at) <= cap);
+                if !within {
+                    let field = if matches!(request.expiry, Expiry::At(_)) {
+                        "expires_at"
+                    } else {
+                        "ttl"
+                    };
+                    return Err(ServiceError::invalid(
+                        field,
+                        format!(
+                            "role {role} caps key lifetime at {}; give a shorter expiry",
+                            humantime::format_duration(cap)
+                        ),
+                    ));
                 }
             }
-            Err(ServiceError::Internal(
-                "could not draw an unused key id".to_owned(),
-            ))
+            let settings = KeySettings {
+                prefix: request.prefix,
+                roles: request.roles,
+                permissions: request.permissions,
+                allowed_cidrs: request.allowed_cidrs,
+                labels: request.labels,
+                owner: request.owner,
+                description: request.description,
+                expires_at,
+                rate_limit: request.rate_limit,
+                max_uses: request.max_uses,
+            };
+            let actor = caller.actor();
+            let creator = caller.id;
+            self.commit(caller, move |store, index, now| async move {
+                for _ in 0..MINT_ATTEMPTS {
+                    let minted = generate(&settings.prefix)?;
+                    let new_key = NewKey {
+                        id: minted.id,
+                        digest: minted.digest,
+                        settings: settings.clone(),
+                        created_by: Some(creator),
+                    };
+                    match store.insert_key(new_key, actor, now).await {
+                        Ok(key) => {
+                            index.apply([upserted(&key, &minted)]);
+                            tracing::info!(action = AuditAction::Mint.as_str(), actor = %creator, target = %key.id, outcome = "ok", "key minted");
+                            return Ok(Minted {
+                                key,
+                                plaintext: minted.plaintext,
+                            });
+                        }
+                        Err(StoreError::IdCollision(id)) => {
+                            tracing::warn!(key_id = %id, "random key id taken; drawing again");
+                        }
+                        Err(other) => return Err(other.into()),
+                    }
+                }
+                Err(ServiceError::Internal(
+                    "could not draw an unused key id".to_owned(),
+                ))
+            })
+            .await
         })
         .await
     }
@@ -343,7 +403,7 @@ impl Lifecycle {
     /// # Errors
     /// `NotFound` for an unknown id.
     pub async fn get(&self, id: KeyId) -> Result<KeyRecord, ServiceError> {
-        Ok(self.store.get_key(id).await?)
+        self.read(self.store.get_key(id).await)
     }
 
     /// A page of keys.
@@ -351,7 +411,7 @@ impl Lifecycle {
     /// # Errors
     /// On a store failure.
     pub async fn list(&self, query: &KeyQuery) -> Result<KeyPage, ServiceError> {
-        Ok(self.store.list_keys(query, self.now()).await?)
+        self.read(self.store.list_keys(query, self.now()).await)
     }
 
     /// Rotates key `id`: a successor with the same settings; the old key
@@ -367,26 +427,29 @@ impl Lifecycle {
         id: KeyId,
         grace: Duration,
     ) -> Result<Rotated, ServiceError> {
-        let (actor, caller_copy) = (caller.actor(), caller.clone());
-        self.commit(caller, move |store, index, now| async move {
-            let current = store.get_key(id).await?;
-            check_may_manage(&index, &caller_copy, &current)?;
-            // The prefix never changes, so the successor can be drawn before
-            // the transaction that re-checks the old key's state.
-            let minted = generate(&current.settings.prefix)?;
-            let rotation = store.rotate_key(id, (minted.id, minted.digest), grace, actor, now).await?;
-            let previous = &rotation.previous;
-            let previous_change = match index.get(previous.id) {
-                _ if previous.state(now) != KeyState::Active => Change::KeyRemoved(previous.id),
-                Some(entry) => Change::KeyUpserted(Arc::new(IndexedKey::new(previous, entry.digest))),
-                None => Change::KeyRemoved(previous.id),
-            };
-            index.apply([upserted(&rotation.successor, &minted), previous_change]);
-            tracing::info!(key_id = %id, successor = %rotation.successor.id, grace = %humantime::format_duration(grace), "key rotated");
-            Ok(Rotated {
-                rotation,
-                plaintext: minted.plaintext,
+        self.logged(AuditAction::Rotate, caller, &id, async {
+            let (actor, caller_copy) = (caller.actor(), caller.clone());
+            self.commit(caller, move |store, index, now| async move {
+                let current = store.get_key(id).await?;
+                check_may_manage(&index, &caller_copy, &current)?;
+                // The prefix never changes, so the successor can be drawn before
+                // the transaction that re-checks the old key's state.
+                let minted = generate(&current.settings.prefix)?;
+                let rotation = store.rotate_key(id, (minted.id, minted.digest), grace, actor, now).await?;
+                let previous = &rotation.previous;
+                let previous_change = match index.get(previous.id) {
+                    _ if previous.state(now) != KeyState::Active => Change::KeyRemoved(previous.id),
+                    Some(entry) => Change::KeyUpserted(Arc::new(IndexedKey::new(previous, entry.digest))),
+                    None => Change::KeyRemoved(previous.id),
+                };
+                index.apply([upserted(&rotation.successor, &minted), previous_change]);
+                tracing::info!(action = AuditAction::Rotate.as_str(), actor = %caller_copy.id, target = %id, outcome = "ok", successor = %rotation.successor.id, grace = %humantime::format_duration(grace), "key rotated");
+                Ok(Rotated {
+                    rotation,
+                    plaintext: minted.plaintext,
+                })
             })
+            .await
         })
         .await
     }
@@ -402,17 +465,20 @@ impl Lifecycle {
         id: KeyId,
         rate_limit: Option<RateLimit>,
     ) -> Result<KeyRecord, ServiceError> {
-        let (actor, caller_copy) = (caller.actor(), caller.clone());
-        self.commit(caller, move |store, index, now| async move {
-            check_may_manage(&index, &caller_copy, &store.get_key(id).await?)?;
-            let key = store.update_rate_limit(id, rate_limit, actor, now).await?;
-            if let Some(entry) = index.get(id) {
-                let mut updated = IndexedKey::new(&key, entry.digest);
-                updated.usage = entry.usage.clone();
-                index.apply([Change::KeyUpserted(Arc::new(updated))]);
-            }
-            tracing::info!(key_id = %id, actor = ?actor.key_id(), "key rate limit changed");
-            Ok(key)
+        self.logged(AuditAction::Update, caller, &id, async {
+            let (actor, caller_copy) = (caller.actor(), caller.clone());
+            self.commit(caller, move |store, index, now| async move {
+                check_may_manage(&index, &caller_copy, &store.get_key(id).await?)?;
+                let key = store.update_rate_limit(id, rate_limit, actor, now).await?;
+                if let Some(entry) = index.get(id) {
+                    let mut updated = IndexedKey::new(&key, entry.digest);
+                    updated.usage = entry.usage.clone();
+                    index.apply([Change::KeyUpserted(Arc::new(updated))]);
+                }
+                tracing::info!(action = AuditAction::Update.as_str(), actor = %caller_copy.id, target = %id, outcome = "ok", rate_limit = ?rate_limit, "key rate limit changed");
+                Ok(key)
+            })
+            .await
         })
         .await
     }
@@ -428,15 +494,22 @@ impl Lifecycle {
         id: KeyId,
         reason: &str,
     ) -> Result<Revocation, ServiceError> {
-        let (actor, caller_copy, reason) = (caller.actor(), caller.clone(), reason.to_owned());
-        self.commit(caller, move |store, index, now| async move {
-            check_may_manage(&index, &caller_copy, &store.get_key(id).await?)?;
-            let revocation = store.revoke_key(id, &reason, actor, now).await?;
-            index.apply([Change::KeyRemoved(id)]);
-            if !revocation.already_revoked {
-                tracing::info!(key_id = %id, actor = ?actor.key_id(), "key revoked");
-            }
-            Ok(revocation)
+        self.logged(AuditAction::Revoke, caller, &id, async {
+            let (actor, caller_copy, reason) = (caller.actor(), caller.clone(), reason.to_owned());
+            self.commit(caller, move |store, index, now| async move {
+                check_may_manage(&index, &caller_copy, &store.get_key(id).await?)?;
+                let revocation = store.revoke_key(id, &reason, actor, now).await?;
+                index.apply([Change::KeyRemoved(id)]);
+                tracing::info!(
+                    action = AuditAction::Revoke.as_str(),
+                    actor = %caller_copy.id,
+                    target = %id,
+                    outcome = if revocation.already_revoked { "already_revoked" } else { "ok" },
+                    "key revoked"
+                );
+                Ok(revocation)
+            })
+            .await
         })
         .await
     }
@@ -467,52 +540,57 @@ impl Lifecycle {
         reason: &str,
         dry_run: bool,
     ) -> Result<Vec<KeyId>, ServiceError> {
-        if labels.is_empty() {
-            return Err(ServiceError::invalid(
-                "labels",
-                "at least one label is required",
-            ));
-        }
-        let matching = self
-            .store
-            .unrevoked_matching(labels, owner, MAX_BULK_REVOKE + 1)
-            .await?;
-        if matching.len() > MAX_BULK_REVOKE {
-            return Err(ServiceError::FailedPrecondition(format!(
-                "more than {MAX_BULK_REVOKE} unrevoked keys match, the most one bulk revoke may \
-                 revoke; nothing was revoked: narrow the filter (another label, or an owner)"
-            )));
-        }
-        // What a key holds never changes after minting, only its roles may:
-        // the records read here serve the re-check in the write turn too.
-        let checked = if caller.is_root {
-            None
-        } else {
-            let keys = self.store.get_keys(&matching).await?;
-            for key in &keys {
-                check_may_manage(&self.index, caller, key)?;
+        let target = format!("keys with labels {labels:?} and owner {owner:?}");
+        self.logged(AuditAction::Revoke, caller, &target, async {
+            if labels.is_empty() {
+                return Err(ServiceError::invalid(
+                    "labels",
+                    "at least one label is required",
+                ));
             }
-            Some(keys)
-        };
-        if dry_run {
-            return Ok(matching);
-        }
-        let bulk_turn = self.bulk.clone().lock_owned().await;
-        let (caller_copy, reason) = (caller.clone(), reason.to_owned());
-        self.commit(caller, move |store, index, now| async move {
-            // Held until this write ends, even if the request is cancelled.
-            let _bulk_turn = bulk_turn;
-            let caller = caller_copy;
-            // A role may have gained permissions since the check.
-            for key in checked.iter().flatten() {
-                check_may_manage(&index, &caller, key)?;
-            }
-            let ids = store
-                .revoke_keys(&matching, &reason, caller.actor(), now)
+            let matching = self
+                .store
+                .unrevoked_matching(labels, owner, MAX_BULK_REVOKE + 1)
                 .await?;
-            index.apply(ids.iter().copied().map(Change::KeyRemoved));
-            tracing::info!(count = ids.len(), actor = %caller.id, "keys revoked in bulk");
-            Ok(ids)
+            if matching.len() > MAX_BULK_REVOKE {
+                return Err(ServiceError::FailedPrecondition(format!(
+                    "more than {MAX_BULK_REVOKE} unrevoked keys match, the most one bulk revoke may \
+                     revoke; nothing was revoked: narrow the filter (another label, or an owner)"
+                )));
+            }
+            // What a key holds never changes after minting, only its roles may:
+            // the records read here serve the re-check in the write turn too.
+            let checked = if caller.is_root {
+                None
+            } else {
+                let keys = self.store.get_keys(&matching).await?;
+                for key in &keys {
+                    check_may_manage(&self.index, caller, key)?;
+                }
+                Some(keys)
+            };
+            if dry_run {
+                tracing::info!(action = AuditAction::Revoke.as_str(), actor = %caller.id, target = %target, outcome = "dry_run", count = matching.len(), "bulk revocation tried");
+                return Ok(matching);
+            }
+            let bulk_turn = self.bulk.clone().lock_owned().await;
+            let (caller_copy, reason, target) = (caller.clone(), reason.to_owned(), target.clone());
+            self.commit(caller, move |store, index, now| async move {
+                // Held until this write ends, even if the request is cancelled.
+                let _bulk_turn = bulk_turn;
+                let caller = caller_copy;
+                // A role may have gained permissions since the check.
+                for key in checked.iter().flatten() {
+                    check_may_manage(&index, &caller, key)?;
+                }
+                let ids = store
+                    .revoke_keys(&matching, &reason, caller.actor(), now)
+                    .await?;
+                index.apply(ids.iter().copied().map(Change::KeyRemoved));
+                tracing::info!(action = AuditAction::Revoke.as_str(), actor = %caller.id, target = %target, outcome = "ok", count = ids.len(), "keys revoked in bulk");
+                Ok(ids)
+            })
+            .await
         })
         .await
     }
@@ -523,29 +601,33 @@ impl Lifecycle {
     /// `InvalidArgument` for a taken name or `*`; `PermissionDenied` for a
     /// permission the caller may not grant.
     pub async fn create_role(&self, caller: &Caller, new: NewRole) -> Result<Role, ServiceError> {
-        refuse_global_wildcard(&new.permissions)?;
-        caller.check_may_grant(&new.permissions)?;
-        let role = Role {
-            name: new.name,
-            description: new.description,
-            permissions: new.permissions.into(),
-            max_ttl: new.max_ttl,
-            rate_limit: new.rate_limit,
-            builtin: false,
-            created_at: Timestamp::from_millis(0),
-            updated_at: Timestamp::from_millis(0),
-        };
-        let actor = caller.actor();
-        self.commit(caller, move |store, index, now| async move {
+        let target = new.name.clone();
+        self.logged(AuditAction::RoleCreate, caller, &target, async {
+            refuse_global_wildcard(&new.permissions)?;
+            caller.check_may_grant(&new.permissions)?;
             let role = Role {
-                created_at: now,
-                updated_at: now,
-                ..role
+                name: new.name,
+                description: new.description,
+                permissions: new.permissions.into(),
+                max_ttl: new.max_ttl,
+                rate_limit: new.rate_limit,
+                builtin: false,
+                created_at: Timestamp::from_millis(0),
+                updated_at: Timestamp::from_millis(0),
             };
-            store.create_role(&role, actor).await?;
-            index.apply([Change::RoleUpserted(role.clone())]);
-            tracing::info!(role = %role.name, actor = ?actor.key_id(), "role created");
-            Ok(role)
+            let (actor, creator) = (caller.actor(), caller.id);
+            self.commit(caller, move |store, index, now| async move {
+                let role = Role {
+                    created_at: now,
+                    updated_at: now,
+                    ..role
+                };
+                store.create_role(&role, actor).await?;
+                index.apply([Change::RoleUpserted(role.clone())]);
+                tracing::info!(action = AuditAction::RoleCreate.as_str(), actor = %creator, target = %role.name, outcome = "ok", "role created");
+                Ok(role)
+            })
+            .await
         })
         .await
     }
@@ -565,7 +647,7 @@ impl Lifecycle {
     /// # Errors
     /// On a store failure.
     pub async fn list_roles(&self) -> Result<Vec<Role>, ServiceError> {
-        Ok(self.store.list_roles().await?)
+        self.read(self.store.list_roles().await)
     }
 
     /// Changes a role; the next Validate of every key holding it sees the change.
@@ -579,15 +661,18 @@ impl Lifecycle {
         name: &RoleName,
         update: RoleUpdate,
     ) -> Result<Role, ServiceError> {
-        refuse_global_wildcard(&update.add_permissions)?;
-        caller.check_may_grant(&update.add_permissions)?;
-        let (actor, caller_copy, name) = (caller.actor(), caller.clone(), name.clone());
-        self.commit(caller, move |store, index, now| async move {
-            check_may_edit_role(&index, &caller_copy, &name)?;
-            let role = store.update_role(&name, &update, actor, now).await?;
-            index.apply([Change::RoleUpserted(role.clone())]);
-            tracing::info!(role = %name, actor = ?actor.key_id(), "role updated");
-            Ok(role)
+        self.logged(AuditAction::RoleUpdate, caller, name, async {
+            refuse_global_wildcard(&update.add_permissions)?;
+            caller.check_may_grant(&update.add_permissions)?;
+            let (actor, caller_copy, name) = (caller.actor(), caller.clone(), name.clone());
+            self.commit(caller, move |store, index, now| async move {
+                check_may_edit_role(&index, &caller_copy, &name)?;
+                let role = store.update_role(&name, &update, actor, now).await?;
+                index.apply([Change::RoleUpserted(role.clone())]);
+                tracing::info!(action = AuditAction::RoleUpdate.as_str(), actor = %caller_copy.id, target = %name, outcome = "ok", "role updated");
+                Ok(role)
+            })
+            .await
         })
         .await
     }
@@ -597,13 +682,16 @@ impl Lifecycle {
     /// # Errors
     /// `NotFound`; `FailedPrecondition` for a built-in or held role.
     pub async fn delete_role(&self, caller: &Caller, name: &RoleName) -> Result<(), ServiceError> {
-        let (actor, caller_copy, name) = (caller.actor(), caller.clone(), name.clone());
-        self.commit(caller, move |store, index, now| async move {
-            check_may_edit_role(&index, &caller_copy, &name)?;
-            store.delete_role(&name, actor, now).await?;
-            index.apply([Change::RoleRemoved(name.clone())]);
-            tracing::info!(role = %name, actor = ?actor.key_id(), "role deleted");
-            Ok(())
+        self.logged(AuditAction::RoleDelete, caller, name, async {
+            let (actor, caller_copy, name) = (caller.actor(), caller.clone(), name.clone());
+            self.commit(caller, move |store, index, now| async move {
+                check_may_edit_role(&index, &caller_copy, &name)?;
+                store.delete_role(&name, actor, now).await?;
+                index.apply([Change::RoleRemoved(name.clone())]);
+                tracing::info!(action = AuditAction::RoleDelete.as_str(), actor = %caller_copy.id, target = %name, outcome = "ok", "role deleted");
+                Ok(())
+            })
+            .await
         })
         .await
     }
@@ -613,7 +701,7 @@ impl Lifecycle {
     /// # Errors
     /// On a store failure.
     pub async fn audit(&self, query: &AuditQuery) -> Result<AuditPage, ServiceError> {
-        Ok(self.store.list_audit(query).await?)
+        self.read(self.store.list_audit(query).await)
     }
 }
 

@@ -21,6 +21,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::{
     freshness::Freshness,
     lifecycle::Lifecycle,
+    metrics::{DbOperation, Metrics, ResyncTrigger},
     store::{
         Store, StoreError,
         feed::{Changed, Subscription},
@@ -55,11 +56,13 @@ impl FeedSettings {
 /// Follows the change feed for as long as the server runs: connects,
 /// resyncs, applies changes, checks the connection; on any failure starts
 /// over. For PostgreSQL stores (SQLite has no feed, and needs none).
+/// Failures, resyncs and how long applying changes takes go to `metrics`.
 pub async fn follow(
     store: Arc<Store>,
     lifecycle: Arc<Lifecycle>,
     freshness: Arc<Freshness>,
     settings: FeedSettings,
+    metrics: Arc<Metrics>,
 ) {
     let mut backoff = RECONNECT_BACKOFF.0;
     let mut healthy = true;
@@ -68,7 +71,7 @@ pub async fn follow(
             Ok(subscription) => {
                 // Listening from here on: a resync now misses nothing.
                 let as_of = Instant::now();
-                resync(&lifecycle, settings)
+                resync(&lifecycle, settings, &metrics, ResyncTrigger::Connect)
                     .await
                     .map(|keys| (subscription, as_of, keys))
             }
@@ -77,6 +80,7 @@ pub async fn follow(
         let (mut subscription, as_of, keys) = match connected {
             Ok(connected) => connected,
             Err(error) => {
+                metrics.database_error(DbOperation::ChangeFeed);
                 if healthy {
                     tracing::warn!(%error, "change feed: cannot reach the database; Validate answers from the index until it is stale");
                     healthy = false;
@@ -91,7 +95,15 @@ pub async fn follow(
         freshness.confirm(as_of);
         healthy = true;
         tracing::info!(keys, "change feed: listening; index resynced");
-        let error = listen(&mut subscription, &lifecycle, &freshness, settings).await;
+        let error = listen(
+            &mut subscription,
+            &lifecycle,
+            &freshness,
+            settings,
+            &metrics,
+        )
+        .await;
+        metrics.database_error(DbOperation::ChangeFeed);
         tracing::warn!(%error, "change feed: connection lost; reconnecting");
         if as_of.elapsed() < RECONNECT_BACKOFF.1 {
             // A connection that keeps dropping would otherwise cost a full
@@ -110,6 +122,7 @@ async fn listen(
     lifecycle: &Lifecycle,
     freshness: &Freshness,
     settings: FeedSettings,
+    metrics: &Metrics,
 ) -> StoreError {
     let heartbeat_every = settings.heartbeat();
     let mut heartbeat = tokio::time::interval(heartbeat_every);
@@ -122,14 +135,14 @@ async fn listen(
     loop {
         let step = tokio::select! {
             topic = subscription.next() => match topic {
-                Ok(Some(topic)) => apply_received(subscription, lifecycle, topic.into(), settings).await,
+                Ok(Some(topic)) => apply_received(subscription, lifecycle, topic.into(), settings, metrics).await,
                 Ok(None) => Err(StoreError::FeedClosed),
                 Err(error) => Err(error),
             },
             _ = heartbeat.tick() => {
                 let as_of = Instant::now();
                 match subscription.ping(heartbeat_every * 2).await {
-                    Ok(()) => apply_received(subscription, lifecycle, Changed::default(), settings)
+                    Ok(()) => apply_received(subscription, lifecycle, Changed::default(), settings, metrics)
                         .await
                         .map(|()| freshness.confirm(as_of)),
                     Err(error) => Err(error),
@@ -137,7 +150,7 @@ async fn listen(
             }
             _ = resync_timer.tick() => {
                 let as_of = Instant::now();
-                resync(lifecycle, settings).await.map(|keys| {
+                resync(lifecycle, settings, metrics, ResyncTrigger::Interval).await.map(|keys| {
                     tracing::debug!(keys, "change feed: periodic resync");
                     freshness.confirm(as_of);
                 })
@@ -158,12 +171,15 @@ async fn apply_received(
     lifecycle: &Lifecycle,
     mut changed: Changed,
     settings: FeedSettings,
+    metrics: &Metrics,
 ) -> Result<(), StoreError> {
+    let started = Instant::now();
     subscription.take_received(&mut changed)?;
     if changed.is_empty() {
         return Ok(());
     }
     let applied = within(settings.max_staleness, lifecycle.reload(&changed)).await?;
+    metrics.feed_applied(started.elapsed());
     tracing::debug!(
         keys = changed.keys.len(),
         roles = changed.roles.len(),
@@ -173,8 +189,16 @@ async fn apply_received(
     Ok(())
 }
 
-async fn resync(lifecycle: &Lifecycle, settings: FeedSettings) -> Result<usize, StoreError> {
-    within(settings.max_staleness, lifecycle.resync()).await
+async fn resync(
+    lifecycle: &Lifecycle,
+    settings: FeedSettings,
+    metrics: &Metrics,
+    trigger: ResyncTrigger,
+) -> Result<usize, StoreError> {
+    let started = Instant::now();
+    let resynced = within(settings.max_staleness, lifecycle.resync()).await;
+    metrics.resynced(trigger, resynced.is_ok(), started.elapsed());
+    resynced
 }
 
 /// Gives up on a database operation after `limit`. A connection can hang

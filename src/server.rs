@@ -15,6 +15,7 @@ use crate::{
     freshness::Freshness,
     index::Index,
     lifecycle::Lifecycle,
+    metrics::{self, DbOperation, Metrics},
     pb,
     rate_limit::RateLimit,
     replica::{self, FeedSettings},
@@ -113,6 +114,9 @@ pub struct Settings {
     /// each client to close its connection, and a stuck client (or an open
     /// health `Watch`) must not keep a server from stopping.
     pub drain_timeout: Duration,
+    /// Where to serve Prometheus metrics (`GET /metrics`, plain HTTP); `None`
+    /// serves none. Bound at start like `listen`, and stopped with the server.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for Settings {
@@ -153,6 +157,7 @@ impl Default for Settings {
             // with room for the usage flush and closing the store; far
             // longer than any call but a queued admin write takes.
             drain_timeout: Duration::from_secs(20),
+            metrics_listen: None,
         }
     }
 }
@@ -176,6 +181,7 @@ impl std::fmt::Debug for Settings {
             .field("max_connection_age", &self.max_connection_age)
             .field("tls", &self.tls)
             .field("drain_timeout", &self.drain_timeout)
+            .field("metrics_listen", &self.metrics_listen)
             .finish()
     }
 }
@@ -204,6 +210,14 @@ pub enum StartupError {
     /// The server stopped with a transport error.
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The metrics address cannot be bound (in use, or not this host's).
+    #[error("cannot serve metrics on {addr}: {source}")]
+    MetricsListen {
+        /// The address asked for (`--metrics-listen`).
+        addr: SocketAddr,
+        /// Why, as the operating system said.
+        source: std::io::Error,
+    },
 }
 
 /// A bound, loaded server, ready to run.
@@ -221,6 +235,9 @@ pub struct Application {
     limits: Limits,
     tls: Option<Arc<TlsConfig>>,
     drain_timeout: Duration,
+    metrics: Arc<Metrics>,
+    /// The bound metrics listener and its address, when asked for one.
+    metrics_listener: Option<(TcpListener, SocketAddr)>,
 }
 
 impl Application {
@@ -263,6 +280,10 @@ impl Application {
             .map(TlsConfig::load)
             .transpose()?
             .map(Arc::new);
+        let metrics_listener = match settings.metrics_listen {
+            Some(addr) => Some(bind_metrics(addr).await?),
+            None => None,
+        };
         let store = Arc::new(Store::open_with(&settings.database_url, settings.pool).await?);
         if let Some(admin) =
             bootstrap::initialize_if_new(&store, clock.as_ref(), &settings.bootstrap_key_file)
@@ -292,6 +313,10 @@ impl Application {
                 feed,
             )
         });
+        let metrics = Arc::new(Metrics::new(
+            index.clone(),
+            feed.as_ref().map(|(freshness, _)| freshness.clone()),
+        ));
         let mut validator = Validator::new(index.clone(), clock.clone())
             .with_default_rate_limit(settings.default_rate_limit)
             .with_store(store.clone());
@@ -299,7 +324,12 @@ impl Application {
             validator = validator.with_freshness(freshness.clone());
         }
         let validator = Arc::new(validator);
-        let lifecycle = Arc::new(Lifecycle::new(store.clone(), index.clone(), clock.clone()));
+        let lifecycle = Arc::new(Lifecycle::new(
+            store.clone(),
+            index.clone(),
+            clock.clone(),
+            metrics.clone(),
+        ));
         Ok(Self {
             listener,
             local_addr,
@@ -313,12 +343,20 @@ impl Application {
             limits: Limits::from(&settings),
             tls,
             drain_timeout: settings.drain_timeout,
+            metrics,
+            metrics_listener,
         })
     }
 
     /// The address actually bound (the real port when asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address metrics are served on, if any (the real port when asked
+    /// for port 0).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().map(|(_, addr)| *addr)
     }
 
     /// The store, so tests can count the operations a request caused.
@@ -360,14 +398,23 @@ impl Application {
                 self.usage_flush_interval,
                 self.index.clone(),
                 self.store.clone(),
+                self.metrics.clone(),
             )),
         ];
+        if let Some((listener, addr)) = self.metrics_listener {
+            tracing::info!(%addr, "metrics served on /metrics");
+            background.push(tokio::spawn(metrics::http::serve(
+                listener,
+                self.metrics.clone(),
+            )));
+        }
         if let Some((freshness, feed)) = self.feed {
             background.push(tokio::spawn(replica::follow(
                 self.store.clone(),
                 self.lifecycle.clone(),
                 freshness.clone(),
                 feed,
+                self.metrics.clone(),
             )));
             background.push(tokio::spawn(report_freshness(
                 health.clone(),
@@ -397,16 +444,19 @@ impl Application {
             .add_service(
                 pb::key_service_server::KeyServiceServer::new(KeyService::new(
                     self.validator.clone(),
+                    self.metrics.clone(),
                 ))
                 .max_decoding_message_size(limits.max_message_size),
             )
-            .add_service(
+            .add_service(metrics::grpc::CountAdminRpcs::new(
                 pb::admin_service_server::AdminServiceServer::new(AdminService::new(
                     self.lifecycle.clone(),
                     self.validator.clone(),
+                    self.metrics.clone(),
                 ))
                 .max_decoding_message_size(limits.max_message_size),
-            );
+                self.metrics.clone(),
+            ));
         tracing::info!(
             addr = %self.local_addr,
             tls = self.tls.is_some(),
@@ -446,7 +496,7 @@ impl Application {
             task.abort();
         }
         // Usage counted up to the last request is kept.
-        flush_usage(&self.index, &self.store).await;
+        flush_usage(&self.index, &self.store, &self.metrics).await;
         self.store.close().await;
         tracing::info!("keyward stopped");
         Ok(served?)
@@ -551,18 +601,23 @@ async fn reclaim_limiters(validator: Arc<Validator>) {
     }
 }
 
-async fn flush_usage_every(interval: Duration, index: Arc<Index>, store: Arc<Store>) {
+async fn flush_usage_every(
+    interval: Duration,
+    index: Arc<Index>,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+) {
     let mut ticks = tokio::time::interval(interval);
     ticks.tick().await;
     loop {
         ticks.tick().await;
-        flush_usage(&index, &store).await;
+        flush_usage(&index, &store, &metrics).await;
     }
 }
 
 /// Writes the usage counted since the last flush; on failure keeps it for
 /// the next one.
-async fn flush_usage(index: &Index, store: &Store) {
+async fn flush_usage(index: &Index, store: &Store, metrics: &Metrics) {
     let deltas = index.take_usage();
     if deltas.is_empty() {
         return;
@@ -570,10 +625,20 @@ async fn flush_usage(index: &Index, store: &Store) {
     match store.record_usage(&deltas).await {
         Ok(()) => tracing::debug!(keys = deltas.len(), "usage flushed"),
         Err(error) => {
+            metrics.database_error(DbOperation::UsageFlush);
             tracing::warn!(%error, keys = deltas.len(), "cannot write usage; keeping it for the next flush");
             index.restore_usage(deltas);
         }
     }
+}
+
+/// Binds the metrics listener, at start like the gRPC one, so a bad
+/// address stops the server with one line naming it.
+async fn bind_metrics(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartupError> {
+    let failed = |source| StartupError::MetricsListen { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(failed)?;
+    let bound = listener.local_addr().map_err(failed)?;
+    Ok((listener, bound))
 }
 
 async fn sweep_expired(index: Arc<Index>, clock: Arc<dyn Clock>) {

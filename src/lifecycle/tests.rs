@@ -4,8 +4,19 @@ use crate::{clock::SystemClock, model::Actor, permission, scope::Scope, testing:
 /// On PostgreSQL the database, not this replica's index, decides whether
 /// the caller may still write: its key may have been revoked on another
 /// replica a moment ago.
+/// The tests here run one at a time. One of them captures the log lines the
+/// writes emit with a thread-local subscriber; tracing caches, per call site,
+/// whether any subscriber wants it, and a call site first reached by another
+/// test's thread (which has no subscriber) while it runs can be cached as
+/// unwanted, losing its lines.
+async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
+}
+
 #[tokio::test]
 async fn a_caller_revoked_on_another_replica_cannot_write() {
+    let _serial = one_at_a_time().await;
     let Some(database) = ScratchDatabase::create().await else {
         return;
     };
@@ -32,7 +43,8 @@ async fn a_caller_revoked_on_another_replica_cannot_write() {
         .unwrap();
     assert!(index.get(minted.id).is_some());
 
-    let lifecycle = Lifecycle::new(store, index, clock);
+    let metrics = Arc::new(Metrics::new(index.clone(), None));
+    let lifecycle = Lifecycle::new(store, index, clock, metrics);
     let caller = Caller {
         id: minted.id,
         permissions: vec!["keyward:*".parse().unwrap()],
@@ -104,7 +116,8 @@ async fn seeded(batches: u64) -> (Arc<Lifecycle>, Caller, KeyId, tempfile::TempD
     let index = Arc::new(Index::from_snapshot(
         store.load_snapshot(now).await.unwrap(),
     ));
-    let lifecycle = Arc::new(Lifecycle::new(store, index, Arc::new(SystemClock)));
+    let metrics = Arc::new(Metrics::new(index.clone(), None));
+    let lifecycle = Arc::new(Lifecycle::new(store, index, Arc::new(SystemClock), metrics));
     (lifecycle, caller, leaked, dir)
 }
 
@@ -115,6 +128,7 @@ fn batch(number: u64) -> BTreeMap<String, String> {
 /// A dry run only reads: it answers while another write holds the turn.
 #[tokio::test]
 async fn a_bulk_dry_run_takes_no_write_turn() {
+    let _serial = one_at_a_time().await;
     let (lifecycle, caller, _, _dir) = seeded(1).await;
     let _slow_write = lifecycle.writes.lock().await;
     let labels = batch(0);
@@ -132,6 +146,7 @@ async fn a_bulk_dry_run_takes_no_write_turn() {
 /// most, never for all three.
 #[tokio::test]
 async fn a_single_revoke_waits_for_one_bulk_revoke_at_most() {
+    let _serial = one_at_a_time().await;
     let (lifecycle, caller, leaked, _dir) = seeded(3).await;
     let store = lifecycle.store.clone();
     let slow_write = lifecycle.writes.lock().await;
@@ -201,6 +216,7 @@ async fn a_single_revoke_waits_for_one_bulk_revoke_at_most() {
 /// nothing is revoked.
 #[tokio::test]
 async fn a_bulk_revoke_matching_a_broader_key_revokes_nothing() {
+    let _serial = one_at_a_time().await;
     let (lifecycle, _, _, _dir) = seeded(1).await;
     let narrow = Caller {
         id: KeyId::from_u64(1),
@@ -231,4 +247,128 @@ async fn a_bulk_revoke_matching_a_broader_key_revokes_nothing() {
         .await
         .unwrap();
     assert_eq!(unrevoked.len(), usize::try_from(BATCH).unwrap());
+}
+
+/// What a test's `tracing` lines were written to.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl tracing_subscriber::fmt::MakeWriter<'_> for Captured {
+    type Writer = Self;
+
+    fn make_writer(&self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+impl Captured {
+    fn lines(&self) -> Vec<String> {
+        String::from_utf8(self.0.lock().unwrap().clone())
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// Every admin write logs one line with its action, actor, target and
+/// outcome, refusals and failures included, and never the key it minted; a
+/// database failure is counted.
+#[tokio::test]
+async fn every_admin_write_logs_one_line_whatever_its_outcome() {
+    let _serial = one_at_a_time().await;
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(captured.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    // The writes' tasks run on this (current-thread) runtime's one thread.
+    let _logging = tracing::subscriber::set_default(subscriber);
+    let (lifecycle, caller, leaked, _dir) = seeded(0).await;
+    let (actor, unknown) = (caller.id.to_string(), KeyId::from_u64(99));
+
+    let minted = lifecycle
+        .mint(
+            &caller,
+            MintRequest {
+                prefix: Prefix::default(),
+                roles: Vec::new(),
+                permissions: vec!["deploy:read".parse().unwrap()],
+                allowed_cidrs: Vec::new(),
+                labels: Labels::default(),
+                owner: String::new(),
+                description: String::new(),
+                expiry: Expiry::Never,
+                rate_limit: None,
+                max_uses: None,
+            },
+        )
+        .await
+        .unwrap();
+    lifecycle.revoke(&caller, leaked, "test").await.unwrap();
+    lifecycle.revoke(&caller, leaked, "again").await.unwrap();
+    lifecycle
+        .revoke(&caller, unknown, "test")
+        .await
+        .unwrap_err();
+    let broader = NewRole {
+        name: "builder".parse().unwrap(),
+        description: String::new(),
+        permissions: vec!["build:*".parse().unwrap()],
+        max_ttl: None,
+        rate_limit: None,
+    };
+    lifecycle.create_role(&caller, broader).await.unwrap_err();
+    lifecycle.store.close().await;
+    let failed = lifecycle.revoke(&caller, minted.key.id, "test").await;
+    assert!(
+        matches!(failed, Err(ServiceError::Database(_))),
+        "{failed:?}"
+    );
+
+    let lines = captured.lines();
+    let expected = [
+        ("key.mint", minted.key.id.to_string(), "\"ok\""),
+        ("key.revoke", leaked.to_string(), "\"ok\""),
+        ("key.revoke", leaked.to_string(), "\"already_revoked\""),
+        ("key.revoke", unknown.to_string(), "\"not_found\""),
+        ("role.create", "builder".to_owned(), "\"permission_denied\""),
+        (
+            "key.revoke",
+            minted.key.id.to_string(),
+            "\"database_error\"",
+        ),
+    ];
+    assert_eq!(lines.len(), expected.len(), "{lines:#?}");
+    for (line, (action, target, outcome)) in lines.iter().zip(expected) {
+        for field in [
+            format!("action=\"{action}\""),
+            format!("actor={actor}"),
+            format!("target={target}"),
+            format!("outcome={outcome}"),
+        ] {
+            assert!(line.contains(&field), "{field} not in {line}");
+        }
+    }
+    assert!(lines[5].contains("WARN"), "{}", lines[5]);
+    for line in &lines {
+        assert!(!line.contains(minted.plaintext.expose()), "{line}");
+    }
+    let scraped = lifecycle.metrics.encode().unwrap();
+    assert!(
+        scraped.contains("keyward_database_errors_total{operation=\"admin\"} 1\n"),
+        "{scraped}"
+    );
 }

@@ -9,6 +9,7 @@ use crate::{
     auth::{Caller, authenticate},
     error::ServiceError,
     lifecycle::{Lifecycle, MintRequest, NewRole},
+    metrics::Metrics,
     model::{
         RoleUpdate,
         query::{AuditQuery, KeyQuery},
@@ -32,14 +33,20 @@ pub struct AdminService {
     lifecycle: Arc<Lifecycle>,
     validator: Arc<Validator>,
     needs: Needs,
+    metrics: Arc<Metrics>,
 }
 
 impl AdminService {
-    /// The admin API over `lifecycle`, authenticating callers with `validator`.
+    /// The admin API over `lifecycle`, authenticating callers with
+    /// `validator` and counting their refusals into `metrics`.
     ///
     /// # Panics
     /// Never: the permissions it parses are built-in constants.
-    pub fn new(lifecycle: Arc<Lifecycle>, validator: Arc<Validator>) -> Self {
+    pub fn new(
+        lifecycle: Arc<Lifecycle>,
+        validator: Arc<Validator>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let parse = |p: &str| p.parse().expect("built-in permission");
         Self {
             lifecycle,
@@ -51,11 +58,17 @@ impl AdminService {
                 roles_write: parse(permission::ROLES_WRITE),
                 audit_read: parse(permission::AUDIT_READ),
             },
+            metrics,
         }
     }
 
     fn caller<T>(&self, request: &Request<T>, needed: &Permission) -> Result<Caller, Status> {
-        Ok(authenticate(request, &self.validator, needed)?)
+        Ok(authenticate(
+            request,
+            &self.validator,
+            needed,
+            &self.metrics,
+        )?)
     }
 }
 

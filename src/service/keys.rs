@@ -1,6 +1,6 @@
 //! `keyward.v1.KeyService`: the data plane.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use tonic::{Request, Response, Status};
 
@@ -8,6 +8,7 @@ use super::convert;
 use crate::{
     auth::{authenticate, client_ip},
     error::ServiceError,
+    metrics::{DbOperation, Metrics, Validated},
     pb,
     permission::{self, Permission},
     validate::{Checks, Outcome, Validator},
@@ -20,18 +21,32 @@ pub const MAX_REQUIRED_PERMISSIONS: usize = 64;
 pub struct KeyService {
     validator: Arc<Validator>,
     validate_permission: Permission,
+    metrics: Arc<Metrics>,
 }
 
 impl KeyService {
-    /// The data plane over `validator`.
+    /// The data plane over `validator`, counting into `metrics`.
     ///
     /// # Panics
     /// Never: the permission it parses is a built-in constant.
-    pub fn new(validator: Arc<Validator>) -> Self {
+    pub fn new(validator: Arc<Validator>, metrics: Arc<Metrics>) -> Self {
         Self {
             validator,
             validate_permission: permission::VALIDATE.parse().expect("built-in permission"),
+            metrics,
         }
+    }
+
+    /// Checks the request and decides on its key: everything after the
+    /// caller's authentication.
+    async fn decide(&self, request: &pb::ValidateRequest) -> Result<Outcome, ServiceError> {
+        let required = required_permissions(&request.required_permissions)?;
+        let checks = Checks {
+            required: &required,
+            client_ip: client_ip(&request.client_ip)?,
+            skip_rate_limit: false,
+        };
+        Ok(self.validator.validate(&request.key, checks).await?)
     }
 }
 
@@ -41,19 +56,35 @@ impl pb::key_service_server::KeyService for KeyService {
         &self,
         request: Request<pb::ValidateRequest>,
     ) -> Result<Response<pb::ValidateResponse>, Status> {
-        let caller = authenticate(&request, &self.validator, &self.validate_permission)?.id;
-        let request = request.into_inner();
-        let required = required_permissions(&request.required_permissions)?;
-        let checks = Checks {
-            required: &required,
-            client_ip: client_ip(&request.client_ip)?,
-            skip_rate_limit: false,
-        };
-        let outcome = self
-            .validator
-            .validate(&request.key, checks)
-            .await
-            .map_err(ServiceError::from)?;
+        let started = Instant::now();
+        // Checked here too (authentication checks it first thing), so that a
+        // stale replica's refusals are counted as Validate's, not the caller's.
+        if let Err(stale) = self.validator.ensure_fresh() {
+            self.metrics.validated(Validated::Stale, started);
+            return Err(ServiceError::from(stale).into());
+        }
+        // Refusals of the caller's own key are counted by `authenticate`.
+        let caller = authenticate(
+            &request,
+            &self.validator,
+            &self.validate_permission,
+            &self.metrics,
+        )?
+        .id;
+        let decided = self.decide(request.get_ref()).await;
+        self.metrics.validated(
+            match &decided {
+                Ok(outcome) => Validated::of(outcome),
+                Err(ServiceError::InvalidArgument { .. }) => Validated::InvalidArgument,
+                // The only other failure: spending a capped key's use.
+                Err(_) => {
+                    self.metrics.database_error(DbOperation::Validate);
+                    Validated::DatabaseError
+                }
+            },
+            started,
+        );
+        let outcome = decided?;
         let retry_after = match &outcome {
             Outcome::RateLimited { retry_after, .. } => Some(*retry_after),
             _ => None,

@@ -178,6 +178,8 @@ pub async fn spawn_with(backend: Backend, settings: Settings) -> TestApp {
 /// this is dropped; [`TestApp::stop`] waits for it.
 pub struct TestApp<C = ManualClock> {
     pub addr: SocketAddr,
+    /// Where metrics are served, when the settings asked for a listener.
+    pub metrics_addr: Option<SocketAddr>,
     /// The first admin key: read from the bootstrap file when this server
     /// initialised the database, the first server's for its restarts and
     /// replicas, empty when the database was initialised elsewhere.
@@ -244,6 +246,7 @@ impl<C: Clock + Clone> TestApp<C> {
             .await
             .expect("server starts");
         let addr = app.local_addr();
+        let metrics_addr = app.metrics_addr();
         let store = app.store();
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
@@ -259,6 +262,7 @@ impl<C: Clock + Clone> TestApp<C> {
             .unwrap_or_default();
         Self {
             addr,
+            metrics_addr,
             admin_key,
             clock,
             store,

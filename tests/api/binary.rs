@@ -44,7 +44,7 @@ impl Server {
     }
 
     /// `keyward serve` from `examples/keyward.toml` (JSON logs, TLS) with
-    /// `tls`'s files, on a free port. The example's paths under `/var/lib`
+    /// `tls`'s files, on free ports (gRPC and metrics). The example's paths under `/var/lib`
     /// are replaced by the server's own directory, through the environment
     /// (which outranks the file); the first admin key goes to `admin.key`
     /// there.
@@ -56,6 +56,8 @@ impl Server {
             "--config",
             EXAMPLE_CONFIG,
             "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
             "127.0.0.1:0",
             "--tls-cert",
             tls.cert.to_str().unwrap(),

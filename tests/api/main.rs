@@ -8,6 +8,7 @@ mod binary;
 mod bulk;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod process;
 mod proxy;
 mod python;

@@ -219,8 +219,9 @@ fn a_bad_config_file_fails_start_up_naming_the_file_the_key_and_the_reason() {
 fn the_example_config_starts_a_server() {
     let pki = keyward::testing::tls::TestPki::new(false);
     let mut server = Server::start_from_example_config(&pki.files);
+    // The example asks for metrics, JSON logs and TLS.
+    server.wait_for_line("metrics served on /metrics");
     let line = server.wait_for_line("keyward listening");
-    // The example asks for JSON logs and TLS.
     assert!(line.starts_with('{'), "{line}");
     assert!(line.contains(r#""tls":true"#), "{line}");
     server.signal("TERM");

@@ -200,6 +200,11 @@ pub struct ServeArgs {
     /// log pipelines). `RUST_LOG` sets what is logged (default `info`).
     #[arg(long, env = "KEYWARD_LOG_FORMAT", value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Address to serve Prometheus metrics on, as plain HTTP `GET /metrics`,
+    /// e.g. 127.0.0.1:9464. Default: no metrics listener. The metrics hold
+    /// no key, key id or owner, but keep the port off the public network.
+    #[arg(long, env = "KEYWARD_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn parse_rate(text: &str) -> Result<RateLimit, InvalidRateLimit> {
@@ -299,6 +304,7 @@ impl From<ServeArgs> for Settings {
                 client_ca: args.tls_client_ca,
             }),
             drain_timeout: args.drain_timeout.0,
+            metrics_listen: args.metrics_listen,
         }
     }
 }
