@@ -216,7 +216,7 @@ fn a_bad_config_file_fails_start_up_naming_the_file_the_key_and_the_reason() {
 }
 
 #[test]
-fn the_example_config_starts_a_server() {
+fn the_example_config_starts_a_server_that_reloads_certificates_on_sighup() {
     let pki = keyward::testing::tls::TestPki::new(false);
     let mut server = Server::start_from_example_config(&pki.files);
     // The example asks for metrics, JSON logs and TLS.
@@ -224,6 +224,14 @@ fn the_example_config_starts_a_server() {
     let line = server.wait_for_line("keyward listening");
     assert!(line.starts_with('{'), "{line}");
     assert!(line.contains(r#""tls":true"#), "{line}");
+    // SIGHUP re-reads the certificates, and never ends the process.
+    server.signal("HUP");
+    server.wait_for_line("SIGHUP: TLS certificate files unchanged");
+    keyward::testing::tls::TestCa::new("rotated")
+        .server_identity()
+        .write_to(pki.dir(), "server");
+    server.signal("HUP");
+    server.wait_for_line("TLS certificates reloaded");
     server.signal("TERM");
     assert!(server.wait_for_exit().success(), "{:#?}", server.log);
 }
