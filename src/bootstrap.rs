@@ -147,6 +147,13 @@ pub async fn initialize(
 /// (mode 0600, never overwritten). Returns the new key's id, or `None` when
 /// the database was initialised before.
 ///
+/// The key reaches `key_file` only once the initialisation has committed:
+/// it is first written and flushed to `<key_file>.partial` (so a key that
+/// cannot be kept is never committed), then linked to its name and the
+/// directory flushed, so the name never shows a key the database lacks and
+/// survives a crash once the server says it initialised. A crash between
+/// the commit and the link leaves the key in the `.partial` file.
+///
 /// # Errors
 /// When the key file exists or cannot be written (nothing is initialised
 /// then), or the store fails.
@@ -158,14 +165,32 @@ pub async fn initialize_if_new(
     if store.is_initialized().await? {
         return Ok(None);
     }
-    let result = initialize(store, clock, |key| write_key_file(key_file, key)).await;
+    let key_file_error = |path: &Path, source| InitError::KeyFile {
+        path: path.to_owned(),
+        source,
+    };
+    if key_file.exists() {
+        return Err(key_file_error(
+            key_file,
+            std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "the file exists, and a key file is never overwritten",
+            ),
+        ));
+    }
+    let partial = partial_path(key_file);
+    let result = initialize(store, clock, |key| write_key_file(&partial, key)).await;
     match result {
-        Ok(initialized) => Ok(Some(initialized.key_id)),
-        Err(InitError::KeyFile { path, source }) => Err(InitError::KeyFile { path, source }),
+        Ok(initialized) => {
+            publish(&partial, key_file)?;
+            Ok(Some(initialized.key_id))
+        }
+        // Nothing was created: the partial file, if any, is another start's.
+        Err(error @ InitError::KeyFile { .. }) => Err(error),
         Err(error) => {
             // The key in the file was never committed: remove it so no dead
             // key lies around.
-            let _ = fs::remove_file(key_file);
+            let _ = fs::remove_file(&partial);
             match error {
                 // Another replica, starting at the same moment, won.
                 InitError::AlreadyInitialized => Ok(None),
@@ -173,6 +198,31 @@ pub async fn initialize_if_new(
             }
         }
     }
+}
+
+/// Where the key is written before the initialisation commits.
+fn partial_path(key_file: &Path) -> PathBuf {
+    let mut name = key_file.as_os_str().to_owned();
+    name.push(".partial");
+    PathBuf::from(name)
+}
+
+/// Gives the committed key in `partial` its name `key_file` (never replacing
+/// a file there), and makes the name durable.
+fn publish(partial: &Path, key_file: &Path) -> Result<(), InitError> {
+    let error = |source| InitError::KeyFile {
+        path: key_file.to_owned(),
+        source,
+    };
+    fs::hard_link(partial, key_file).map_err(error)?;
+    fs::remove_file(partial).map_err(error)?;
+    let dir = match key_file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    fs::File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(error)
 }
 
 fn write_key_file(path: &Path, key: &PlaintextKey) -> Result<(), InitError> {
@@ -209,6 +259,10 @@ mod tests {
         assert!(text.starts_with(&format!("kw_{id}")));
         let mode = fs::metadata(&key_file).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+        assert!(
+            !partial_path(&key_file).exists(),
+            "the partial file is gone"
+        );
 
         assert!(
             initialize_if_new(&store, &SystemClock, &key_file)
@@ -239,7 +293,8 @@ mod tests {
     }
 
     /// Replicas starting together on a new PostgreSQL database: exactly one
-    /// initialises it, the others carry on, and no dead key file is left.
+    /// initialises it, the others carry on, and no dead key file is left (a
+    /// key file names only a committed key).
     #[tokio::test]
     async fn replicas_starting_together_initialise_once() {
         let Some(database) = crate::testing::ScratchDatabase::create().await else {
@@ -268,7 +323,13 @@ mod tests {
                             .starts_with(&format!("kw_{id}"))
                     );
                 }
-                None => assert!(!key_file.exists(), "{}", key_file.display()),
+                // The loser's commit failed: neither its key file nor the
+                // partial copy written before the commit is left.
+                None => assert!(
+                    !key_file.exists() && !partial_path(&key_file).exists(),
+                    "{}",
+                    key_file.display()
+                ),
             }
         }
         assert_eq!(initialised, 1);

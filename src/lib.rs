@@ -25,6 +25,7 @@
 //! | [`lifecycle`] | mint, get, list, rotate, revoke; roles; audit queries |
 //! | [`bootstrap`] | first run: built-in roles and the first admin key |
 //! | [`service`] | the gRPC edge: wire ↔ domain conversions |
+//! | [`hardening`] | the server process itself: no core dumps, not dumpable |
 //! | [`server`] | startup, serving, graceful shutdown; [`server::Settings`] holds every default |
 //! | [`telemetry`] | logging, and a span per RPC with its request id |
 //! | [`metrics`] | Prometheus metrics (`keyward_*`), recorded by the services, the lifecycle and the change feed; [`metrics::http`] serves `GET /metrics` |
@@ -39,6 +40,7 @@ pub mod cidr;
 pub mod clock;
 pub mod error;
 pub mod freshness;
+pub mod hardening;
 pub mod index;
 pub mod key;
 pub mod lifecycle;

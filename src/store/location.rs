@@ -109,17 +109,49 @@ pub(super) fn sqlite_url(path: &Path) -> String {
 
 /// Creates the database file readable by its owner only, before SQLite
 /// opens it (SQLite gives its WAL and shared-memory files the same mode).
+/// An existing file, and its WAL and shared-memory files, that others may
+/// read or write are tightened to owner-only, with a warning: the file holds
+/// every key's digest, owner and labels, and the audit log.
 pub(super) fn create_private_file(path: &Path) -> Result<(), StoreError> {
-    OpenOptions::new()
+    use std::os::unix::fs::PermissionsExt;
+    let error = |path: &Path, source| StoreError::CreateFile {
+        path: path.to_owned(),
+        source,
+    };
+    let file = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
         .open(path)
-        .map(drop)
-        .map_err(|source| StoreError::CreateFile {
-            path: path.to_owned(),
-            source,
-        })
+        .map_err(|source| error(path, source))?;
+    let companions = ["-wal", "-shm"].map(|suffix| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    });
+    let files = std::iter::once((path.to_owned(), Some(file)))
+        .chain(companions.into_iter().map(|companion| (companion, None)));
+    for (path, opened) in files {
+        let metadata = match &opened {
+            Some(file) => file.metadata(),
+            None => match std::fs::metadata(&path) {
+                Err(missing) if missing.kind() == std::io::ErrorKind::NotFound => continue,
+                other => other,
+            },
+        }
+        .map_err(|source| error(&path, source))?;
+        let mode = metadata.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|source| error(&path, source))?;
+            tracing::warn!(
+                path = %path.display(),
+                was = format_args!("{mode:o}"),
+                "database file was readable or writable by others; now 600"
+            );
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -370,6 +370,27 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
     }
 
+    /// A database file others may read (a restore from a backup, a copy
+    /// made with the wrong umask) is tightened when the server opens it.
+    #[tokio::test]
+    async fn a_loose_database_file_is_tightened() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyward.db");
+        let wal = dir.path().join("keyward.db-wal");
+        for file in [&path, &wal] {
+            std::fs::write(file, b"").unwrap();
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let store = Store::open(&location::sqlite_url(&path)).await.unwrap();
+        // While open: SQLite removes the WAL file when it closes.
+        for file in [&path, &wal] {
+            let mode = std::fs::metadata(file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", file.display());
+        }
+        store.close().await;
+    }
+
     #[tokio::test]
     async fn unwritable_path_is_named() {
         let err = Store::open("sqlite:///dev/null/keyward.db")

@@ -72,6 +72,18 @@ async fn sigterm_answers_every_call_in_flight_then_exits_0() {
         "every call was answered before the signal; nothing was in flight"
     );
 
+    // The process writes no core file, whatever its parent's limit.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.pid())).unwrap();
+    let core = limits
+        .lines()
+        .find(|line| line.starts_with("Max core file size"))
+        .unwrap();
+    assert_eq!(
+        core.split_whitespace().skip(4).take(2).collect::<Vec<_>>(),
+        ["0", "0"],
+        "{core}"
+    );
+
     // Health turns NOT_SERVING at once, while the calls finish.
     let next = tokio::time::timeout(PATIENCE, watch.message())
         .await

@@ -6,6 +6,7 @@ mod config;
 use std::process::ExitCode;
 
 use keyward::{
+    hardening,
     server::{self, Application},
     telemetry,
 };
@@ -23,6 +24,9 @@ async fn main() -> ExitCode {
     };
     let Command::Serve(args) = cli.command;
     telemetry::init(args.log_format);
+    if let Err(error) = hardening::disable_core_dumps() {
+        tracing::warn!(%error, "cannot disable core dumps; a crash could write keys in memory to disk");
+    }
     // Before anything can see the server started, so that an early SIGTERM
     // still shuts it down cleanly.
     let shutdown = server::shutdown_signal();
