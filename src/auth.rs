@@ -13,6 +13,7 @@ use crate::{
     model::Actor,
     permission::{self, Permission},
     scope::Scope,
+    telemetry::LogBudget,
     validate::{Denied, Outcome, Validator},
 };
 
@@ -61,6 +62,11 @@ impl Caller {
     }
 }
 
+/// Most log lines a second for refused callers; `held_back` on the next line
+/// says how many more there were (`keyward_caller_refusals_total` counts
+/// them all).
+const REFUSAL_LINES_PER_SECOND: u64 = 10;
+
 /// Checks the caller's key and that it holds `needed` or `keyward:admin`.
 ///
 /// # Errors
@@ -78,6 +84,8 @@ pub fn authenticate<T>(
 ) -> Result<Caller, ServiceError> {
     static ROOT: LazyLock<Permission> =
         LazyLock::new(|| permission::ADMIN.parse().expect("built-in permission"));
+    // Refusals are the client's to cause at will: a few lines a second.
+    static REFUSALS: LogBudget = LogBudget::new(REFUSAL_LINES_PER_SECOND);
     validator.ensure_fresh()?;
     let token = bearer_token(request.metadata())
         .inspect_err(|_| metrics.caller_refused(CallerRefused::MissingCredential))?;
@@ -86,7 +94,9 @@ pub fn authenticate<T>(
         Outcome::Valid(grant) => grant,
         Outcome::RateLimited { grant, retry_after } => {
             metrics.caller_refused(CallerRefused::RateLimited);
-            tracing::info!(caller = %grant.key.id, ?retry_after, "caller rate limited");
+            if let Some(held_back) = REFUSALS.admit() {
+                tracing::info!(caller = %grant.key.id, ?retry_after, held_back, "caller rate limited");
+            }
             return Err(ServiceError::ResourceExhausted(format!(
                 "the caller's key is over its rate limit; retry in {}",
                 humantime::format_duration(Duration::from_millis(
@@ -99,12 +109,16 @@ pub fn authenticate<T>(
                 Denied::ClientIpNotAllowed(_) => CallerRefused::ClientIpNotAllowed,
                 Denied::MissingPermission(_) => CallerRefused::MissingPermission,
             });
-            tracing::info!(caller = %grant.key.id, %denied, "caller refused");
+            if let Some(held_back) = REFUSALS.admit() {
+                tracing::info!(caller = %grant.key.id, %denied, held_back, "caller refused");
+            }
             return Err(ServiceError::PermissionDenied(caller_denied(&denied)));
         }
         Outcome::Invalid(reason) => {
             metrics.caller_refused(CallerRefused::invalid(reason));
-            tracing::info!(caller = ?reason.key_id(), %reason, "caller key refused");
+            if let Some(held_back) = REFUSALS.admit() {
+                tracing::info!(caller = ?reason.key_id(), %reason, held_back, "caller key refused");
+            }
             return Err(ServiceError::Unauthenticated(
                 "the caller's key is not valid",
             ));
@@ -113,7 +127,9 @@ pub fn authenticate<T>(
     let is_root = grant.permissions.iter().any(|held| held.grants(&ROOT));
     if !is_root && !grant.permissions.iter().any(|held| held.grants(needed)) {
         metrics.caller_refused(CallerRefused::MissingPermission);
-        tracing::info!(caller = %grant.key.id, %needed, "caller lacks permission");
+        if let Some(held_back) = REFUSALS.admit() {
+            tracing::info!(caller = %grant.key.id, %needed, held_back, "caller lacks permission");
+        }
         return Err(ServiceError::PermissionDenied(format!(
             "the caller's key lacks the {needed} permission"
         )));

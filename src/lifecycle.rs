@@ -218,22 +218,35 @@ impl Lifecycle {
             self.clock.clone(),
             self.writes.clone(),
         );
-        let caller = caller.id;
+        let (held, caller) = (caller.permissions.clone(), caller.id);
         tokio::spawn(
             async move {
                 let _turn = writes.lock_owned().await;
                 let now = clock.now();
-                let live = index.get(caller).is_some_and(|key| {
+                let current = index.get(caller).filter(|key| {
                     key.revoked_at.is_none() && key.expires_at.is_none_or(|at| at > now)
                 });
                 // With replicas, the caller's key may have been revoked on
                 // another one a moment ago: ask the database, the only authority.
-                let live =
-                    live && (!store.has_change_feed() || store.key_is_live(caller, now).await?);
-                if !live {
+                let live = current.is_some()
+                    && (!store.has_change_feed() || store.key_is_live(caller, now).await?);
+                let Some(current) = current.filter(|_| live) else {
                     return Err(ServiceError::Unauthenticated(
                         "the caller's key was revoked or expired",
                     ));
+                };
+                // A role of the caller's may have lost a permission while
+                // this write waited: it runs only with what the caller still
+                // holds, which must cover what it was authorized with.
+                let now_held = index.entitlements(&current).permissions;
+                if let Some(lost) = held
+                    .iter()
+                    .find(|permission| !now_held.iter().any(|p| p.grants(permission)))
+                {
+                    return Err(ServiceError::PermissionDenied(format!(
+                        "the caller's key no longer holds {lost} (its roles changed while this \
+                         write waited); nothing was changed"
+                    )));
                 }
                 write(store, index, now).await
             }

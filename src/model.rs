@@ -373,6 +373,45 @@ impl Role {
         }
         self.updated_at = now;
     }
+
+    /// What changed from `before` to this role, for the audit record of an
+    /// update: the permissions as they are now, and each other setting that
+    /// changed, old and new (a description only as "changed": it is free
+    /// text, kept in the role itself).
+    #[must_use]
+    pub fn describe_change(&self, before: &Self) -> String {
+        use std::fmt::Write as _;
+        let names: Vec<&str> = self.permissions.iter().map(Permission::as_str).collect();
+        let mut detail = format!("permissions: {}", names.join(", "));
+        let show =
+            |limit: Option<RateLimit>| limit.map_or_else(|| "none".to_owned(), |l| l.to_string());
+        let show_ttl = |ttl: Option<Duration>| {
+            ttl.map_or_else(
+                || "none".to_owned(),
+                |ttl| humantime::format_duration(ttl).to_string(),
+            )
+        };
+        if self.max_ttl != before.max_ttl {
+            let _ = write!(
+                detail,
+                "; max_ttl: {} -> {}",
+                show_ttl(before.max_ttl),
+                show_ttl(self.max_ttl)
+            );
+        }
+        if self.rate_limit != before.rate_limit {
+            let _ = write!(
+                detail,
+                "; rate limit: {} -> {}",
+                show(before.rate_limit),
+                show(self.rate_limit)
+            );
+        }
+        if self.description != before.description {
+            detail.push_str("; description changed");
+        }
+        detail
+    }
 }
 
 /// A change to a role's settings, as an operator asks for it; `None` fields

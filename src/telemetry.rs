@@ -19,6 +19,8 @@ use std::{
     task::{Context, Poll},
 };
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use tracing::Instrument;
 use tracing_subscriber::EnvFilter;
 
@@ -49,6 +51,54 @@ pub fn init(format: LogFormat) {
             .with_current_span(false)
             .with_span_list(true)
             .init(),
+    }
+}
+
+/// A budget of log lines per second for events a client can cause at will
+/// (a refused credential): past it, lines are counted instead of written,
+/// and the next line written says how many were held back. A flood of bad
+/// credentials then costs a few lines a second instead of one per request,
+/// and cannot bury the lines that matter; the metrics count every one.
+#[derive(Debug)]
+pub struct LogBudget {
+    per_second: u64,
+    /// The second (since the Unix epoch) `used` counts for.
+    second: AtomicU64,
+    used: AtomicU64,
+    held_back: AtomicU64,
+}
+
+impl LogBudget {
+    /// A budget of `per_second` lines a second.
+    #[must_use]
+    pub const fn new(per_second: u64) -> Self {
+        Self {
+            per_second,
+            second: AtomicU64::new(0),
+            used: AtomicU64::new(0),
+            held_back: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(held back since the last line written)` when a line may be
+    /// written now, `None` when it is over budget (and counted).
+    pub fn admit(&self) -> Option<u64> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        self.admit_at(now)
+    }
+
+    fn admit_at(&self, second: u64) -> Option<u64> {
+        if self.second.swap(second, Ordering::Relaxed) != second {
+            self.used.store(0, Ordering::Relaxed);
+        }
+        if self.used.fetch_add(1, Ordering::Relaxed) < self.per_second {
+            Some(self.held_back.swap(0, Ordering::Relaxed))
+        } else {
+            self.held_back.fetch_add(1, Ordering::Relaxed);
+            None
+        }
     }
 }
 
@@ -141,6 +191,19 @@ where
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_log_budget_lets_a_few_lines_a_second_through_and_counts_the_rest() {
+        let budget = super::LogBudget::new(2);
+        assert_eq!(budget.admit_at(100), Some(0));
+        assert_eq!(budget.admit_at(100), Some(0));
+        assert_eq!(budget.admit_at(100), None);
+        assert_eq!(budget.admit_at(100), None);
+        // The next second's first line says how many were held back.
+        assert_eq!(budget.admit_at(101), Some(2));
+        assert_eq!(budget.admit_at(101), Some(0));
+        assert_eq!(budget.admit_at(101), None);
+    }
+
     use super::*;
 
     fn id_for(value: Option<&str>) -> String {

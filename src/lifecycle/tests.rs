@@ -107,7 +107,13 @@ async fn seeded(batches: u64) -> (Arc<Lifecycle>, Caller, KeyId, tempfile::TempD
         },
     };
     let leaked = KeyId::from_u64(2);
-    let mut keys = vec![new_key(1, &[]), new_key(2, &[])];
+    // Key 1 is the caller, holding what the caller says it holds.
+    let mut caller_key = new_key(1, &[]);
+    caller_key
+        .settings
+        .permissions
+        .clone_from(&caller.permissions);
+    let mut keys = vec![caller_key, new_key(2, &[])];
     for batch in 0..batches {
         let first = 1_000 + batch * BATCH;
         keys.extend((first..first + BATCH).map(|id| new_key(id, &[("batch", batch.to_string())])));
@@ -371,4 +377,95 @@ async fn every_admin_write_logs_one_line_whatever_its_outcome() {
         scraped.contains("keyward_database_errors_total{operation=\"admin\"} 1\n"),
         "{scraped}"
     );
+}
+
+/// A write waits for its turn; if the caller's role loses a permission the
+/// caller was authorized with meanwhile, the write is refused when its turn
+/// comes, and changes nothing.
+#[tokio::test]
+async fn a_write_queued_while_its_callers_role_loses_a_permission_is_refused() {
+    let _serial = one_at_a_time().await;
+    let (lifecycle, _, _, _dir) = seeded(0).await;
+    let now = SystemClock.now();
+    let writers = Role {
+        name: "writers".parse().unwrap(),
+        description: String::new(),
+        permissions: [
+            "deploy:*".parse().unwrap(),
+            permission::KEYS_WRITE.parse().unwrap(),
+        ]
+        .into(),
+        max_ttl: None,
+        rate_limit: None,
+        builtin: false,
+        created_at: now,
+        updated_at: now,
+    };
+    lifecycle
+        .store
+        .create_role(&writers, Actor::Local)
+        .await
+        .unwrap();
+    let caller_id = KeyId::from_u64(3);
+    let caller_key = NewKey {
+        id: caller_id,
+        digest: crate::key::KeyDigest::from_bytes([0; 32]),
+        settings: KeySettings {
+            roles: vec![writers.name.clone()],
+            ..KeySettings::default()
+        },
+        created_by: None,
+    };
+    lifecycle
+        .store
+        .insert_keys(vec![caller_key], Actor::Local, now)
+        .await
+        .unwrap();
+    lifecycle.resync().await.unwrap();
+    let caller = Caller {
+        id: caller_id,
+        permissions: writers.permissions.to_vec(),
+        is_root: false,
+        scope: Scope::Narrow {
+            key_id: caller_id,
+            owner: String::new(),
+            tenant: None,
+        },
+    };
+    let keys_before = lifecycle.index.len();
+
+    let turn = lifecycle.writes.lock().await;
+    let queued = {
+        let (lifecycle, caller) = (lifecycle.clone(), caller.clone());
+        tokio::spawn(async move {
+            let request = MintRequest {
+                prefix: Prefix::default(),
+                roles: Vec::new(),
+                permissions: vec!["deploy:read".parse().unwrap()],
+                allowed_cidrs: Vec::new(),
+                labels: Labels::default(),
+                owner: String::new(),
+                description: String::new(),
+                expiry: Expiry::Never,
+                rate_limit: None,
+                max_uses: None,
+            };
+            lifecycle.mint(&caller, request).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Another replica (or an operator) strips the role meanwhile.
+    let stripped = Role {
+        permissions: [permission::KEYS_WRITE.parse().unwrap()].into(),
+        ..writers
+    };
+    lifecycle.index.apply([Change::RoleUpserted(stripped)]);
+    drop(turn);
+
+    let refused = queued.await.unwrap().unwrap_err();
+    assert!(
+        matches!(&refused, ServiceError::PermissionDenied(message) if message.contains("no longer holds deploy:*")),
+        "{refused}"
+    );
+    assert_eq!(lifecycle.index.len(), keys_before, "nothing was minted");
 }

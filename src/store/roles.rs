@@ -75,6 +75,7 @@ impl Store {
         if role.builtin {
             return Err(StoreError::BuiltinRole(name.clone()));
         }
+        let before = role.clone();
         role.apply(update, now);
         sqlx::query(
             "UPDATE roles SET description = $1, max_ttl_ms = $2, updated_at = $3,
@@ -95,7 +96,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         insert_role_permissions(&mut tx, &role).await?;
-        let detail = permission_list(&role.permissions);
+        let detail = role.describe_change(&before);
         append_audit(
             &mut tx,
             now,

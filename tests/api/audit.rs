@@ -23,6 +23,13 @@ async fn audit_records_every_change_and_pages_through_them(backend: Backend) {
     let update = pb::UpdateRoleRequest {
         name: "r".into(),
         add_permissions: vec!["a:c".into()],
+        description: Some("changed".into()),
+        max_ttl: Some(Duration::from_hours(1).try_into().unwrap()),
+        default_rate_limit: Some(pb::RateLimit {
+            requests: 10,
+            per: Some(Duration::from_secs(1).try_into().unwrap()),
+            burst: 20,
+        }),
         ..Default::default()
     };
     admin
@@ -75,6 +82,12 @@ async fn audit_records_every_change_and_pages_through_them(backend: Backend) {
         ]
     );
     assert_eq!(*actions.last().unwrap(), "initialize");
+    // A role update records every setting it changed, not only permissions.
+    assert_eq!(
+        seen[1].reason,
+        "permissions: a:b, a:c; max_ttl: none -> 1h; rate limit: none -> 10/1s (burst 20); \
+         description changed"
+    );
     assert!(
         seen.windows(2).all(|w| w[0].seq > w[1].seq),
         "newest first, no repeats"

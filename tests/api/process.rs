@@ -296,3 +296,47 @@ fn the_systemd_unit_runs_flags_that_exist_and_is_hardened() {
     // Its state lives in the state directory.
     assert!(exec_start.contains("/var/lib/keyward/"), "{exec_start}");
 }
+
+/// Refused credentials are the client's to cause at will: a flood of them
+/// writes a few log lines a second, not one each (security review, issue 12:
+/// 1,300–1,850 lines a second from one client buried every other line).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bad_credentials_writes_a_few_log_lines() {
+    const CALLS: usize = 500;
+    let mut server = Server::start(&["--listen", "127.0.0.1:0"], &[]);
+    let addr = server.wait_until_listening();
+    let mut admin = AdminServiceClient::new(channel(addr).await);
+    let started = std::time::Instant::now();
+    for n in 0..CALLS {
+        let bad = authed(&format!("kw_not-a-key-{n}"), pb::ListKeysRequest::default());
+        let status = admin.list_keys(bad).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    // The first line of a later second says how many were held back.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let late = authed("kw_not-a-key-late", pb::ListKeysRequest::default());
+    admin.list_keys(late).await.unwrap_err();
+    let log = server.terminate();
+    let refusals = log
+        .lines()
+        .filter(|line| line.contains("caller key refused"))
+        .count();
+    assert!(refusals > 0, "refusals are still logged: {log}");
+    // Ten a second over the seconds the flood spanned, and the late one.
+    let budget = usize::try_from(10 * (seconds + 1) + 1).unwrap();
+    assert!(
+        refusals <= budget,
+        "{refusals} lines for {CALLS} refusals in {seconds} s (budget {budget})"
+    );
+    let held_back = regex::Regex::new(r"held_back=([0-9]+)").unwrap();
+    let reported: usize = held_back
+        .captures_iter(&log)
+        .map(|found| found[1].parse::<usize>().unwrap())
+        .sum();
+    assert_eq!(
+        reported + refusals - 1,
+        CALLS,
+        "every refusal is either logged or counted as held back"
+    );
+}
