@@ -59,7 +59,28 @@ fn duration_from(
     if duration.seconds < 0 || duration.nanos < 0 {
         return Err(ServiceError::invalid(field, "must not be negative"));
     }
+    // prost would carry the excess into the seconds; protobuf says such a
+    // duration is malformed, and a client that sends one has a bug.
+    if duration.nanos >= 1_000_000_000 {
+        return Err(ServiceError::invalid(field, "nanos must be in 0..1e9"));
+    }
     Duration::try_from(*duration).map_err(|_| ServiceError::invalid(field, "out of range"))
+}
+
+/// A lifetime (a key's TTL, a role's max TTL): at least a millisecond, the
+/// resolution every time is kept in; a shorter TTL would mint a key already
+/// expired. (The lifecycle bounds a key's expiry at [`MAX_LIFETIME`].)
+fn lifetime(
+    field: &'static str,
+    duration: &prost_types::Duration,
+) -> Result<Duration, ServiceError> {
+    match duration_from(field, duration)? {
+        d if d.is_zero() => Err(ServiceError::invalid(field, "must be positive")),
+        d if d < Duration::from_millis(1) => {
+            Err(ServiceError::invalid(field, "must be at least 1ms"))
+        }
+        d => Ok(d),
+    }
 }
 
 /// Parses each entry of a repeated field, naming the field and the entry in
@@ -104,16 +125,17 @@ pub fn role_name(text: &str) -> Result<RoleName, ServiceError> {
         .map_err(|error| ServiceError::invalid("name", error))
 }
 
-fn optional_duration(
-    field: &'static str,
-    duration: Option<&prost_types::Duration>,
-) -> Result<Option<Duration>, ServiceError> {
+/// A role's max TTL: a [`lifetime`] of at most [`MAX_LIFETIME`] (no key may
+/// live longer anyway), in whole milliseconds as stored.
+fn max_ttl(duration: Option<&prost_types::Duration>) -> Result<Option<Duration>, ServiceError> {
     duration
-        .map(|d| match duration_from(field, d)? {
-            d if d.is_zero() => Err(ServiceError::invalid(field, "must be positive")),
-            // Stored as whole milliseconds, like every duration.
+        .map(|d| match lifetime("max_ttl", d)? {
+            d if d > MAX_LIFETIME => Err(ServiceError::invalid(
+                "max_ttl",
+                "must be at most 100 years (omit it for no cap)",
+            )),
             d if !d.subsec_nanos().is_multiple_of(1_000_000) => Err(ServiceError::invalid(
-                field,
+                "max_ttl",
                 "must be a whole number of milliseconds",
             )),
             d => Ok(d),
@@ -148,6 +170,15 @@ pub fn key_id(field: &'static str, text: &str) -> Result<KeyId, ServiceError> {
 fn bounded(field: &'static str, text: String, max: usize) -> Result<String, ServiceError> {
     crate::text::check(&text, max).map_err(|bad| ServiceError::invalid(field, bad))?;
     Ok(text)
+}
+
+/// An owner to select keys by; empty: any owner. One no key can have (too
+/// long, or hiding characters) is refused rather than matching nothing.
+pub fn owner_filter(owner: String) -> Result<Option<String>, ServiceError> {
+    if owner.is_empty() {
+        return Ok(None);
+    }
+    bounded("owner", owner, MAX_OWNER_BYTES).map(Some)
 }
 
 pub fn reason(text: String) -> Result<String, ServiceError> {
@@ -193,12 +224,19 @@ impl TryFrom<pb::MintKeyRequest> for MintRequest {
             .map_err(|error| ServiceError::invalid("labels", error))?;
         let expiry = match &request.expiry {
             None => Expiry::Never,
-            Some(pb::mint_key_request::Expiry::Ttl(ttl)) => Expiry::Ttl(duration_from("ttl", ttl)?),
+            Some(pb::mint_key_request::Expiry::Ttl(ttl)) => Expiry::Ttl(lifetime("ttl", ttl)?),
             Some(pb::mint_key_request::Expiry::ExpiresAt(at)) => {
                 Expiry::At(timestamp_from("expires_at", at)?)
             }
         };
         let rate_limit = request.rate_limit.as_ref().map(rate_limit).transpose()?;
+        if i64::try_from(request.max_uses).is_err() {
+            // The store counts uses in a signed 64-bit column.
+            return Err(ServiceError::invalid(
+                "max_uses",
+                format!("at most {}", i64::MAX),
+            ));
+        }
         let max_uses = (request.max_uses > 0).then_some(request.max_uses);
         Ok(Self {
             rate_limit,
@@ -239,7 +277,7 @@ impl TryFrom<pb::ListKeysRequest> for KeyQuery {
         let labels = labels(request.labels)?;
         Ok(Self {
             labels,
-            owner: (!request.owner.is_empty()).then_some(request.owner),
+            owner: owner_filter(request.owner)?,
             role,
             state,
             after: page_cursor(&request.page_token)?,
@@ -359,7 +397,7 @@ impl TryFrom<pb::CreateRoleRequest> for NewRole {
             name: role_name(&request.name)?,
             description: bounded("description", request.description, MAX_TEXT_BYTES)?,
             permissions,
-            max_ttl: optional_duration("max_ttl", request.max_ttl.as_ref())?,
+            max_ttl: max_ttl(request.max_ttl.as_ref())?,
             rate_limit: request
                 .default_rate_limit
                 .as_ref()
@@ -381,7 +419,7 @@ impl TryFrom<pb::UpdateRoleRequest> for RoleUpdate {
                 ));
             }
             (true, None) => Some(None),
-            (false, ttl) => optional_duration("max_ttl", ttl)?.map(Some),
+            (false, ttl) => max_ttl(ttl)?.map(Some),
         };
         let default_rate_limit = match (
             request.clear_default_rate_limit,

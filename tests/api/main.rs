@@ -5,6 +5,7 @@
 mod audit;
 mod binary;
 mod bulk;
+mod hostile;
 mod lifecycle;
 mod limits;
 mod process;
