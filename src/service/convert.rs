@@ -44,11 +44,10 @@ fn timestamp_from(
     if !(0..1_000_000_000).contains(&at.nanos) {
         return Err(ServiceError::invalid(field, "nanos must be in 0..1e9"));
     }
-    let millis = at
-        .seconds
-        .checked_mul(1000)
-        .and_then(|ms| ms.checked_add(i64::from(at.nanos / 1_000_000)))
-        .ok_or_else(|| ServiceError::invalid(field, "out of range"))?;
+    // In i128: the seconds of the earliest instants overflow i64 as
+    // milliseconds before their nanos bring them back into range.
+    let millis = i128::from(at.seconds) * 1000 + i128::from(at.nanos / 1_000_000);
+    let millis = i64::try_from(millis).map_err(|_| ServiceError::invalid(field, "out of range"))?;
     Ok(Timestamp::from_millis(millis))
 }
 
@@ -499,12 +498,26 @@ fn page_size(requested: u32) -> Result<u32, ServiceError> {
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn timestamps_round_trip_including_before_the_epoch() {
-        for millis in [0, 1, 999, 1000, -1, -1001, 1_764_000_000_123] {
+        // i64::MIN: found by the property test; its seconds times 1000 overflowed.
+        for millis in [
+            0,
+            1,
+            999,
+            1000,
+            -1,
+            -1001,
+            1_764_000_000_123,
+            i64::MIN,
+            i64::MAX,
+        ] {
             let at = Timestamp::from_millis(millis);
             assert_eq!(timestamp_from("t", &timestamp(at)).unwrap(), at);
         }
