@@ -132,7 +132,7 @@ prop_compose! {
     }
 }
 
-fn validate(request: pb::ValidateRequest) -> Result<(), TestCaseError> {
+fn validate(request: &pb::ValidateRequest) -> Result<(), TestCaseError> {
     invalid_argument(client_ip(&request.client_ip))?;
     for permission in &request.required_permissions {
         let _ = permission.parse::<Permission>();
@@ -260,7 +260,7 @@ proptest! {
     /// Arbitrary bytes as every request of keyward.v1, then its conversion.
     #[test]
     fn any_bytes_as_any_request(bytes in wire_bytes()) {
-        from_bytes(&bytes, validate)?;
+        from_bytes(&bytes, |r: pb::ValidateRequest| validate(&r))?;
         from_bytes(&bytes, mint)?;
         from_bytes(&bytes, |r: pb::GetKeyRequest| invalid_argument(key_id("id", &r.id)).map(drop))?;
         from_bytes(&bytes, list_keys)?;
@@ -280,7 +280,7 @@ proptest! {
 
     #[test]
     fn any_validate_request(required in texts(), ip in text(), key in text()) {
-        validate(pb::ValidateRequest { key, required_permissions: required, client_ip: ip })?;
+        validate(&pb::ValidateRequest { key, required_permissions: required, client_ip: ip })?;
     }
 
     #[test]
