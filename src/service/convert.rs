@@ -66,17 +66,14 @@ fn duration_from(
     Duration::try_from(*duration).map_err(|_| ServiceError::invalid(field, "out of range"))
 }
 
-/// A lifetime (a key's TTL, a role's max TTL): at least a millisecond, the
-/// resolution every time is kept in; a shorter TTL would mint a key already
-/// expired. (The lifecycle bounds a key's expiry at [`MAX_LIFETIME`].)
-fn lifetime(
-    field: &'static str,
-    duration: &prost_types::Duration,
-) -> Result<Duration, ServiceError> {
-    match duration_from(field, duration)? {
-        d if d.is_zero() => Err(ServiceError::invalid(field, "must be positive")),
+/// A key's TTL: at least a millisecond, the resolution every time is kept
+/// in, since a shorter one would mint a key already expired. (The lifecycle
+/// bounds the expiry it makes at [`MAX_LIFETIME`].)
+fn ttl(duration: &prost_types::Duration) -> Result<Duration, ServiceError> {
+    match duration_from("ttl", duration)? {
+        d if d.is_zero() => Err(ServiceError::invalid("ttl", "must be positive")),
         d if d < Duration::from_millis(1) => {
-            Err(ServiceError::invalid(field, "must be at least 1ms"))
+            Err(ServiceError::invalid("ttl", "must be at least 1ms"))
         }
         d => Ok(d),
     }
@@ -124,18 +121,19 @@ pub fn role_name(text: &str) -> Result<RoleName, ServiceError> {
         .map_err(|error| ServiceError::invalid("name", error))
 }
 
-/// A role's max TTL: a [`lifetime`] of at most [`MAX_LIFETIME`] (no key may
-/// live longer anyway), in whole milliseconds as stored.
+/// A role's max TTL: positive, in whole milliseconds as stored, and at most
+/// [`MAX_LIFETIME`] (no key may live longer anyway).
 fn max_ttl(duration: Option<&prost_types::Duration>) -> Result<Option<Duration>, ServiceError> {
     duration
-        .map(|d| match lifetime("max_ttl", d)? {
-            d if d > MAX_LIFETIME => Err(ServiceError::invalid(
-                "max_ttl",
-                "must be at most 100 years (omit it for no cap)",
-            )),
+        .map(|d| match duration_from("max_ttl", d)? {
+            d if d.is_zero() => Err(ServiceError::invalid("max_ttl", "must be positive")),
             d if !d.subsec_nanos().is_multiple_of(1_000_000) => Err(ServiceError::invalid(
                 "max_ttl",
                 "must be a whole number of milliseconds",
+            )),
+            d if d > MAX_LIFETIME => Err(ServiceError::invalid(
+                "max_ttl",
+                "must be at most 100 years (omit it for no cap)",
             )),
             d => Ok(d),
         })
@@ -223,7 +221,7 @@ impl TryFrom<pb::MintKeyRequest> for MintRequest {
             .map_err(|error| ServiceError::invalid("labels", error))?;
         let expiry = match &request.expiry {
             None => Expiry::Never,
-            Some(pb::mint_key_request::Expiry::Ttl(ttl)) => Expiry::Ttl(lifetime("ttl", ttl)?),
+            Some(pb::mint_key_request::Expiry::Ttl(duration)) => Expiry::Ttl(ttl(duration)?),
             Some(pb::mint_key_request::Expiry::ExpiresAt(at)) => {
                 Expiry::At(timestamp_from("expires_at", at)?)
             }
