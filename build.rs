@@ -21,6 +21,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&descriptors),
     )?;
 
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    // `codec.rs`: tonic-prost's codec, but a request that does not decode is
+    // INVALID_ARGUMENT naming the field rather than INTERNAL.
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::Codec")
+        .compile_fds(descriptors)?;
     Ok(())
 }

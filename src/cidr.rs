@@ -91,6 +91,10 @@ impl fmt::Debug for Cidr {
 
 #[cfg(test)]
 mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use proptest::prelude::*;
+
     use super::*;
 
     fn cidr(s: &str) -> Cidr {
@@ -141,6 +145,58 @@ mod tests {
                 *expected,
                 "{ip} in {range}"
             );
+        }
+    }
+
+    /// A range from any address and prefix length, with host bits set.
+    fn any_cidr() -> impl Strategy<Value = (IpAddr, u8)> {
+        prop_oneof![
+            (any::<u32>(), 0u8..=32).prop_map(|(ip, len)| (IpAddr::V4(Ipv4Addr::from(ip)), len)),
+            (any::<u128>(), 0u8..=128).prop_map(|(ip, len)| (IpAddr::V6(Ipv6Addr::from(ip)), len)),
+        ]
+    }
+
+    proptest! {
+        /// Any text: an answer, never a panic; what parses prints in a form
+        /// that parses back to the same range.
+        #[test]
+        fn parsing_answers_any_text(
+            input in prop_oneof![
+                any::<String>(),
+                "[0-9a-f:./%+-]{0,45}",
+                "[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}/[0-9+-]{0,4}",
+            ]
+        ) {
+            if let Ok(range) = input.parse::<Cidr>() {
+                prop_assert_eq!(range.to_string().parse::<Cidr>(), Ok(range));
+            }
+        }
+
+        /// A range contains its own network address, the address it was
+        /// written with, and every address that differs only in host bits;
+        /// flipping a network bit leaves it.
+        #[test]
+        fn a_range_contains_its_network_and_hosts((address, len) in any_cidr(), host_bits in any::<u128>()) {
+            let range = cidr(&format!("{address}/{len}"));
+            let printed = range.to_string();
+            let network: IpAddr = printed.split_once('/').unwrap().0.parse().unwrap();
+            prop_assert!(range.contains(network), "{range} lacks its network");
+            prop_assert!(range.contains(address), "{range} lacks {address}");
+            let (width, bits) = match address {
+                IpAddr::V4(ip) => (32, u128::from(u32::from(ip))),
+                IpAddr::V6(ip) => (128, u128::from(ip)),
+            };
+            let host_mask = u128::MAX.checked_shl(u32::from(width - len)).map_or(u128::MAX, |m| !m);
+            let host = bits & !host_mask | host_bits & host_mask;
+            let as_ip = |bits: u128| match address {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(u32::try_from(bits).unwrap())),
+                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::from(bits)),
+            };
+            prop_assert!(range.contains(as_ip(host)));
+            if len > 0 {
+                let outside = bits ^ (1u128 << (width - len));
+                prop_assert!(!range.contains(as_ip(outside)), "{range} contains {}", as_ip(outside));
+            }
         }
     }
 }

@@ -64,11 +64,19 @@ impl Timestamp {
 
 impl fmt::Debug for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}",
-            humantime::format_rfc3339_millis(self.to_system_time())
-        )
+        // humantime prints only 1970 to 9999: it panics before the epoch and
+        // fails after. A request can carry any instant (an audit query's
+        // `since`), so the others print as a number.
+        const YEAR_10000: i64 = 253_402_300_800_000;
+        if (0..YEAR_10000).contains(&self.0) {
+            write!(
+                f,
+                "{}",
+                humantime::format_rfc3339_millis(self.to_system_time())
+            )
+        } else {
+            write!(f, "{}ms since the epoch", self.0)
+        }
     }
 }
 
@@ -142,6 +150,26 @@ impl Clock for ManualClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the property tests of the wire conversions: an audit query
+    /// `since` the year 1 printed with `{:?}` panicked inside humantime.
+    #[test]
+    fn every_instant_prints() {
+        let cases = [
+            (0, "1970-01-01T00:00:00.000Z"),
+            (1_764_000_000_123, "2025-11-24T16:00:00.123Z"),
+            (-1, "-1ms since the epoch"),
+            (-62_135_596_800_000, "-62135596800000ms since the epoch"),
+            (253_402_300_800_000, "253402300800000ms since the epoch"),
+            (i64::MIN, "-9223372036854775808ms since the epoch"),
+            (i64::MAX, "9223372036854775807ms since the epoch"),
+        ];
+        for (millis, printed) in cases {
+            let at = Timestamp::from_millis(millis);
+            assert_eq!(format!("{at:?}"), printed);
+            assert_eq!(at.to_string(), printed);
+        }
+    }
 
     #[test]
     fn manual_clock_moves_only_when_told() {

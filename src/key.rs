@@ -613,6 +613,61 @@ mod tests {
             let id = KeyId(raw);
             prop_assert_eq!(id.to_string().parse::<KeyId>(), Ok(id));
         }
+
+        /// Any text at all, control characters and invalid-UTF-8
+        /// replacements included: every parser answers, none panics, and
+        /// what they accept prints back as it came (so it is canonical).
+        #[test]
+        fn parsers_answer_any_text(input in hostile_text()) {
+            if let Ok(parsed) = ParsedKey::parse(&input) {
+                // Only a key that secret scanners would find is one.
+                let whole = format!("^{}$", KEY_REGEX.trim_start_matches(r"\b").trim_end_matches(r"\b"));
+                prop_assert!(regex::Regex::new(&whole).unwrap().is_match(&input));
+                prop_assert!(input.contains(&parsed.id().to_string()));
+            }
+            if let Ok(prefix) = input.parse::<Prefix>() {
+                prop_assert_eq!(prefix.to_string(), input.clone());
+            }
+            if let Ok(id) = input.parse::<KeyId>() {
+                prop_assert_eq!(id.to_string(), input.clone());
+            }
+        }
+
+        /// Close misses of a real key (a character replaced by any other,
+        /// one cut or added) are refused, never accepted or panicking.
+        #[test]
+        fn near_keys_are_refused(
+            prefix in "[a-z][a-z0-9]{0,15}",
+            position in any::<proptest::sample::Index>(),
+            replacement in any::<char>(),
+            cut in any::<bool>(),
+        ) {
+            let minted = mint(&prefix);
+            let text = minted.plaintext.expose();
+            let at = position.index(text.len());
+            let mut near = text.to_owned();
+            if cut {
+                near.remove(at);
+            } else if replacement != char::from(text.as_bytes()[at]) {
+                near.replace_range(at..=at, &replacement.to_string());
+            } else {
+                near.push(replacement);
+            }
+            prop_assert!(ParsedKey::parse(&near).is_err(), "accepted {near:?}");
+        }
+    }
+
+    /// Text as an attacker sends it: anything, invalid UTF-8 (as decoded
+    /// lossily), control and bidirectional characters, and near-keys.
+    fn hostile_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            proptest::collection::vec(any::<u8>(), 0..80)
+                .prop_map(|bytes| String::from_utf8_lossy(&bytes).into_owned()),
+            "[a-z]{1,3}_[0-9A-Za-z\\x00-\\x1f\u{202e}\u{200b}]{45,55}",
+            "[0-9A-Za-z]{9,13}",
+            "[a-z0-9_]{0,20}",
+        ]
     }
 
     #[test]

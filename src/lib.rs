@@ -33,11 +33,13 @@
 //! | [`tls`] | TLS on the gRPC port: certificates reloaded under a running server, optional client certificates (mTLS) |
 //! | [`error`] | which error type is used where, and the one mapping to `tonic::Status` |
 //! | [`pb`] | generated protobuf and gRPC code for `keyward.v1` |
+//! | [`codec`] | the generated code's protobuf codec: a request that does not decode (e.g. a string that is not UTF-8) is `INVALID_ARGUMENT` naming the field |
 
 pub mod auth;
 pub mod bootstrap;
 pub mod cidr;
 pub mod clock;
+pub mod codec;
 pub mod error;
 pub mod freshness;
 pub mod hardening;

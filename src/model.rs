@@ -562,6 +562,28 @@ mod tests {
         assert_eq!(Labels::new(many), Err(InvalidLabels::TooMany));
     }
 
+    proptest::proptest! {
+        /// Any labels: an answer, never a panic, and what is accepted keeps
+        /// every rule (count, key charset, value text).
+        #[test]
+        fn labels_answer_any_map(
+            map in proptest::collection::btree_map(
+                proptest::prop_oneof![proptest::arbitrary::any::<String>(), "[a-zA-Z0-9_.:/=-]{0,10}"],
+                proptest::prop_oneof![proptest::arbitrary::any::<String>(), "[a-z \\x00-\\x1f\u{202e}]{0,10}"],
+                0..70,
+            )
+        ) {
+            if let Ok(labels) = Labels::new(map.clone()) {
+                proptest::prop_assert!(labels.as_map().len() <= MAX_LABELS);
+                proptest::prop_assert_eq!(labels.as_map(), &map);
+                for (key, value) in &map {
+                    proptest::prop_assert!(!key.is_empty() && !key.contains('='));
+                    proptest::prop_assert!(crate::text::check(value, MAX_LABEL_BYTES).is_ok());
+                }
+            }
+        }
+    }
+
     #[test]
     fn revocation_wins_over_expiry() {
         let now = Timestamp::from_millis(1_000);

@@ -171,6 +171,8 @@ impl fmt::Debug for RoleName {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn perm(s: &str) -> Permission {
@@ -240,6 +242,69 @@ mod tests {
                 *expected,
                 "{held} grants {required}"
             );
+        }
+    }
+
+    /// Permissions as the grammar makes them, wildcards included.
+    fn permission() -> impl Strategy<Value = Permission> {
+        prop_oneof![
+            1 => Just("*".to_owned()),
+            9 => "[a-z0-9_.-]{1,6}(:[a-z0-9_.-]{1,6}){0,3}(:[*])?",
+        ]
+        .prop_map(|text| perm(&text))
+    }
+
+    /// Any text, and text that is almost a permission: separators, stars,
+    /// uppercase, control and bidirectional characters in the wrong places.
+    fn hostile_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "[a-zA-Z0-9:*_. \\x00-\\x1f\u{202e}\u{200b}é-]{0,40}",
+            "[a-z:*]{0,300}",
+        ]
+    }
+
+    proptest! {
+        /// No text makes a parser panic; what they accept prints back as it
+        /// came and obeys the grammar's bounds.
+        #[test]
+        fn parsers_answer_any_text(input in hostile_text()) {
+            if let Ok(permission) = input.parse::<Permission>() {
+                prop_assert_eq!(permission.as_str(), input.as_str());
+                prop_assert!(input.len() <= MAX_PERMISSION_BYTES);
+                prop_assert!(input.is_ascii() && !input.contains("::") && !input.contains("**"));
+                prop_assert!(permission.grants(&permission));
+            }
+            if let Ok(name) = input.parse::<RoleName>() {
+                prop_assert_eq!(name.as_str(), input.as_str());
+                prop_assert!(!input.is_empty() && input.len() <= MAX_ROLE_NAME_BYTES);
+            }
+        }
+
+        /// Holding a permission grants it, and granting is transitive: a
+        /// wildcard that grants a narrower wildcard grants all it grants.
+        #[test]
+        fn granting_is_reflexive_and_transitive(a in permission(), b in permission(), c in permission()) {
+            prop_assert!(a.grants(&a));
+            if a.grants(&b) && b.grants(&c) {
+                prop_assert!(a.grants(&c), "{a} grants {b} grants {c}");
+            }
+            // Only a wildcard grants something other than itself.
+            if a.grants(&b) && a != b {
+                prop_assert!(a.as_str().ends_with('*'));
+            }
+        }
+
+        /// `scope:*` grants every permission under `scope:`, and nothing
+        /// outside it, `scope` itself included.
+        #[test]
+        fn a_wildcard_grants_exactly_its_scope(scope in "[a-z]{1,4}(:[a-z]{1,4}){0,2}", rest in permission()) {
+            let wildcard = perm(&format!("{scope}:*"));
+            let inside = perm(&format!("{scope}:{rest}"));
+            prop_assert!(wildcard.grants(&inside));
+            prop_assert!(!wildcard.grants(&perm(&scope)));
+            let sibling = perm(&format!("{scope}x:{rest}"));
+            prop_assert!(!wildcard.grants(&sibling));
         }
     }
 

@@ -60,6 +60,8 @@ fn is_invisible(c: char) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -79,6 +81,34 @@ mod tests {
             "ac\u{00AD}me",
         ] {
             assert_eq!(check(hidden, 64), Err(BadText::Invisible), "{hidden:?}");
+        }
+    }
+
+    proptest! {
+        /// Text that passes is within the bound and shows everything it
+        /// holds; any hiding character makes text fail, wherever it is.
+        #[test]
+        fn what_passes_hides_nothing(
+            text in prop_oneof![any::<String>(), "[a-z \\x00-\\x1f\\x7f-\\x9f\u{200b}-\u{200f}\u{202a}-\u{202e}]{0,20}"],
+            max in 0usize..64,
+            hidden in prop_oneof![
+                proptest::char::range('\0', '\u{1f}'),
+                proptest::char::range('\u{7f}', '\u{9f}'),
+                proptest::char::range('\u{202a}', '\u{202e}'),
+                proptest::char::range('\u{2066}', '\u{2069}'),
+                Just('\u{200b}'),
+                Just('\u{feff}'),
+            ],
+            at in any::<proptest::sample::Index>(),
+        ) {
+            if check(&text, max).is_ok() {
+                prop_assert!(text.len() <= max);
+                prop_assert!(!text.chars().any(|c| c.is_control() || is_invisible(c)));
+            }
+            let mut spiked: Vec<char> = text.chars().collect();
+            spiked.insert(at.index(spiked.len() + 1), hidden);
+            let spiked: String = spiked.into_iter().collect();
+            prop_assert!(check(&spiked, usize::MAX).is_err(), "{spiked:?} passed");
         }
     }
 }

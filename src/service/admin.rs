@@ -182,11 +182,11 @@ impl pb::admin_service_server::AdminService for AdminService {
         let caller = self.caller(&request, &self.needs.keys_write)?;
         let request = request.into_inner();
         let labels = convert::labels(request.labels)?;
-        let owner = (!request.owner.is_empty()).then_some(request.owner.as_str());
+        let owner = convert::owner_filter(request.owner)?;
         let reason = convert::reason(request.reason)?;
         let ids = self
             .lifecycle
-            .revoke_matching(&caller, &labels, owner, &reason, request.dry_run)
+            .revoke_matching(&caller, &labels, owner.as_deref(), &reason, request.dry_run)
             .await?;
         Ok(Response::new(pb::RevokeKeysResponse {
             key_ids: ids.iter().map(ToString::to_string).collect(),

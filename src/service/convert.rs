@@ -44,11 +44,10 @@ fn timestamp_from(
     if !(0..1_000_000_000).contains(&at.nanos) {
         return Err(ServiceError::invalid(field, "nanos must be in 0..1e9"));
     }
-    let millis = at
-        .seconds
-        .checked_mul(1000)
-        .and_then(|ms| ms.checked_add(i64::from(at.nanos / 1_000_000)))
-        .ok_or_else(|| ServiceError::invalid(field, "out of range"))?;
+    // In i128: the seconds of the earliest instants overflow i64 as
+    // milliseconds before their nanos bring them back into range.
+    let millis = i128::from(at.seconds) * 1000 + i128::from(at.nanos / 1_000_000);
+    let millis = i64::try_from(millis).map_err(|_| ServiceError::invalid(field, "out of range"))?;
     Ok(Timestamp::from_millis(millis))
 }
 
@@ -59,7 +58,25 @@ fn duration_from(
     if duration.seconds < 0 || duration.nanos < 0 {
         return Err(ServiceError::invalid(field, "must not be negative"));
     }
+    // prost would carry the excess into the seconds; protobuf says such a
+    // duration is malformed, and a client that sends one has a bug.
+    if duration.nanos >= 1_000_000_000 {
+        return Err(ServiceError::invalid(field, "nanos must be in 0..1e9"));
+    }
     Duration::try_from(*duration).map_err(|_| ServiceError::invalid(field, "out of range"))
+}
+
+/// A key's TTL: at least a millisecond, the resolution every time is kept
+/// in, since a shorter one would mint a key already expired. (The lifecycle
+/// bounds the expiry it makes at [`MAX_LIFETIME`].)
+fn ttl(duration: &prost_types::Duration) -> Result<Duration, ServiceError> {
+    match duration_from("ttl", duration)? {
+        d if d.is_zero() => Err(ServiceError::invalid("ttl", "must be positive")),
+        d if d < Duration::from_millis(1) => {
+            Err(ServiceError::invalid("ttl", "must be at least 1ms"))
+        }
+        d => Ok(d),
+    }
 }
 
 /// Parses each entry of a repeated field, naming the field and the entry in
@@ -104,17 +121,19 @@ pub fn role_name(text: &str) -> Result<RoleName, ServiceError> {
         .map_err(|error| ServiceError::invalid("name", error))
 }
 
-fn optional_duration(
-    field: &'static str,
-    duration: Option<&prost_types::Duration>,
-) -> Result<Option<Duration>, ServiceError> {
+/// A role's max TTL: positive, in whole milliseconds as stored, and at most
+/// [`MAX_LIFETIME`] (no key may live longer anyway).
+fn max_ttl(duration: Option<&prost_types::Duration>) -> Result<Option<Duration>, ServiceError> {
     duration
-        .map(|d| match duration_from(field, d)? {
-            d if d.is_zero() => Err(ServiceError::invalid(field, "must be positive")),
-            // Stored as whole milliseconds, like every duration.
+        .map(|d| match duration_from("max_ttl", d)? {
+            d if d.is_zero() => Err(ServiceError::invalid("max_ttl", "must be positive")),
             d if !d.subsec_nanos().is_multiple_of(1_000_000) => Err(ServiceError::invalid(
-                field,
+                "max_ttl",
                 "must be a whole number of milliseconds",
+            )),
+            d if d > MAX_LIFETIME => Err(ServiceError::invalid(
+                "max_ttl",
+                "must be at most 100 years (omit it for no cap)",
             )),
             d => Ok(d),
         })
@@ -148,6 +167,15 @@ pub fn key_id(field: &'static str, text: &str) -> Result<KeyId, ServiceError> {
 fn bounded(field: &'static str, text: String, max: usize) -> Result<String, ServiceError> {
     crate::text::check(&text, max).map_err(|bad| ServiceError::invalid(field, bad))?;
     Ok(text)
+}
+
+/// An owner to select keys by; empty: any owner. One no key can have (too
+/// long, or hiding characters) is refused rather than matching nothing.
+pub fn owner_filter(owner: String) -> Result<Option<String>, ServiceError> {
+    if owner.is_empty() {
+        return Ok(None);
+    }
+    bounded("owner", owner, MAX_OWNER_BYTES).map(Some)
 }
 
 pub fn reason(text: String) -> Result<String, ServiceError> {
@@ -193,12 +221,19 @@ impl TryFrom<pb::MintKeyRequest> for MintRequest {
             .map_err(|error| ServiceError::invalid("labels", error))?;
         let expiry = match &request.expiry {
             None => Expiry::Never,
-            Some(pb::mint_key_request::Expiry::Ttl(ttl)) => Expiry::Ttl(duration_from("ttl", ttl)?),
+            Some(pb::mint_key_request::Expiry::Ttl(duration)) => Expiry::Ttl(ttl(duration)?),
             Some(pb::mint_key_request::Expiry::ExpiresAt(at)) => {
                 Expiry::At(timestamp_from("expires_at", at)?)
             }
         };
         let rate_limit = request.rate_limit.as_ref().map(rate_limit).transpose()?;
+        if i64::try_from(request.max_uses).is_err() {
+            // The store counts uses in a signed 64-bit column.
+            return Err(ServiceError::invalid(
+                "max_uses",
+                format!("at most {}", i64::MAX),
+            ));
+        }
         let max_uses = (request.max_uses > 0).then_some(request.max_uses);
         Ok(Self {
             rate_limit,
@@ -239,7 +274,7 @@ impl TryFrom<pb::ListKeysRequest> for KeyQuery {
         let labels = labels(request.labels)?;
         Ok(Self {
             labels,
-            owner: (!request.owner.is_empty()).then_some(request.owner),
+            owner: owner_filter(request.owner)?,
             role,
             state,
             after: page_cursor(&request.page_token)?,
@@ -359,7 +394,7 @@ impl TryFrom<pb::CreateRoleRequest> for NewRole {
             name: role_name(&request.name)?,
             description: bounded("description", request.description, MAX_TEXT_BYTES)?,
             permissions,
-            max_ttl: optional_duration("max_ttl", request.max_ttl.as_ref())?,
+            max_ttl: max_ttl(request.max_ttl.as_ref())?,
             rate_limit: request
                 .default_rate_limit
                 .as_ref()
@@ -381,7 +416,7 @@ impl TryFrom<pb::UpdateRoleRequest> for RoleUpdate {
                 ));
             }
             (true, None) => Some(None),
-            (false, ttl) => optional_duration("max_ttl", ttl)?.map(Some),
+            (false, ttl) => max_ttl(ttl)?.map(Some),
         };
         let default_rate_limit = match (
             request.clear_default_rate_limit,
@@ -461,12 +496,26 @@ fn page_size(requested: u32) -> Result<u32, ServiceError> {
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn timestamps_round_trip_including_before_the_epoch() {
-        for millis in [0, 1, 999, 1000, -1, -1001, 1_764_000_000_123] {
+        // i64::MIN: found by the property test; its seconds times 1000 overflowed.
+        for millis in [
+            0,
+            1,
+            999,
+            1000,
+            -1,
+            -1001,
+            1_764_000_000_123,
+            i64::MIN,
+            i64::MAX,
+        ] {
             let at = Timestamp::from_millis(millis);
             assert_eq!(timestamp_from("t", &timestamp(at)).unwrap(), at);
         }

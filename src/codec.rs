@@ -1,0 +1,141 @@
+//! The protobuf codec of keyward's generated services and clients
+//! (`build.rs` names it with `codec_path`): tonic-prost's, except for what a
+//! request that does not decode is answered.
+//!
+//! tonic-prost answers every decode failure `INTERNAL`, before any keyward
+//! code runs. For a request that is wrong: a string field that is not UTF-8,
+//! a truncated message, a field sent with the wrong wire type. That is the
+//! client's mistake, and product.md wants malformed requests to be
+//! `INVALID_ARGUMENT` with a message naming the field: prost's error names the
+//! message and field (`ValidateRequest.key: invalid string value: data is not
+//! UTF-8 encoded`) and never holds the field's bytes, so it is passed on. A
+//! *response* that does not decode (a client talking to a broken server)
+//! stays `INTERNAL`.
+//!
+//! Decoding runs before authentication, so such a request is refused even
+//! without a valid caller key: it has not been read, and nothing else is.
+
+use std::marker::PhantomData;
+
+use prost::Message;
+use tonic::{
+    Status,
+    codec::{BufferSettings, DecodeBuf},
+};
+
+use crate::pb;
+
+/// Which side of a call sends a message type, so that a decode failure is
+/// blamed on the right one.
+pub trait Sender {
+    /// True for requests: the client sent them.
+    const CLIENT: bool;
+}
+
+/// Every request and response of `keyward.v1`. A new RPC that is not listed
+/// here does not compile, rather than silently getting either status.
+macro_rules! sent_by {
+    ($client:literal: $($message:ident),+ $(,)?) => {
+        $(impl Sender for pb::$message {
+            const CLIENT: bool = $client;
+        })+
+    };
+}
+
+sent_by!(true:
+    ValidateRequest, MintKeyRequest, GetKeyRequest, ListKeysRequest, RotateKeyRequest,
+    RevokeKeyRequest, UpdateKeyRequest, RevokeKeysRequest, CreateRoleRequest, GetRoleRequest,
+    ListRolesRequest, UpdateRoleRequest, DeleteRoleRequest, ListAuditRecordsRequest,
+);
+sent_by!(false:
+    ValidateResponse, MintKeyResponse, Key, ListKeysResponse, RotateKeyResponse,
+    RevokeKeyResponse, RevokeKeysResponse, Role, ListRolesResponse, DeleteRoleResponse,
+    ListAuditRecordsResponse,
+);
+
+/// The status for a message of type `U` that did not decode.
+#[must_use]
+pub fn decode_error<U: Sender>(error: &prost::DecodeError) -> Status {
+    if U::CLIENT {
+        let text = error.to_string();
+        // "failed to decode Protobuf message: " says nothing the code does not.
+        let detail = text
+            .split_once(": ")
+            .map_or(text.as_str(), |(_, rest)| rest);
+        Status::invalid_argument(format!("malformed request: {detail}"))
+    } else {
+        Status::internal(error.to_string())
+    }
+}
+
+/// `tonic::codec::Codec` for prost messages: encodes `T`, decodes `U`.
+#[derive(Debug)]
+pub struct Codec<T, U>(PhantomData<(T, U)>);
+
+impl<T, U> Default for Codec<T, U> {
+    fn default() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<T, U> tonic::codec::Codec for Codec<T, U>
+where
+    T: Message + Send + 'static,
+    U: Message + Default + Sender + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = tonic_prost::ProstEncoder<T>;
+    type Decoder = Decoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstEncoder::default()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        Decoder(PhantomData)
+    }
+}
+
+/// Decodes `U` with prost; see [`decode_error`] for failures.
+#[derive(Debug)]
+pub struct Decoder<U>(PhantomData<U>);
+
+impl<U: Message + Default + Sender> tonic::codec::Decoder for Decoder<U> {
+    type Item = U;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        U::decode(buf)
+            .map(Some)
+            .map_err(|error| decode_error::<U>(&error))
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_that_does_not_decode_is_invalid_argument_naming_the_field() {
+        // Field 1 (`key`), length 2, not UTF-8.
+        let error = pb::ValidateRequest::decode(&b"\x0a\x02\xc0\xaf"[..]).unwrap_err();
+        let status = decode_error::<pb::ValidateRequest>(&error);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            status.message(),
+            "malformed request: ValidateRequest.key: invalid string value: data is not UTF-8 encoded"
+        );
+
+        let error = pb::Key::decode(&b"\x0a\x02\xc0\xaf"[..]).unwrap_err();
+        assert_eq!(
+            decode_error::<pb::Key>(&error).code(),
+            tonic::Code::Internal,
+            "a response that does not decode is the server's fault"
+        );
+    }
+}
