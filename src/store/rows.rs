@@ -165,7 +165,8 @@ fn group_by_key<T: FromStr>(
 pub(super) const IDS_PER_STATEMENT: usize = 500;
 
 /// Runs `select` restricted to `column IN ids`, in chunks of
-/// [`IDS_PER_STATEMENT`].
+/// [`IDS_PER_STATEMENT`]. `column` may start with further conditions
+/// (`"revoked_at IS NULL AND id"`).
 pub(super) async fn fetch_for_ids(
     conn: &mut AnyConnection,
     select: &'static str,

@@ -130,7 +130,17 @@ impl Store {
         let mut to_apply = Vec::with_capacity(changed.keys.len() + changed.roles.len());
         if !changed.keys.is_empty() {
             let texts: Vec<String> = changed.keys.iter().map(ToString::to_string).collect();
-            let rows = fetch_for_ids(&mut conn, "SELECT * FROM api_keys", "id", &texts).await?;
+            // Revoked keys leave the index whatever else they hold, so they
+            // are not read (nor their details): after a bulk revocation of
+            // thousands of keys, a replica's reload inside its write turn
+            // reads none of them.
+            let rows = fetch_for_ids(
+                &mut conn,
+                "SELECT * FROM api_keys",
+                "revoked_at IS NULL AND id",
+                &texts,
+            )
+            .await?;
             let mut live: HashMap<KeyId, Arc<IndexedKey>> = with_digests(&mut conn, rows)
                 .await?
                 .into_iter()
