@@ -23,7 +23,7 @@ use crate::{
         query::{AuditPage, AuditQuery, KeyPage, KeyQuery},
     },
     permission::{Permission, RoleName},
-    rate_limit::RateLimit,
+    rate_limit::{Admission, RateLimit, RateLimiters},
     store::{NewKey, Revocation, Rotation, Store, StoreError, feed::Changed},
 };
 
@@ -120,6 +120,9 @@ pub struct Lifecycle {
     bulk: Arc<tokio::sync::Mutex<()>>,
     /// Where database failures met by admin operations are counted.
     metrics: Arc<Metrics>,
+    /// How many keys a caller short of `keyward:admin` may mint; `None`: no
+    /// limit ([`Lifecycle::with_mint_quota`]).
+    mint_quota: Option<(RateLimit, RateLimiters)>,
 }
 
 impl Lifecycle {
@@ -138,6 +141,35 @@ impl Lifecycle {
             writes: Arc::default(),
             bulk: Arc::default(),
             metrics,
+            mint_quota: None,
+        }
+    }
+
+    /// Lets each caller short of `keyward:admin` mint at most `quota` keys
+    /// (a GCRA limit per caller key, like a key's own rate limit). Each key
+    /// costs index memory for as long as it lives (up to ~50 KB with every
+    /// list at its maximum), so a narrow admin key, leaked or buggy, must not
+    /// be able to mint without bound.
+    #[must_use]
+    pub fn with_mint_quota(mut self, quota: Option<RateLimit>) -> Self {
+        self.mint_quota = quota.map(|quota| (quota, RateLimiters::new(self.clock.clone())));
+        self
+    }
+
+    /// Spends one mint of `caller`'s quota.
+    fn spend_mint_quota(&self, caller: &Caller) -> Result<(), ServiceError> {
+        let Some((quota, limiters)) = &self.mint_quota else {
+            return Ok(());
+        };
+        if caller.is_root {
+            return Ok(());
+        }
+        match limiters.check(caller.id, quota) {
+            Admission::Allowed { .. } => Ok(()),
+            Admission::Limited { retry_after } => Err(ServiceError::ResourceExhausted(format!(
+                "the caller's key may mint at most {quota} keys; retry in {}",
+                humantime::format_duration(Duration::from_secs(retry_after.as_secs() + 1))
+            ))),
         }
     }
 
@@ -364,6 +396,7 @@ impl Lifecycle {
                 rate_limit: request.rate_limit,
                 max_uses: request.max_uses,
             };
+            self.spend_mint_quota(caller)?;
             let actor = caller.actor();
             let creator = caller.id;
             self.commit(caller, move |store, index, now| async move {

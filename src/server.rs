@@ -117,6 +117,9 @@ pub struct Settings {
     /// Where to serve Prometheus metrics (`GET /metrics`, plain HTTP); `None`
     /// serves none. Bound at start like `listen`, and stopped with the server.
     pub metrics_listen: Option<SocketAddr>,
+    /// How many keys a caller short of `keyward:admin` may mint, as a rate
+    /// (e.g. 100 a minute, with a burst); `None`: no limit.
+    pub mint_quota: Option<RateLimit>,
 }
 
 impl Default for Settings {
@@ -158,6 +161,11 @@ impl Default for Settings {
             // longer than any call but a queued admin write takes.
             drain_timeout: Duration::from_secs(20),
             metrics_listen: None,
+            // A CI orchestrator minting a key per job stays far below it; a
+            // leaked narrow admin key cannot fill the index at gRPC speed.
+            mint_quota: Some(
+                RateLimit::new(100, Duration::from_mins(1), 100).expect("a valid rate"),
+            ),
         }
     }
 }
@@ -182,6 +190,7 @@ impl std::fmt::Debug for Settings {
             .field("tls", &self.tls)
             .field("drain_timeout", &self.drain_timeout)
             .field("metrics_listen", &self.metrics_listen)
+            .field("mint_quota", &self.mint_quota)
             .finish()
     }
 }
@@ -324,12 +333,10 @@ impl Application {
             validator = validator.with_freshness(freshness.clone());
         }
         let validator = Arc::new(validator);
-        let lifecycle = Arc::new(Lifecycle::new(
-            store.clone(),
-            index.clone(),
-            clock.clone(),
-            metrics.clone(),
-        ));
+        let lifecycle = Arc::new(
+            Lifecycle::new(store.clone(), index.clone(), clock.clone(), metrics.clone())
+                .with_mint_quota(settings.mint_quota),
+        );
         Ok(Self {
             listener,
             local_addr,

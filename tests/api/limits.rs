@@ -449,7 +449,44 @@ async fn usage_is_flushed_on_the_interval_without_a_restart(backend: Backend) {
     }
 }
 
+/// A narrow admin key may mint only so many keys (security review, issue
+/// 12: each key costs index memory, up to ~50 KB); root is not limited.
+async fn narrow_admins_have_a_mint_quota(backend: Backend) {
+    let app = spawn_with(
+        backend,
+        Settings {
+            mint_quota: Some(RateLimit::new(3, Duration::from_hours(1), 3).unwrap()),
+            ..Settings::default()
+        },
+    )
+    .await;
+    app.create_role("minter", &["keyward:keys:write", "deploy:read"], None)
+        .await
+        .unwrap();
+    let (_, minter) = app.mint_with_roles(&["minter"]).await;
+    let mint = pb::MintKeyRequest {
+        permissions: vec!["deploy:read".into()],
+        ..Default::default()
+    };
+    for _ in 0..3 {
+        app.mint_as(&minter, mint.clone()).await.unwrap();
+    }
+    let refused = app.mint_as(&minter, mint.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("may mint at most 3/1h")
+            && refused.message().contains("retry in"),
+        "{}",
+        refused.message()
+    );
+    // Root mints on.
+    for _ in 0..5 {
+        app.mint(mint.clone()).await.unwrap();
+    }
+}
+
 on_both_stores!(
+    narrow_admins_have_a_mint_quota,
     a_burst_is_cut_at_the_limit_and_recovers,
     limits_come_from_the_key_its_roles_or_the_server,
     a_usage_cap_holds_across_a_restart,

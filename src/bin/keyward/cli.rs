@@ -205,6 +205,12 @@ pub struct ServeArgs {
     /// no key, key id or owner, but keep the port off the public network.
     #[arg(long, env = "KEYWARD_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+
+    /// How many keys each admin key short of keyward:admin may mint: N/s,
+    /// N/m or N/h (a burst of N), or `none` for no limit. Past it, mint
+    /// is refused (resource exhausted) with when to retry.
+    #[arg(long, env = "KEYWARD_MINT_RATE", value_name = "RATE", default_value_t = MintRate(Settings::default().mint_quota))]
+    pub mint_rate: MintRate,
 }
 
 fn parse_rate(text: &str) -> Result<RateLimit, InvalidRateLimit> {
@@ -230,6 +236,44 @@ impl FromStr for Interval {
 impl fmt::Display for Interval {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         humantime::format_duration(self.0).fmt(f)
+    }
+}
+
+/// `--mint-rate`: a rate limit, or `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MintRate(pub Option<RateLimit>);
+
+impl FromStr for MintRate {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim() {
+            "none" => Ok(Self(None)),
+            rate => rate
+                .parse()
+                .map(|rate| Self(Some(rate)))
+                .map_err(|error: InvalidRateLimit| format!("{error} (or `none`)")),
+        }
+    }
+}
+
+impl fmt::Display for MintRate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(rate) = self.0 else {
+            return f.write_str("none");
+        };
+        // As the flag is written, where it can be (`100/m`).
+        let unit = match rate.per().as_secs() {
+            1 => "s",
+            60 => "m",
+            3600 => "h",
+            _ => return rate.fmt(f),
+        };
+        if rate.burst() == rate.requests() && rate.per().subsec_nanos() == 0 {
+            write!(f, "{}/{unit}", rate.requests())
+        } else {
+            rate.fmt(f)
+        }
     }
 }
 
@@ -305,6 +349,7 @@ impl From<ServeArgs> for Settings {
             }),
             drain_timeout: args.drain_timeout.0,
             metrics_listen: args.metrics_listen,
+            mint_quota: args.mint_rate.0,
         }
     }
 }
@@ -390,6 +435,26 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn mint_rates_are_parsed_and_none_turns_the_quota_off() {
+        let parse = |flags: &[&str]| {
+            let mut argv = vec!["keyward", "serve"];
+            argv.extend_from_slice(flags);
+            Cli::try_parse_from(argv).map(|cli| {
+                let Command::Serve(serve) = cli.command;
+                Settings::from(serve).mint_quota
+            })
+        };
+        assert_eq!(parse(&[]).unwrap(), "100/m".parse().ok());
+        assert_eq!(parse(&["--mint-rate", "5/s"]).unwrap(), "5/s".parse().ok());
+        assert_eq!(parse(&["--mint-rate", "none"]).unwrap(), None);
+        assert!(parse(&["--mint-rate", "lots"]).is_err());
+        assert_eq!(
+            MintRate(Settings::default().mint_quota).to_string(),
+            "100/m"
+        );
     }
 
     #[test]
