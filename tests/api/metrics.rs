@@ -17,7 +17,10 @@ use tonic::Code;
 
 /// A plain HTTP/1.1 GET, as Prometheus sends it; returns the status line,
 /// the headers (names lowercased) and the body.
-async fn http_get(addr: SocketAddr, path: &str) -> (String, HashMap<String, String>, String) {
+pub(crate) async fn http_get(
+    addr: SocketAddr,
+    path: &str,
+) -> (String, HashMap<String, String>, String) {
     let mut stream = TcpStream::connect(addr).await.expect("metrics listener");
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();

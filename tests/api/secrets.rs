@@ -15,11 +15,12 @@ use keyward::{
 };
 use sqlx::{Connection, Row, SqliteConnection};
 
-use crate::binary::{Server, channel};
+use crate::binary::{Server, address_in, channel};
 
 /// Starts `keyward serve` on a database in `dir`, logging at trace level,
 /// and waits until it listens.
-fn start_server(dir: &Path) -> (Server, SocketAddr) {
+/// Returns the server and its gRPC and metrics addresses.
+fn start_server(dir: &Path) -> (Server, SocketAddr, SocketAddr) {
     let database = format!("sqlite://{}", dir.join("keyward.db").display());
     let key_file = dir.join("admin.key").display().to_string();
     let mut server = Server::start_in(
@@ -31,11 +32,14 @@ fn start_server(dir: &Path) -> (Server, SocketAddr) {
             &database,
             "--bootstrap-key-file",
             &key_file,
+            "--metrics-listen",
+            "127.0.0.1:0",
         ],
         &[("RUST_LOG", "trace")],
     );
+    let metrics = address_in(&server.wait_for_line("metrics served on /metrics"));
     let addr = server.wait_until_listening();
-    (server, addr)
+    (server, addr, metrics)
 }
 
 fn serve_command(dir: &Path, listen: &str) -> Command {
@@ -60,7 +64,7 @@ fn serve_command(dir: &Path, listen: &str) -> Command {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_reach_the_database_or_the_logs() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, addr) = start_server(dir.path());
+    let (server, addr, metrics) = start_server(dir.path());
     let admin_key = std::fs::read_to_string(dir.path().join("admin.key"))
         .unwrap()
         .trim()
@@ -116,6 +120,24 @@ async fn secrets_never_reach_the_database_or_the_logs() {
         ))
         .await
         .unwrap();
+    // The reads, which change nothing: what they answer and log holds no
+    // secret either.
+    let get = |id: &str| pb::GetKeyRequest { id: id.to_owned() };
+    admin.get_key(authed(&admin_key, get(&id))).await.unwrap();
+    admin
+        .list_keys(authed(&admin_key, pb::ListKeysRequest::default()))
+        .await
+        .unwrap();
+    admin
+        .list_audit_records(authed(&admin_key, pb::ListAuditRecordsRequest::default()))
+        .await
+        .unwrap();
+    admin
+        .list_roles(authed(&admin_key, pb::ListRolesRequest::default()))
+        .await
+        .unwrap();
+    let (_, _, scraped) = crate::metrics::http_get(metrics, "/metrics").await;
+    assert!(scraped.contains("keyward_validate_total"), "{scraped}");
     let log = server.terminate();
 
     assert!(
@@ -123,7 +145,10 @@ async fn secrets_never_reach_the_database_or_the_logs() {
         "the log names the bootstrap key file"
     );
     assert!(log.contains(&id), "the log identifies keys by id");
-    let mut files = vec![("log".to_owned(), log.into_bytes())];
+    let mut files = vec![
+        ("log".to_owned(), log.into_bytes()),
+        ("metrics".to_owned(), scraped.into_bytes()),
+    ];
     for entry in std::fs::read_dir(dir.path()).unwrap() {
         let path = entry.unwrap().path();
         if path.file_name().unwrap() != "admin.key" {
@@ -179,7 +204,7 @@ async fn secrets_never_reach_the_database_or_the_logs() {
 async fn bootstrap_key_file_is_private_and_never_logged() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let (server, _) = start_server(dir.path());
+    let (server, _, _) = start_server(dir.path());
     let key_file = dir.path().join("admin.key");
     let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
     let db_mode = std::fs::metadata(dir.path().join("keyward.db"))
@@ -192,7 +217,7 @@ async fn bootstrap_key_file_is_private_and_never_logged() {
     assert!(!log.contains(admin_key.trim()));
 
     // A second start on the same database keeps the file and mints nothing.
-    let (again, _) = start_server(dir.path());
+    let (again, _, _) = start_server(dir.path());
     assert_eq!(std::fs::read_to_string(&key_file).unwrap(), admin_key);
     let log = again.terminate();
     assert!(!log.contains("initialised a new database"), "{log}");
