@@ -6,6 +6,7 @@ mod admin_scope;
 mod audit;
 mod binary;
 mod bulk;
+mod crash;
 mod hostile;
 mod lifecycle;
 mod limits;
