@@ -65,6 +65,20 @@ async fn a_caller_revoked_on_another_replica_cannot_write() {
     );
 }
 
+/// A caller short of root with `permissions`, scoped to the keys it minted.
+fn narrow_caller(id: KeyId, permissions: Vec<Permission>) -> Caller {
+    Caller {
+        id,
+        permissions,
+        is_root: false,
+        scope: Scope::Narrow {
+            key_id: id,
+            owner: String::new(),
+            tenant: None,
+        },
+    }
+}
+
 /// Keys in each bulk batch of the write-turn tests: enough that reading
 /// them one by one inside the turn would show.
 const BATCH: u64 = 500;
@@ -93,19 +107,13 @@ async fn seeded(batches: u64) -> (Arc<Lifecycle>, Caller, KeyId, tempfile::TempD
         // Minted by the caller, so within its scope.
         created_by: Some(KeyId::from_u64(1)),
     };
-    let caller = Caller {
-        id: KeyId::from_u64(1),
-        permissions: vec![
+    let caller = narrow_caller(
+        KeyId::from_u64(1),
+        vec![
             permission::KEYS_WRITE.parse().unwrap(),
             "deploy:*".parse().unwrap(),
         ],
-        is_root: false,
-        scope: Scope::Narrow {
-            key_id: KeyId::from_u64(1),
-            owner: String::new(),
-            tenant: None,
-        },
-    };
+    );
     let leaked = KeyId::from_u64(2);
     // Key 1 is the caller, holding what the caller says it holds.
     let mut caller_key = new_key(1, &[]);
@@ -224,19 +232,13 @@ async fn a_single_revoke_waits_for_one_bulk_revoke_at_most() {
 async fn a_bulk_revoke_matching_a_broader_key_revokes_nothing() {
     let _serial = one_at_a_time().await;
     let (lifecycle, _, _, _dir) = seeded(1).await;
-    let narrow = Caller {
-        id: KeyId::from_u64(1),
-        permissions: vec![
+    let narrow = narrow_caller(
+        KeyId::from_u64(1),
+        vec![
             permission::KEYS_WRITE.parse().unwrap(),
             "deploy:write".parse().unwrap(),
         ],
-        is_root: false,
-        scope: Scope::Narrow {
-            key_id: KeyId::from_u64(1),
-            owner: String::new(),
-            tenant: None,
-        },
-    };
+    );
     for dry_run in [true, false] {
         let refused = lifecycle
             .revoke_matching(&narrow, &batch(0), None, "", dry_run)
@@ -422,16 +424,7 @@ async fn a_write_queued_while_its_callers_role_loses_a_permission_is_refused() {
         .await
         .unwrap();
     lifecycle.resync().await.unwrap();
-    let caller = Caller {
-        id: caller_id,
-        permissions: writers.permissions.to_vec(),
-        is_root: false,
-        scope: Scope::Narrow {
-            key_id: caller_id,
-            owner: String::new(),
-            tenant: None,
-        },
-    };
+    let caller = narrow_caller(caller_id, writers.permissions.to_vec());
     let keys_before = lifecycle.index.len();
 
     let turn = lifecycle.writes.lock().await;

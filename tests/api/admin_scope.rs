@@ -42,15 +42,20 @@ async fn scene(app: &TestApp, minter_labels: &[(&str, &str)]) -> (String, String
         .mint(pb::MintKeyRequest {
             roles: vec!["ci-minter".into()],
             owner: "ci".into(),
-            labels: minter_labels
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
+            labels: labels(minter_labels),
             ..Default::default()
         })
         .await
         .unwrap();
     (payments_id, payments, minter)
+}
+
+/// Labels from `(key, value)` pairs, as a request carries them.
+fn labels(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+        .collect()
 }
 
 fn assert_denied(result: Result<impl std::fmt::Debug, tonic::Status>, what: &str) {
@@ -282,14 +287,11 @@ async fn a_tenant_admin_stays_in_its_tenant(backend: Backend) {
         "mint for another tenant",
     );
     // Owner `ci` but another tenant (or none): out of scope.
-    for labels in [vec![], vec![("tenant", "globex")]] {
+    for tags in [vec![], vec![("tenant", "globex")]] {
         let (other, _) = app
             .mint(pb::MintKeyRequest {
                 owner: "ci".into(),
-                labels: labels
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                    .collect(),
+                labels: labels(&tags),
                 ..Default::default()
             })
             .await
