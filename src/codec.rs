@@ -14,22 +14,35 @@
 //!
 //! Decoding runs before authentication, so such a request is refused even
 //! without a valid caller key: it has not been read, and nothing else is.
+//!
+//! The other difference is on the sending side: a message that carries a
+//! plaintext key (a mint or rotate response, a Validate request) has that
+//! field wiped as soon as it is encoded ([`Sender::wipe_secrets`]), on the
+//! server and in every client built on these stubs, `keywardctl` included.
+//! The encoded bytes live on in tonic's and hyper's buffers, which keyward
+//! does not own; SECURITY.md says so.
 
 use std::marker::PhantomData;
 
 use prost::Message;
 use tonic::{
     Status,
-    codec::{BufferSettings, DecodeBuf},
+    codec::{BufferSettings, DecodeBuf, EncodeBuf},
 };
+use zeroize::Zeroize;
 
 use crate::pb;
 
 /// Which side of a call sends a message type, so that a decode failure is
-/// blamed on the right one.
+/// blamed on the right one, and what of it must not outlive its sending.
 pub trait Sender {
     /// True for requests: the client sent them.
     const CLIENT: bool;
+
+    /// Overwrites the plaintext keys this message holds, once it is encoded:
+    /// a copy the code no longer needs is a copy a core file, a swap page or
+    /// a later bug could reveal. Most messages hold none.
+    fn wipe_secrets(&mut self) {}
 }
 
 /// Every request and response of `keyward.v1`. A new RPC that is not listed
@@ -43,15 +56,38 @@ macro_rules! sent_by {
 }
 
 sent_by!(true:
-    ValidateRequest, MintKeyRequest, GetKeyRequest, ListKeysRequest, RotateKeyRequest,
+    MintKeyRequest, GetKeyRequest, ListKeysRequest, RotateKeyRequest,
     RevokeKeyRequest, UpdateKeyRequest, RevokeKeysRequest, CreateRoleRequest, GetRoleRequest,
     ListRolesRequest, UpdateRoleRequest, DeleteRoleRequest, ListAuditRecordsRequest,
 );
 sent_by!(false:
-    ValidateResponse, MintKeyResponse, Key, ListKeysResponse, RotateKeyResponse,
-    RevokeKeyResponse, RevokeKeysResponse, Role, ListRolesResponse, DeleteRoleResponse,
+    ValidateResponse, Key, ListKeysResponse, RevokeKeyResponse, RevokeKeysResponse, Role, ListRolesResponse, DeleteRoleResponse,
     ListAuditRecordsResponse,
 );
+
+impl Sender for pb::ValidateRequest {
+    const CLIENT: bool = true;
+
+    fn wipe_secrets(&mut self) {
+        self.key.zeroize();
+    }
+}
+
+impl Sender for pb::MintKeyResponse {
+    const CLIENT: bool = false;
+
+    fn wipe_secrets(&mut self) {
+        self.plaintext.zeroize();
+    }
+}
+
+impl Sender for pb::RotateKeyResponse {
+    const CLIENT: bool = false;
+
+    fn wipe_secrets(&mut self) {
+        self.plaintext.zeroize();
+    }
+}
 
 /// The status for a message of type `U` that did not decode.
 #[must_use]
@@ -80,20 +116,39 @@ impl<T, U> Default for Codec<T, U> {
 
 impl<T, U> tonic::codec::Codec for Codec<T, U>
 where
-    T: Message + Send + 'static,
+    T: Message + Sender + Send + 'static,
     U: Message + Default + Sender + Send + 'static,
 {
     type Encode = T;
     type Decode = U;
-    type Encoder = tonic_prost::ProstEncoder<T>;
+    type Encoder = Encoder<T>;
     type Decoder = Decoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        tonic_prost::ProstEncoder::default()
+        Encoder(PhantomData)
     }
 
     fn decoder(&mut self) -> Self::Decoder {
         Decoder(PhantomData)
+    }
+}
+
+/// Encodes `T` with prost, then wipes the plaintext keys it held.
+#[derive(Debug)]
+pub struct Encoder<T>(PhantomData<T>);
+
+impl<T: Message + Sender> tonic::codec::Encoder for Encoder<T> {
+    type Item = T;
+    type Error = Status;
+
+    fn encode(&mut self, mut item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        let encoded = item.encode(buf);
+        item.wipe_secrets();
+        encoded.map_err(|error| Status::internal(format!("cannot encode a message: {error}")))
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::default()
     }
 }
 
@@ -119,6 +174,28 @@ impl<U: Message + Default + Sender> tonic::codec::Decoder for Decoder<U> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_holding_a_plaintext_key_are_wiped_once_encoded() {
+        let mut response = pb::MintKeyResponse {
+            plaintext: "kw_secret".into(),
+            key: None,
+        };
+        response.wipe_secrets();
+        assert!(response.plaintext.is_empty());
+        let mut rotated = pb::RotateKeyResponse {
+            plaintext: "kw_secret".into(),
+            ..Default::default()
+        };
+        rotated.wipe_secrets();
+        assert!(rotated.plaintext.is_empty());
+        let mut request = pb::ValidateRequest {
+            key: "kw_secret".into(),
+            ..Default::default()
+        };
+        request.wipe_secrets();
+        assert!(request.key.is_empty());
+    }
 
     #[test]
     fn a_request_that_does_not_decode_is_invalid_argument_naming_the_field() {

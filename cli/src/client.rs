@@ -20,6 +20,7 @@ use tonic::{
     service::{Interceptor, interceptor::InterceptedService},
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
+use zeroize::Zeroizing;
 
 use crate::{
     cli::GlobalArgs,
@@ -108,10 +109,12 @@ impl AdminKey {
     /// cannot be read, is empty, or the key cannot be sent as a header.
     pub fn resolve(file: Option<&Path>, env_value: Option<OsString>) -> Result<Self, CliError> {
         if let Some(path) = file {
-            let text = fs::read_to_string(path).map_err(|source| CliError::AdminKeyFile {
-                path: path.to_owned(),
-                source,
-            })?;
+            let text = Zeroizing::new(fs::read_to_string(path).map_err(|source| {
+                CliError::AdminKeyFile {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?);
             return match text.trim() {
                 "" => Err(CliError::EmptyAdminKeyFile {
                     path: PathBuf::from(path),
@@ -121,10 +124,10 @@ impl AdminKey {
         }
         match env_value {
             None => Err(CliError::NoAdminKey),
-            Some(value) => match value.to_str().map(str::trim) {
-                Some("") => Err(CliError::NoAdminKey),
-                Some(key) => Self::from_text(key),
-                None => Err(CliError::MalformedAdminKey),
+            Some(value) => match value.into_string().map(Zeroizing::new) {
+                Ok(text) if text.trim().is_empty() => Err(CliError::NoAdminKey),
+                Ok(text) => Self::from_text(text.trim()),
+                Err(_) => Err(CliError::MalformedAdminKey),
             },
         }
     }
@@ -141,8 +144,11 @@ impl AdminKey {
     }
 
     fn from_text(key: &str) -> Result<Self, CliError> {
-        let mut value = MetadataValue::try_from(format!("Bearer {key}"))
-            .map_err(|_| CliError::MalformedAdminKey)?;
+        // The header value is a copy in tonic's own type, which cannot be
+        // wiped; the text it was made from is.
+        let header = Zeroizing::new(format!("Bearer {key}"));
+        let mut value =
+            MetadataValue::try_from(header.as_str()).map_err(|_| CliError::MalformedAdminKey)?;
         // Keeps the value out of tonic's and hyper's `Debug` output.
         value.set_sensitive(true);
         Ok(Self(value))

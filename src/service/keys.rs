@@ -3,6 +3,7 @@
 use std::{sync::Arc, time::Instant};
 
 use tonic::{Request, Response, Status};
+use zeroize::Zeroizing;
 
 use super::convert;
 use crate::{
@@ -39,22 +40,25 @@ impl KeyService {
 
     /// Checks the request and decides on its key: everything after the
     /// caller's authentication.
-    async fn decide(&self, request: &pb::ValidateRequest) -> Result<Outcome, ServiceError> {
+    async fn decide(
+        &self,
+        request: &pb::ValidateRequest,
+        presented: &str,
+    ) -> Result<Outcome, ServiceError> {
         let required = required_permissions(&request.required_permissions)?;
         let checks = Checks {
             required: &required,
             client_ip: client_ip(&request.client_ip)?,
             skip_rate_limit: false,
         };
-        Ok(self.validator.validate(&request.key, checks).await?)
+        Ok(self.validator.validate(presented, checks).await?)
     }
-}
 
-#[tonic::async_trait]
-impl pb::key_service_server::KeyService for KeyService {
-    async fn validate(
+    /// Validate itself, for the `presented` key taken out of `request`.
+    async fn answer(
         &self,
-        request: Request<pb::ValidateRequest>,
+        request: &Request<pb::ValidateRequest>,
+        presented: &str,
     ) -> Result<Response<pb::ValidateResponse>, Status> {
         let started = Instant::now();
         // Checked here too (authentication checks it first thing), so that a
@@ -65,13 +69,13 @@ impl pb::key_service_server::KeyService for KeyService {
         }
         // Refusals of the caller's own key are counted by `authenticate`.
         let caller = authenticate(
-            &request,
+            request,
             &self.validator,
             &self.validate_permission,
             &self.metrics,
         )?
         .id;
-        let decided = self.decide(request.get_ref()).await;
+        let decided = self.decide(request.get_ref(), presented).await;
         self.metrics.validated(
             match &decided {
                 Ok(outcome) => Validated::of(outcome),
@@ -103,6 +107,19 @@ impl pb::key_service_server::KeyService for KeyService {
             );
         }
         Ok(response)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::key_service_server::KeyService for KeyService {
+    async fn validate(
+        &self,
+        mut request: Request<pb::ValidateRequest>,
+    ) -> Result<Response<pb::ValidateResponse>, Status> {
+        // The decoder's copy of the presented key is the one keyward owns:
+        // wiped when this call ends, answered or cancelled.
+        let presented = Zeroizing::new(std::mem::take(&mut request.get_mut().key));
+        self.answer(&request, &presented).await
     }
 }
 

@@ -13,6 +13,7 @@ use std::{
 
 use clap::Args;
 use keyward::pb;
+use zeroize::Zeroizing;
 
 use crate::{
     cli::GlobalArgs,
@@ -72,8 +73,10 @@ pub async fn run(args: VerifyArgs, global: &GlobalArgs) -> Result<ExitCode, CliE
 
 /// Reads exactly one key from `stdin`: surrounding whitespace (the newline
 /// `echo` adds) is dropped; nothing, or more than one line, is an error.
+/// The raw input is wiped; the key returned goes into the request, whose
+/// encoder wipes it once sent.
 fn read_key(stdin: io::Stdin) -> Result<String, CliError> {
-    let mut text = String::new();
+    let mut text = Zeroizing::new(String::new());
     if stdin.is_terminal() {
         // Typed or pasted: one line is the whole input, no Ctrl-D needed.
         eprintln!("Paste the key and press Enter:");

@@ -8,10 +8,11 @@ use std::collections::BTreeMap;
 
 use keyward::pb;
 use serde::Serialize;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::{
-    RateLimitView, labels_text, non_empty, or_dash, rate_limit_text, sorted_labels, table_text,
-    timestamp,
+    RateLimitView, fields_text, labels_text, non_empty, or_dash, rate_limit_text, sorted_labels,
+    table_text, timestamp,
 };
 
 /// A key's metadata, as every key verb prints it.
@@ -143,6 +144,17 @@ pub fn cidrs_text(cidrs: &[String], separator: &str) -> String {
     } else {
         cidrs.join(separator)
     }
+}
+
+/// The text of a freshly minted (or rotated-to) key: `headline`, then the
+/// plaintext as the first field and the key's metadata. Every buffer that
+/// held the plaintext on the way is wiped; the result is wiped when dropped.
+pub fn minted_text(headline: &str, plaintext: &str, key: &pb::Key) -> Zeroizing<String> {
+    let mut fields = vec![("key", plaintext.to_owned())];
+    fields.extend(key_fields(key));
+    let listing = Zeroizing::new(fields_text(&fields));
+    fields[0].1.zeroize();
+    Zeroizing::new(format!("{headline}\n\n{}", *listing))
 }
 
 /// A key's metadata as `name value` lines: empty optional fields are left

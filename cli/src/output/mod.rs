@@ -34,6 +34,7 @@ use std::{
 
 use keyward::pb;
 use serde::Serialize;
+use zeroize::Zeroizing;
 
 use crate::error::CliError;
 
@@ -224,8 +225,11 @@ pub fn print(text: &str) -> Result<(), CliError> {
 /// # Errors
 /// As [`print`]; the views themselves always serialise (string keys only).
 pub fn print_json(view: &impl Serialize) -> Result<(), CliError> {
-    let text = serde_json::to_string_pretty(view).map_err(|e| CliError::Output(e.into()))?;
-    print(&format!("{text}\n"))
+    // Wiped once printed: a mint's or rotate's view holds a plaintext key.
+    let mut text =
+        Zeroizing::new(serde_json::to_string_pretty(view).map_err(|e| CliError::Output(e.into()))?);
+    text.push('\n');
+    print(&text)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::{
 
 use clap::Args;
 use keyward::{pb, rate_limit::RateLimit};
+use zeroize::Zeroizing;
 
 use super::label_map;
 use crate::{
@@ -125,15 +126,18 @@ pub async fn run(args: MintArgs, global: &GlobalArgs) -> Result<ExitCode, CliErr
     let key = response
         .key
         .ok_or(CliError::IncompleteResponse("no key metadata"))?;
+    // Wiped when this function returns, printed or not.
+    let plaintext = Zeroizing::new(response.plaintext);
     match global.output {
-        OutputFormat::Json => output::print_json(&KeyView::minted(&key, &response.plaintext))?,
+        OutputFormat::Json => output::print_json(&KeyView::minted(&key, &plaintext))?,
         OutputFormat::Table => {
-            let mut fields = vec![("key", response.plaintext)];
-            fields.extend(output::key::key_fields(&key));
-            output::print(&format!(
-                "Minted key {}. Store it now: it is shown only this once.\n\n{}",
-                key.id,
-                output::fields_text(&fields)
+            output::print(&output::key::minted_text(
+                &format!(
+                    "Minted key {}. Store it now: it is shown only this once.",
+                    key.id
+                ),
+                &plaintext,
+                &key,
             ))?;
         }
     }

@@ -6,6 +6,7 @@ use std::{process::ExitCode, time::Duration};
 
 use clap::Args;
 use keyward::pb;
+use zeroize::Zeroizing;
 
 use crate::{
     cli::{GlobalArgs, parse_duration},
@@ -54,20 +55,23 @@ pub async fn run(args: RotateArgs, global: &GlobalArgs) -> Result<ExitCode, CliE
     let previous = response
         .previous
         .ok_or(CliError::IncompleteResponse("no previous key"))?;
+    // Wiped when this function returns, printed or not.
+    let plaintext = Zeroizing::new(response.plaintext);
     match global.output {
         OutputFormat::Json => output::print_json(&RotatedKeyView {
-            successor: KeyView::minted(&key, &response.plaintext),
+            successor: KeyView::minted(&key, &plaintext),
             previous: KeyView::new(&previous),
         })?,
         OutputFormat::Table => {
-            let mut fields = vec![("key", response.plaintext)];
-            fields.extend(output::key::key_fields(&key));
-            output::print(&format!(
-                "Rotated key {} to {}. Store the new key now: it is shown only this once.\n{}\n\n{}",
-                previous.id,
-                key.id,
-                previous_fate(&previous),
-                output::fields_text(&fields)
+            output::print(&output::key::minted_text(
+                &format!(
+                    "Rotated key {} to {}. Store the new key now: it is shown only this once.\n{}",
+                    previous.id,
+                    key.id,
+                    previous_fate(&previous),
+                ),
+                &plaintext,
+                &key,
             ))?;
         }
     }
