@@ -46,6 +46,7 @@ pub mod hardening;
 pub mod index;
 pub mod key;
 pub mod lifecycle;
+pub mod listener;
 pub mod metrics;
 pub mod model;
 pub mod permission;

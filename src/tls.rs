@@ -13,24 +13,22 @@
 //! certificate and refuses, at the handshake, one without a certificate
 //! signed by that CA (mTLS): such a client never reaches a gRPC handler.
 //!
-//! [`incoming`] turns a TCP listener into the stream of finished TLS
-//! connections that tonic serves: handshakes run concurrently (a slow client
-//! delays only itself), are bounded in time and number, and the listener
-//! closes as soon as the server starts draining.
+//! [`handshake`] is the TLS step of accepting a connection
+//! ([`crate::listener`]): handshakes run concurrently (a slow client delays
+//! only itself) and are bounded in time and number.
 
 use std::{
     fmt, fs,
     future::Future,
     io,
+    net::SocketAddr,
     path::{Path, PathBuf},
+    pin::Pin,
     sync::{Arc, RwLock},
     time::Duration,
 };
 
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::{Semaphore, mpsc, watch},
-};
+use tokio::{net::TcpStream, sync::Semaphore};
 use tokio_rustls::{
     TlsAcceptor,
     rustls::{
@@ -41,7 +39,6 @@ use tokio_rustls::{
     },
     server::TlsStream,
 };
-use tokio_stream::wrappers::ReceiverStream;
 
 /// How long a client gets to finish its TLS handshake. A handshake is two
 /// round trips; a client that takes longer is stalled or hostile.
@@ -250,66 +247,44 @@ fn client_verifier(
         .map_err(|error| TlsError::invalid(path, error))
 }
 
-/// Accepts TCP connections on `listener` and yields each once its TLS
-/// handshake with the configuration of the moment has finished. Stops
-/// accepting (and closes the listener) when `draining` turns true, or when
-/// the stream is dropped.
+/// A TLS handshake under way, ending with the connection or `None`.
+pub type Handshaking = Pin<Box<dyn Future<Output = Option<TlsStream<TcpStream>>> + Send>>;
+
+/// The TLS side of accepting a connection ([`crate::listener::accept`]):
+/// the handshake with the configuration of the moment. Handshakes run at most
+/// [`MAX_PENDING_HANDSHAKES`] at once, and a connection gets
+/// [`HANDSHAKE_TIMEOUT`] from its accept, waiting for its turn included;
+/// one that fails is dropped (`None`).
 ///
 /// # Panics
-/// Never: the handshake semaphore is never closed.
-pub fn incoming(
-    listener: TcpListener,
-    tls: Arc<TlsConfig>,
-    mut draining: watch::Receiver<bool>,
-) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
-    let (ready, stream) = mpsc::channel(64);
-    tokio::spawn(async move {
-        let handshakes = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
-        loop {
-            let permit = tokio::select! {
-                permit = handshakes.clone().acquire_owned() => permit.expect("never closed"),
-                () = ready.closed() => break,
-                () = started(&mut draining) => break,
-            };
-            let (socket, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        // Out of file descriptors, typically: pause rather
-                        // than spin.
-                        tracing::warn!(%error, "cannot accept a connection");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = ready.closed() => break,
-                () = started(&mut draining) => break,
-            };
-            let _ = socket.set_nodelay(true);
-            let acceptor = tls.acceptor();
-            let ready = ready.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
-                    Ok(Ok(connection)) => {
-                        let _ = ready.send(Ok(connection)).await;
-                    }
-                    // A client without an acceptable certificate, a plaintext
-                    // client, a scanner: its problem, not the server's. Debug
-                    // level, so a flood of them cannot flood the log.
-                    Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+/// Never: the semaphore of handshake turns is never closed.
+pub fn handshake(tls: Arc<TlsConfig>) -> impl Fn(TcpStream, SocketAddr) -> Handshaking + Send {
+    let handshakes = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    move |socket, peer| {
+        let tls = tls.clone();
+        let handshakes = handshakes.clone();
+        Box::pin(async move {
+            let finished = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+                let _turn = handshakes.acquire().await.expect("never closed");
+                tls.acceptor().accept(socket).await
+            })
+            .await;
+            match finished {
+                Ok(Ok(connection)) => Some(connection),
+                // A client without an acceptable certificate, a plaintext
+                // client, a scanner: its problem, not the server's. Debug
+                // level, so a flood of them cannot flood the log.
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                    None
                 }
-            });
-        }
-        tracing::debug!("TLS listener closed");
-    });
-    ReceiverStream::new(stream)
-}
-
-/// Completes once `draining` is true (or its sender is gone).
-async fn started(draining: &mut watch::Receiver<bool>) {
-    let _ = draining.wait_for(|draining| *draining).await;
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    None
+                }
+            }
+        })
+    }
 }
 
 /// Reloads `tls` when its files change (checked every

@@ -1,6 +1,7 @@
-//! The HTTP/2 and request limits (security review, issue 12 item 2): one
-//! connection must not be able to hold an unbounded number of requests that
-//! never send a body, since authentication waits for the body.
+//! The HTTP/2, request and connection limits (security review, issue 12
+//! item 2): one connection must not be able to hold an unbounded number of
+//! requests that never send a body, since authentication waits for the body,
+//! and clients must not be able to hold an unbounded number of connections.
 //!
 //! Each test speaks HTTP/2 itself, with the `h2` client or with frames
 //! written by hand (as an attacker would, ignoring what the server
@@ -390,6 +391,39 @@ async fn connections_past_their_max_age_are_closed_gracefully_and_clients_reconn
     // The same client, on a new connection of its own.
     tokio::time::sleep(age * 2).await;
     assert!(validate().await);
+}
+
+#[tokio::test]
+async fn past_max_connections_a_client_waits_until_a_connection_closes() {
+    let app = spawn_with(
+        Backend::Sqlite,
+        Settings {
+            max_connections: 2,
+            ..Settings::default()
+        },
+    )
+    .await;
+    let (_, key) = app.mint_with_roles(&["validator"]).await;
+    let validate = async || {
+        app.validate_as(&key, &key, &["keyward:validate"])
+            .await
+            .expect("Validate answers")
+            .valid
+    };
+    // Two connections that do nothing but stay open take both slots.
+    let (first, first_driver) = h2_connect(&app).await;
+    let (_second, _second_driver) = h2_connect(&app).await;
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), validate())
+            .await
+            .is_err(),
+        "a third connection was served past --max-connections 2"
+    );
+
+    drop(first);
+    first_driver.abort();
+    let answered = tokio::time::timeout(PATIENCE, validate()).await;
+    assert_eq!(answered.ok(), Some(true), "served once a connection closed");
 }
 
 /// Just enough HTTP/2 to open streams the way an attacker would: every

@@ -159,6 +159,12 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYWARD_MAX_CONNECTION_AGE", value_name = "DURATION", default_value_t = Interval(Settings::default().max_connection_age))]
     pub max_connection_age: Interval,
 
+    /// Most client connections open at once; past it, new ones wait in the
+    /// kernel's backlog until one closes. The open-file limit is raised to
+    /// fit where the hard limit allows (a warning says when it cannot).
+    #[arg(long, env = "KEYWARD_MAX_CONNECTIONS", value_name = "N", default_value_t = Settings::default().max_connections, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
     /// Serve gRPC over TLS with this certificate chain (PEM, leaf first).
     /// The file is re-read when it changes and on SIGHUP; established
     /// connections keep the certificate they started with.
@@ -342,6 +348,7 @@ impl From<ServeArgs> for Settings {
             keepalive_interval: args.keepalive_interval.0,
             keepalive_timeout: args.keepalive_timeout.0,
             max_connection_age: args.max_connection_age.0,
+            max_connections: args.max_connections,
             tls: args.tls_cert.zip(args.tls_key).map(|(cert, key)| TlsFiles {
                 cert,
                 key,
@@ -383,6 +390,7 @@ mod tests {
         assert_eq!(settings.keepalive_interval, defaults.keepalive_interval);
         assert_eq!(settings.keepalive_timeout, defaults.keepalive_timeout);
         assert_eq!(settings.max_connection_age, defaults.max_connection_age);
+        assert_eq!(settings.max_connections, 4096);
     }
 
     #[test]
