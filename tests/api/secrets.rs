@@ -120,6 +120,100 @@ async fn secrets_never_reach_the_database_or_the_logs() {
         ))
         .await
         .unwrap();
+    // The other writes: a rate limit on a key, a bulk revocation by label
+    // of a key minted for it, and a role's whole life.
+    admin
+        .update_key(authed(
+            &admin_key,
+            pb::UpdateKeyRequest {
+                id: id.clone(),
+                rate_limit: Some(pb::RateLimit {
+                    requests: 10,
+                    per: Some(Duration::from_secs(1).try_into().unwrap()),
+                    burst: 10,
+                }),
+                clear_rate_limit: false,
+            },
+        ))
+        .await
+        .unwrap();
+    let batch = admin
+        .mint_key(authed(
+            &admin_key,
+            pb::MintKeyRequest {
+                roles: vec!["validator".into()],
+                labels: [("batch".to_owned(), "leaked".to_owned())].into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    plaintexts.push(batch.plaintext.clone());
+    let batch_id = batch.key.unwrap().id;
+    let revoked = admin
+        .revoke_keys(authed(
+            &admin_key,
+            pb::RevokeKeysRequest {
+                labels: [("batch".to_owned(), "leaked".to_owned())].into(),
+                reason: "test".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(revoked.key_ids, std::slice::from_ref(&batch_id));
+    admin
+        .create_role(authed(
+            &admin_key,
+            pb::CreateRoleRequest {
+                name: "deployer".into(),
+                permissions: vec!["deploy:write".into()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    admin
+        .update_role(authed(
+            &admin_key,
+            pb::UpdateRoleRequest {
+                name: "deployer".into(),
+                add_permissions: vec!["deploy:read".into()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    admin
+        .get_role(authed(
+            &admin_key,
+            pb::GetRoleRequest {
+                name: "deployer".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    admin
+        .delete_role(authed(
+            &admin_key,
+            pb::DeleteRoleRequest {
+                name: "deployer".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    // A caller presenting a key with a wrong secret (the admin key's id):
+    // refused and logged, by id only.
+    let wrong_caller = format!("{}x", &admin_key[..admin_key.len() - 1]);
+    let refused = admin
+        .get_key(authed(&wrong_caller, pb::GetKeyRequest { id: id.clone() }))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    plaintexts.push(wrong_caller);
+
     // The reads, which change nothing: what they answer and log holds no
     // secret either.
     let get = |id: &str| pb::GetKeyRequest { id: id.to_owned() };
@@ -195,6 +289,32 @@ async fn secrets_never_reach_the_database_or_the_logs() {
                 Some(admin_id.to_owned()),
                 "key.revoke".to_owned(),
                 successor
+            ),
+            (
+                Some(admin_id.to_owned()),
+                "key.update".to_owned(),
+                id.clone()
+            ),
+            (
+                Some(admin_id.to_owned()),
+                "key.mint".to_owned(),
+                batch_id.clone()
+            ),
+            (Some(admin_id.to_owned()), "key.revoke".to_owned(), batch_id),
+            (
+                Some(admin_id.to_owned()),
+                "role.create".to_owned(),
+                "deployer".to_owned()
+            ),
+            (
+                Some(admin_id.to_owned()),
+                "role.update".to_owned(),
+                "deployer".to_owned()
+            ),
+            (
+                Some(admin_id.to_owned()),
+                "role.delete".to_owned(),
+                "deployer".to_owned()
             ),
         ]
     );
