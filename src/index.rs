@@ -5,14 +5,14 @@
 //! validating a known key performs no database I/O.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard},
 };
 
 use crate::{
     clock::Timestamp,
     key::KeyId,
-    model::{Change, IndexedKey, Role},
+    model::{Change, IndexedKey, Profiles, Role},
     permission::{Permission, RoleName},
     rate_limit::RateLimit,
     store::Snapshot,
@@ -23,6 +23,8 @@ use crate::{
 struct State {
     keys: HashMap<KeyId, Arc<IndexedKey>>,
     roles: HashMap<RoleName, Role>,
+    /// One copy of each profile the keys hold.
+    profiles: Profiles,
     /// Usage counted for keys since removed, waiting for the next flush.
     retired_usage: Vec<UsageDelta>,
 }
@@ -43,68 +45,136 @@ pub struct Index {
     state: RwLock<State>,
 }
 
+/// A resync's new contents, made ready by [`Index::prepare`] while
+/// validations and writes go on, then put in place by [`Index::install`].
+#[derive(Debug)]
+pub struct Prepared {
+    keys: HashMap<KeyId, Arc<IndexedKey>>,
+    roles: HashMap<RoleName, Role>,
+    profiles: Profiles,
+}
+
+/// Keys whose usage is carried over per read lock in [`Index::prepare`]:
+/// few enough that a writer waiting for the lock waits microseconds.
+const CARRY_OVER_CHUNK: usize = 4096;
+
 impl Index {
     /// An index holding what the store holds now.
     #[must_use]
     pub fn from_snapshot(snapshot: Snapshot) -> Self {
-        let keys = snapshot
-            .keys
-            .into_iter()
-            .map(|(record, digest)| (record.id, Arc::new(IndexedKey::new(&record, digest))))
-            .collect();
-        let roles = snapshot
-            .roles
-            .into_iter()
-            .map(|role| (role.name.clone(), role))
-            .collect();
+        let Prepared {
+            keys,
+            roles,
+            profiles,
+        } = Self::contents(snapshot);
         Self {
             state: RwLock::new(State {
                 keys,
                 roles,
+                profiles,
                 retired_usage: Vec::new(),
             }),
         }
     }
 
-    /// Makes the index hold exactly what `snapshot` holds (a resync),
-    /// through [`Index::apply`]: usage counted for keys that stay is kept,
-    /// and usage of keys that go waits for the next flush.
-    pub fn replace(&self, snapshot: Snapshot) {
-        let live: HashSet<KeyId> = snapshot.keys.iter().map(|(record, _)| record.id).collect();
-        let defined: HashSet<&RoleName> = snapshot.roles.iter().map(|role| &role.name).collect();
-        let mut changes: Vec<Change> = {
-            let state = self.read();
-            let gone_keys = state.keys.keys().filter(|id| !live.contains(id));
-            let gone_roles = state.roles.keys().filter(|name| !defined.contains(name));
-            gone_keys
-                .map(|id| Change::KeyRemoved(*id))
-                .chain(gone_roles.map(|name| Change::RoleRemoved(name.clone())))
-                .collect()
-        };
-        changes.extend(snapshot.keys.into_iter().map(|(record, digest)| {
-            Change::KeyUpserted(Arc::new(IndexedKey::new(&record, digest)))
-        }));
-        changes.extend(snapshot.roles.into_iter().map(Change::RoleUpserted));
-        self.apply(changes);
+    fn contents(snapshot: Snapshot) -> Prepared {
+        let mut keys = HashMap::with_capacity(snapshot.keys.len());
+        keys.extend(snapshot.keys.into_iter().map(|key| (key.id, Arc::new(key))));
+        let roles = snapshot
+            .roles
+            .into_iter()
+            .map(|role| (role.name.clone(), role))
+            .collect();
+        Prepared {
+            keys,
+            roles,
+            profiles: snapshot.profiles,
+        }
     }
 
-    /// Applies committed changes. This is the only way the index changes.
+    /// Builds what a resync to `snapshot` installs, without holding the
+    /// index: keys that stay keep their usage counters (the same shared
+    /// counter, so validations until the install still count). Validations
+    /// and writes go on meanwhile; writes made now reach the new contents
+    /// through the changes given to [`Index::install`].
+    pub fn prepare(&self, snapshot: Snapshot) -> Prepared {
+        let mut prepared = Self::contents(snapshot);
+        let mut entries: Vec<&mut Arc<IndexedKey>> = prepared.keys.values_mut().collect();
+        for chunk in entries.chunks_mut(CARRY_OVER_CHUNK) {
+            let state = self.read();
+            for entry in chunk {
+                if let Some(current) = state.keys.get(&entry.id) {
+                    Arc::make_mut(entry).usage = current.usage.clone();
+                }
+            }
+        }
+        prepared
+    }
+
+    /// Makes the index hold `prepared`, then `changes` (what was written
+    /// since the snapshot was taken), in one step: a validation sees the
+    /// old contents or the new, never a mix. Usage counted for keys that
+    /// are gone waits for the next flush. Returns how many keys the index
+    /// holds.
+    pub fn install(&self, prepared: Prepared, changes: impl IntoIterator<Item = Change>) -> usize {
+        let (previous, len) = {
+            let mut state = self.write();
+            let previous = std::mem::replace(&mut state.keys, prepared.keys);
+            state.roles = prepared.roles;
+            state.profiles = prepared.profiles;
+            Self::apply_to(&mut state, changes);
+            (previous, state.keys.len())
+        };
+        // Outside the write lock: finding the keys that left and freeing
+        // the old entries takes time in proportion to the index.
+        let gone: Vec<UsageDelta> = {
+            let state = self.read();
+            previous
+                .iter()
+                .filter(|(id, key)| {
+                    !state
+                        .keys
+                        .get(id)
+                        .is_some_and(|now| Arc::ptr_eq(&now.usage, &key.usage))
+                })
+                .filter_map(|(id, key)| key.usage.take(*id))
+                .collect()
+        };
+        if !gone.is_empty() {
+            self.write().retired_usage.extend(gone);
+        }
+        drop(previous);
+        len
+    }
+
+    /// Applies committed changes. This is the only way the index changes
+    /// besides a resync's [`Index::install`].
     pub fn apply(&self, changes: impl IntoIterator<Item = Change>) {
-        let mut state = self.write();
+        Self::apply_to(&mut self.write(), changes);
+    }
+
+    fn apply_to(state: &mut State, changes: impl IntoIterator<Item = Change>) {
         for change in changes {
             match change {
                 Change::KeyUpserted(key) => {
                     // Every version of a key shares one usage counter, so a
-                    // validation still holding the previous version counts.
-                    let key = match state.keys.get(&key.id) {
-                        Some(previous) if !Arc::ptr_eq(&previous.usage, &key.usage) => {
+                    // validation still holding the previous version counts;
+                    // and keys alike share one profile.
+                    let usage = match state.keys.get(&key.id) {
+                        Some(previous) => previous.usage.clone(),
+                        None => key.usage.clone(),
+                    };
+                    let profile = state.profiles.intern_shared(&key.profile);
+                    let key =
+                        if Arc::ptr_eq(&usage, &key.usage) && Arc::ptr_eq(&profile, &key.profile) {
+                            key
+                        } else {
                             Arc::new(IndexedKey {
-                                usage: previous.usage.clone(),
+                                profile,
+                                usage,
                                 ..(*key).clone()
                             })
-                        }
-                        _ => key,
-                    };
+                        };
                     state.keys.insert(key.id, key);
                 }
                 Change::KeyRemoved(id) => {
@@ -134,10 +204,15 @@ impl Index {
     /// applies to the very next validation.
     pub fn entitlements(&self, key: &IndexedKey) -> Entitlements {
         let state = self.read();
-        let roles = || key.roles.iter().filter_map(|name| state.roles.get(name));
+        let roles = || {
+            key.profile
+                .roles
+                .iter()
+                .filter_map(|name| state.roles.get(name))
+        };
         let mut permissions: Vec<Permission> = roles()
             .flat_map(|role| role.permissions.iter())
-            .chain(key.permissions.iter())
+            .chain(key.profile.permissions.iter())
             .cloned()
             .collect();
         permissions.sort_unstable();
@@ -197,7 +272,8 @@ impl Index {
     }
 
     /// Drops keys that expired at or before `now`; they would be refused
-    /// anyway, this only returns their memory. Returns how many went.
+    /// anyway, this only returns their memory (and that of profiles no key
+    /// holds any more). Returns how many keys went.
     pub fn remove_expired(&self, now: Timestamp) -> usize {
         let expired = |key: &IndexedKey| key.expires_at.is_some_and(|at| at <= now);
         // Find them under the shared lock, so validations go on meanwhile;
@@ -209,7 +285,8 @@ impl Index {
             .filter(|(_, key)| expired(key))
             .map(|(id, _)| *id)
             .collect();
-        if ids.is_empty() {
+        let unused_profiles = self.read().profiles.unused();
+        if ids.is_empty() && unused_profiles == 0 {
             return 0;
         }
         let mut state = self.write();
@@ -224,6 +301,8 @@ impl Index {
                 removed += 1;
             }
         }
+        // After the removals, so that the profiles only they held go too.
+        state.profiles.forget_unused();
         removed
     }
 
@@ -332,6 +411,77 @@ pub(crate) mod tests {
         assert!(index.take_usage().is_empty());
         index.restore_usage(deltas.clone());
         assert_eq!(index.take_usage(), deltas);
+    }
+
+    #[test]
+    fn a_resync_keeps_the_usage_of_keys_that_stay_and_applies_later_writes_on_top() {
+        let [stays, leaves, written_meanwhile] =
+            std::array::from_fn(|_| MintedKey::generate(&Prefix::default()).unwrap());
+        let entry = |minted: &MintedKey| IndexedKey::new(&record(minted, &[]), minted.digest);
+        let index = Index::default();
+        index.apply([
+            Change::KeyUpserted(Arc::new(entry(&stays))),
+            Change::KeyUpserted(Arc::new(entry(&leaves))),
+        ]);
+        index
+            .get(stays.id)
+            .unwrap()
+            .usage
+            .record(Timestamp::from_millis(5));
+        index
+            .get(leaves.id)
+            .unwrap()
+            .usage
+            .record(Timestamp::from_millis(6));
+
+        let snapshot = Snapshot {
+            keys: vec![entry(&stays), entry(&written_meanwhile)],
+            ..Snapshot::default()
+        };
+        let prepared = index.prepare(snapshot);
+        // Validations between the load and the install still count.
+        index
+            .get(stays.id)
+            .unwrap()
+            .usage
+            .record(Timestamp::from_millis(7));
+        // Revoked after the snapshot was taken: named by the feed.
+        let held = index.install(prepared, [Change::KeyRemoved(written_meanwhile.id)]);
+
+        assert_eq!(held, 1);
+        assert!(index.get(stays.id).is_some());
+        assert!(index.get(leaves.id).is_none(), "not in the snapshot");
+        assert!(
+            index.get(written_meanwhile.id).is_none(),
+            "the later write wins"
+        );
+        let mut usage = index.take_usage();
+        usage.sort_by_key(|delta| delta.last_used_at);
+        let usage: Vec<(KeyId, u64)> = usage.iter().map(|delta| (delta.key, delta.uses)).collect();
+        assert_eq!(usage, [(leaves.id, 1), (stays.id, 2)]);
+    }
+
+    #[test]
+    fn keys_granted_alike_share_one_profile_until_none_holds_it() {
+        let index = Index::default();
+        let mut ids = Vec::new();
+        for roles in [["a", "b"], ["b", "a"]] {
+            let minted = MintedKey::generate(&Prefix::default()).unwrap();
+            let mut record = record(&minted, &roles);
+            record.settings.expires_at = Some(Timestamp::from_millis(1));
+            index.apply([Change::KeyUpserted(Arc::new(IndexedKey::new(
+                &record,
+                minted.digest,
+            )))]);
+            ids.push(minted.id);
+        }
+        let (first, second) = (index.get(ids[0]).unwrap(), index.get(ids[1]).unwrap());
+        assert!(Arc::ptr_eq(&first.profile, &second.profile));
+        assert_eq!(index.read().profiles.len(), 1);
+        drop((first, second));
+
+        assert_eq!(index.remove_expired(Timestamp::from_millis(1)), 2);
+        assert!(index.read().profiles.is_empty(), "forgotten once unused");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::{
     cidr::Cidr,
     clock::{Clock, Timestamp},
     error::ServiceError,
-    index::Index,
+    index::{Index, Prepared},
     key::{KeyId, MintedKey, PlaintextKey, Prefix},
     metrics::{DbOperation, Metrics},
     model::{
@@ -24,7 +24,7 @@ use crate::{
     },
     permission::{Permission, RoleName},
     rate_limit::{Admission, RateLimit, RateLimiters},
-    store::{NewKey, Revocation, Rotation, Store, StoreError, feed::Changed},
+    store::{NewKey, Revocation, Rotation, Snapshot, Store, StoreError, feed::Changed},
 };
 
 /// When a new key stops working.
@@ -289,17 +289,56 @@ impl Lifecycle {
         .map_err(|error| ServiceError::Internal(format!("write task failed: {error}")))?
     }
 
-    /// Reloads the whole index from the store, in the write turn so that no
-    /// local write lands between the read and the swap. Returns how many
-    /// keys the index now holds.
+    /// The first half of a resync: loads the store's snapshot and builds
+    /// the index's new contents, without the write turn, so writes go on
+    /// meanwhile, and off the async workers (this is the long part: seconds
+    /// at a million keys). [`Lifecycle::install_resync`] finishes it.
+    ///
+    /// # Errors
+    /// When the store cannot be read; the index is then unchanged.
+    pub async fn load_for_resync(&self) -> Result<Prepared, StoreError> {
+        let snapshot = self.store.load_snapshot(self.clock.now()).await?;
+        Ok(self.prepare(snapshot).await)
+    }
+
+    async fn prepare(&self, snapshot: Snapshot) -> Prepared {
+        let index = self.index.clone();
+        tokio::task::spawn_blocking(move || index.prepare(snapshot))
+            .await
+            .unwrap_or_else(|failed| std::panic::resume_unwind(failed.into_panic()))
+    }
+
+    /// The second half of a resync, in the write turn: `written_since`
+    /// names every key and role written since the load began (a replica
+    /// asks its change feed, up to a round trip made now, so that a local
+    /// write that just committed is included); they are reloaded and applied
+    /// on top of the snapshot, and the whole goes in place in one step.
+    /// Returns how many keys the index now holds.
+    ///
+    /// # Errors
+    /// When `written_since` fails or the store cannot be read; the index is
+    /// then unchanged.
+    pub async fn install_resync(
+        &self,
+        prepared: Prepared,
+        written_since: impl AsyncFnOnce() -> Result<Changed, StoreError>,
+    ) -> Result<usize, StoreError> {
+        let _turn = self.writes.lock().await;
+        let written = written_since().await?;
+        let reloaded = self.store.changes_for(&written, self.clock.now()).await?;
+        Ok(self.index.install(prepared, reloaded))
+    }
+
+    /// A whole resync in one write turn: simple, and right when nothing
+    /// else tells what was written during the load; writes wait for it.
     ///
     /// # Errors
     /// When the store cannot be read; the index is then unchanged.
     pub async fn resync(&self) -> Result<usize, StoreError> {
         let _turn = self.writes.lock().await;
         let snapshot = self.store.load_snapshot(self.clock.now()).await?;
-        self.index.replace(snapshot);
-        Ok(self.index.len())
+        let prepared = self.prepare(snapshot).await;
+        Ok(self.index.install(prepared, []))
     }
 
     /// Applies what the change feed named, as the store holds it now, in one

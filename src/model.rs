@@ -9,7 +9,12 @@
 
 pub mod query;
 
-use std::{collections::BTreeMap, fmt, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashSet},
+    fmt,
+    sync::Arc,
+    time::Duration,
+};
 
 use crate::{
     cidr::Cidr,
@@ -52,7 +57,7 @@ pub enum InvalidLabels {
 }
 
 /// Free-form `key=value` metadata used to find and bulk-manage keys.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Labels(BTreeMap<String, String>);
 
 impl Labels {
@@ -268,40 +273,132 @@ impl KeyRecord {
     }
 }
 
-/// A key as the validate path needs it: the digest to compare and what a
-/// Validate response reports. Shared behind `Arc` so lookups copy nothing.
+/// A key as the validate path needs it: the digest to compare, its state,
+/// and what it grants. Shared behind `Arc` so lookups copy nothing.
+///
+/// Small on purpose: a deployment holds a million of these. What many keys
+/// have in common (roles, permissions, CIDRs, labels, owner, rate limit) is
+/// one shared [`KeyProfile`], which the index interns, so each key costs
+/// its id, digest, times and two pointers.
 #[derive(Debug, Clone)]
 pub struct IndexedKey {
     /// What the index is keyed by: the id parsed from a presented key.
     pub id: KeyId,
     /// Of prefix, id and secret; compared in constant time.
     pub digest: KeyDigest,
-    /// Names only: [`crate::index::Index::entitlements`] resolves them on
-    /// each validation, so a role change applies to the next one.
-    pub roles: Vec<RoleName>,
-    /// Granted directly; the roles' are added at validation time.
-    pub permissions: Vec<Permission>,
-    /// Empty: any client address; otherwise Validate needs a client address
-    /// inside one of them.
-    pub allowed_cidrs: Vec<Cidr>,
-    /// Only reported in the Validate response; no decision reads them.
-    pub labels: Labels,
-    /// Only reported in the Validate response; no decision reads it.
-    pub owner: String,
     /// Checked on every validation; [`crate::index::Index::remove_expired`]
     /// also drops the entry some time after.
     pub expires_at: Option<Timestamp>,
     /// `None` in practice, as revoking removes the entry from the index;
     /// checked on every validation all the same.
     pub revoked_at: Option<Timestamp>,
-    /// The key's own; `None`: its roles' strictest, else the server default.
-    pub rate_limit: Option<RateLimit>,
-    /// A capped key's validations each cost a durable decrement.
-    pub capped: bool,
+    /// Everything else a decision or a Validate response reads.
+    pub profile: Arc<KeyProfile>,
     /// Counted on the hot path and flushed in batches. Every version of a
     /// key's entry shares it ([`crate::index::Index::apply`] carries it
     /// over), so an update loses no count.
     pub usage: Arc<KeyUsage>,
+}
+
+/// What a key grants and reports, apart from its identity and state: the
+/// part keys minted alike share (see [`IndexedKey`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct KeyProfile {
+    /// Names only: [`crate::index::Index::entitlements`] resolves them on
+    /// each validation, so a role change applies to the next one.
+    pub roles: Box<[RoleName]>,
+    /// Granted directly; the roles' are added at validation time.
+    pub permissions: Box<[Permission]>,
+    /// Empty: any client address; otherwise Validate needs a client address
+    /// inside one of them.
+    pub allowed_cidrs: Box<[Cidr]>,
+    /// Only reported in the Validate response, and read for the
+    /// administration scope ([`crate::scope`]).
+    pub labels: Labels,
+    /// Reported in the Validate response, and read for the administration
+    /// scope.
+    pub owner: Box<str>,
+    /// The key's own; `None`: its roles' strictest, else the server default.
+    pub rate_limit: Option<RateLimit>,
+    /// A capped key's validations each cost a durable decrement.
+    pub capped: bool,
+}
+
+impl KeyProfile {
+    /// The profile of a key with these settings. Lists are sorted, so that
+    /// keys granted the same in any order share one profile.
+    #[must_use]
+    pub fn of(settings: &KeySettings) -> Self {
+        Self {
+            roles: sorted(&settings.roles),
+            permissions: sorted(&settings.permissions),
+            allowed_cidrs: sorted(&settings.allowed_cidrs),
+            labels: settings.labels.clone(),
+            owner: settings.owner.as_str().into(),
+            rate_limit: settings.rate_limit,
+            capped: settings.max_uses.is_some(),
+        }
+    }
+}
+
+/// `items`, sorted, in a box of their exact size.
+fn sorted<T: Ord + Clone>(items: &[T]) -> Box<[T]> {
+    let mut items = items.to_vec();
+    items.sort_unstable();
+    items.into_boxed_slice()
+}
+
+/// One shared copy of each distinct [`KeyProfile`]: keys minted alike (the
+/// same roles, labels, owner…) point to one profile instead of a copy each.
+#[derive(Debug, Default)]
+pub struct Profiles(HashSet<Arc<KeyProfile>>);
+
+impl Profiles {
+    /// The shared copy of `profile`, kept from now on if it is new.
+    pub fn intern(&mut self, profile: KeyProfile) -> Arc<KeyProfile> {
+        if let Some(shared) = self.0.get(&profile) {
+            return shared.clone();
+        }
+        let shared = Arc::new(profile);
+        self.0.insert(shared.clone());
+        shared
+    }
+
+    /// As [`Profiles::intern`], for a profile already behind an `Arc`,
+    /// which is kept as the shared copy if it is new.
+    pub fn intern_shared(&mut self, profile: &Arc<KeyProfile>) -> Arc<KeyProfile> {
+        if let Some(shared) = self.0.get(profile.as_ref()) {
+            return shared.clone();
+        }
+        self.0.insert(profile.clone());
+        profile.clone()
+    }
+
+    /// How many profiles no key holds any more.
+    #[must_use]
+    pub fn unused(&self) -> usize {
+        self.0
+            .iter()
+            .filter(|profile| Arc::strong_count(profile) == 1)
+            .count()
+    }
+
+    /// Drops the profiles no key holds any more.
+    pub fn forget_unused(&mut self) {
+        self.0.retain(|profile| Arc::strong_count(profile) > 1);
+    }
+
+    /// How many distinct profiles are kept.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether none is.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 impl IndexedKey {
@@ -311,15 +408,9 @@ impl IndexedKey {
         Self {
             id: record.id,
             digest,
-            roles: record.settings.roles.clone(),
-            permissions: record.settings.permissions.clone(),
-            allowed_cidrs: record.settings.allowed_cidrs.clone(),
-            labels: record.settings.labels.clone(),
-            owner: record.settings.owner.clone(),
             expires_at: record.settings.expires_at,
             revoked_at: record.revoked_at,
-            rate_limit: record.settings.rate_limit,
-            capped: record.settings.max_uses.is_some(),
+            profile: Arc::new(KeyProfile::of(&record.settings)),
             usage: Arc::default(),
         }
     }

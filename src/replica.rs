@@ -7,6 +7,14 @@
 //! resyncs in full before it trusts its index again, and it resyncs on a
 //! timer as well, to repair anything missed some other way.
 //!
+//! **Resyncs do not stop the replica.** A resync loads the snapshot (seconds
+//! at a million keys) without the write turn and while the feed goes on being
+//! applied and heartbeats go on confirming the index, so local writes are not
+//! held up and a slow load never makes the replica stale. The snapshot then
+//! goes in place in one write turn, with everything written since the load
+//! began reloaded on top: what the feed applied during the load, and what it
+//! has delivered up to a round trip made in that turn.
+//!
 //! **Fail-static, then closed.** When the database cannot be reached, Validate
 //! goes on answering from the index: a database outage does not take every
 //! backend down with it. But a replica that cannot hear the feed also cannot
@@ -14,12 +22,13 @@
 //! moment the index was known to be current; after that, Validate fails with
 //! `UNAVAILABLE` until the feed is back and the index resynced.
 
-use std::{sync::Arc, time::Duration};
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::{
     freshness::Freshness,
+    index::Prepared,
     lifecycle::Lifecycle,
     metrics::{DbOperation, Metrics, ResyncTrigger},
     store::{
@@ -45,6 +54,15 @@ pub struct FeedSettings {
 }
 
 impl FeedSettings {
+    /// How long loading a resync's snapshot may take before the feed starts
+    /// over: far longer than a million keys take, as a slow load does no
+    /// harm (the replica stays fresh meanwhile), but bounded, as a hung
+    /// connection would stop resyncs for good.
+    #[must_use]
+    pub fn load_timeout(&self) -> Duration {
+        self.resync_interval.max(self.max_staleness)
+    }
+
     /// How often the feed's connection is checked: often enough that a dead
     /// connection is noticed well within `max_staleness`.
     #[must_use]
@@ -68,12 +86,26 @@ pub async fn follow(
     let mut healthy = true;
     loop {
         let connected = match store.subscribe(settings.connect_timeout).await {
-            Ok(subscription) => {
+            Ok(mut subscription) => {
                 // Listening from here on: a resync now misses nothing.
-                let as_of = Instant::now();
-                resync(&lifecycle, settings, &metrics, ResyncTrigger::Connect)
+                let started = Instant::now();
+                let loaded = within(settings.load_timeout(), lifecycle.load_for_resync()).await;
+                match loaded {
+                    Ok(prepared) => install(
+                        &mut subscription,
+                        &lifecycle,
+                        prepared,
+                        Changed::default(),
+                        settings,
+                    )
                     .await
-                    .map(|keys| (subscription, as_of, keys))
+                    .map(|(as_of, keys)| (subscription, as_of, keys)),
+                    Err(error) => Err(error),
+                }
+                .inspect(|_| metrics.resynced(ResyncTrigger::Connect, true, started.elapsed()))
+                .inspect_err(|_| {
+                    metrics.resynced(ResyncTrigger::Connect, false, started.elapsed());
+                })
             }
             Err(error) => Err(error),
         };
@@ -132,10 +164,20 @@ async fn listen(
         settings.resync_interval,
     );
     resync_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // A periodic resync loads while the feed is applied and heartbeats
+    // confirm the index as usual: however long the load takes, the replica
+    // stays fresh. What the feed applies meanwhile is remembered, to be
+    // reloaded on top of the snapshot when it is installed.
+    let mut loading: Option<Loading<'_>> = None;
+    let mut applied_during_load = Changed::default();
+    let mut load_started = Instant::now();
     loop {
+        let is_loading = loading.is_some();
         let step = tokio::select! {
             topic = subscription.next() => match topic {
-                Ok(Some(topic)) => apply_received(subscription, lifecycle, topic.into(), settings, metrics).await,
+                Ok(Some(topic)) => apply_received(subscription, lifecycle, topic.into(), settings, metrics)
+                    .await
+                    .map(|applied| if is_loading { applied_during_load.merge(&applied) }),
                 Ok(None) => Err(StoreError::FeedClosed),
                 Err(error) => Err(error),
             },
@@ -144,13 +186,36 @@ async fn listen(
                 match subscription.ping(heartbeat_every * 2).await {
                     Ok(()) => apply_received(subscription, lifecycle, Changed::default(), settings, metrics)
                         .await
-                        .map(|()| freshness.confirm(as_of)),
+                        .map(|applied| {
+                            if is_loading {
+                                applied_during_load.merge(&applied);
+                            }
+                            freshness.confirm(as_of);
+                        }),
                     Err(error) => Err(error),
                 }
             }
-            _ = resync_timer.tick() => {
-                let as_of = Instant::now();
-                resync(lifecycle, settings, metrics, ResyncTrigger::Interval).await.map(|keys| {
+            _ = resync_timer.tick(), if !is_loading => {
+                load_started = Instant::now();
+                applied_during_load = Changed::default();
+                loading = Some(Box::pin(within(settings.load_timeout(), lifecycle.load_for_resync())));
+                Ok(())
+            }
+            loaded = async { loading.as_mut().expect("polled only while loading").await }, if is_loading => {
+                loading = None;
+                let installed = match loaded {
+                    Ok(prepared) => install(
+                        subscription,
+                        lifecycle,
+                        prepared,
+                        std::mem::take(&mut applied_during_load),
+                        settings,
+                    )
+                    .await,
+                    Err(error) => Err(error),
+                };
+                metrics.resynced(ResyncTrigger::Interval, installed.is_ok(), load_started.elapsed());
+                installed.map(|(as_of, keys)| {
                     tracing::debug!(keys, "change feed: periodic resync");
                     freshness.confirm(as_of);
                 })
@@ -160,6 +225,33 @@ async fn listen(
             return error;
         }
     }
+}
+
+/// A resync's snapshot being loaded.
+type Loading<'a> = Pin<Box<dyn Future<Output = Result<Prepared, StoreError>> + Send + 'a>>;
+
+/// Puts a resync's `prepared` contents in place ([`Lifecycle::install_resync`]),
+/// with what the feed applied during the load (`applied_during_load`) and
+/// everything it has delivered up to a round trip made now reloaded on top:
+/// every write committed after the snapshot was taken is among them. Returns
+/// the moment the index is known current as of, and how many keys it holds.
+async fn install(
+    subscription: &mut Subscription,
+    lifecycle: &Lifecycle,
+    prepared: Prepared,
+    applied_during_load: Changed,
+    settings: FeedSettings,
+) -> Result<(Instant, usize), StoreError> {
+    let mut as_of = Instant::now();
+    let installing = lifecycle.install_resync(prepared, async || {
+        as_of = Instant::now();
+        subscription.ping(settings.heartbeat() * 2).await?;
+        let mut written = applied_during_load;
+        subscription.take_received(&mut written)?;
+        Ok(written)
+    });
+    let keys = within(settings.max_staleness, installing).await?;
+    Ok((as_of, keys))
 }
 
 /// Applies `changed` and every change received so far, as one batch in one
@@ -172,11 +264,11 @@ async fn apply_received(
     mut changed: Changed,
     settings: FeedSettings,
     metrics: &Metrics,
-) -> Result<(), StoreError> {
+) -> Result<Changed, StoreError> {
     let started = Instant::now();
     subscription.take_received(&mut changed)?;
     if changed.is_empty() {
-        return Ok(());
+        return Ok(changed);
     }
     let applied = within(settings.max_staleness, lifecycle.reload(&changed)).await?;
     metrics.feed_applied(started.elapsed());
@@ -186,19 +278,7 @@ async fn apply_received(
         changes = applied,
         "change feed: applied"
     );
-    Ok(())
-}
-
-async fn resync(
-    lifecycle: &Lifecycle,
-    settings: FeedSettings,
-    metrics: &Metrics,
-    trigger: ResyncTrigger,
-) -> Result<usize, StoreError> {
-    let started = Instant::now();
-    let resynced = within(settings.max_staleness, lifecycle.resync()).await;
-    metrics.resynced(trigger, resynced.is_ok(), started.elapsed());
-    resynced
+    Ok(changed)
 }
 
 /// Gives up on a database operation after `limit`. A connection can hang

@@ -61,8 +61,8 @@ impl Scope {
         }
         Self::Narrow {
             key_id: key.id,
-            owner: key.owner.clone(),
-            tenant: key.labels.get(SCOPE_LABEL).map(str::to_owned),
+            owner: key.profile.owner.to_string(),
+            tenant: key.profile.labels.get(SCOPE_LABEL).map(str::to_owned),
         }
     }
 

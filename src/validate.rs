@@ -239,6 +239,7 @@ impl Validator {
         }
         let entitlements = self.index.entitlements(&key);
         let limit = key
+            .profile
             .rate_limit
             .or(entitlements.role_rate_limit)
             .or(self.default_rate_limit);
@@ -284,7 +285,7 @@ impl Validator {
         };
         let outcome = self.check(presented, checks);
         match &outcome {
-            Outcome::Valid(grant) if grant.key.capped => {
+            Outcome::Valid(grant) if grant.key.profile.capped => {
                 Outcome::Invalid(InvalidReason::CappedCredential(grant.key.id))
             }
             Outcome::Valid(grant) => {
@@ -308,7 +309,7 @@ impl Validator {
     ) -> Result<Outcome, StoreError> {
         let mut outcome = self.check(presented, checks);
         if let Outcome::Valid(grant) = &mut outcome {
-            if grant.key.capped {
+            if grant.key.profile.capped {
                 let id = grant.key.id;
                 let remaining = match &self.store {
                     Some(store) => store.consume_use(id).await?,
@@ -363,11 +364,19 @@ fn check_state(key: &IndexedKey, now: Timestamp) -> Result<(), InvalidReason> {
 
 /// Stage 5: a key with an allow-list needs a client address inside it.
 fn check_client_ip(key: &IndexedKey, client_ip: Option<IpAddr>) -> Result<(), Denied> {
-    if key.allowed_cidrs.is_empty() {
+    if key.profile.allowed_cidrs.is_empty() {
         return Ok(());
     }
     match client_ip {
-        Some(ip) if key.allowed_cidrs.iter().any(|range| range.contains(ip)) => Ok(()),
+        Some(ip)
+            if key
+                .profile
+                .allowed_cidrs
+                .iter()
+                .any(|range| range.contains(ip)) =>
+        {
+            Ok(())
+        }
         other => Err(Denied::ClientIpNotAllowed(other)),
     }
 }

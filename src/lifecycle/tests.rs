@@ -462,3 +462,50 @@ async fn a_write_queued_while_its_callers_role_loses_a_permission_is_refused() {
     );
     assert_eq!(lifecycle.index.len(), keys_before, "nothing was minted");
 }
+
+/// A periodic resync loads without the write turn; a write that commits
+/// during the load is named when the snapshot goes in (a replica asks its
+/// change feed) and wins over the older snapshot.
+#[tokio::test]
+async fn a_resync_loses_no_write_made_during_its_load() {
+    let (store, _dir) = crate::store::open_temporary().await;
+    let clock = Arc::new(SystemClock);
+    let new_key = |n: u64| NewKey {
+        id: KeyId::from_u64(n),
+        digest: crate::key::KeyDigest::from_bytes([1; 32]),
+        settings: KeySettings::default(),
+        created_by: None,
+    };
+    let (revoked, minted) = (KeyId::from_u64(1), KeyId::from_u64(2));
+    store
+        .insert_key(new_key(1), Actor::Local, clock.now())
+        .await
+        .unwrap();
+    let index = Arc::new(Index::from_snapshot(
+        store.load_snapshot(clock.now()).await.unwrap(),
+    ));
+    let metrics = Arc::new(Metrics::new(index.clone(), None));
+    let lifecycle = Lifecycle::new(store.clone(), index.clone(), clock.clone(), metrics);
+
+    let prepared = lifecycle.load_for_resync().await.unwrap();
+    // Written while the snapshot was loading, each applied to the index as
+    // a local write is.
+    store
+        .revoke_key(revoked, "leaked", Actor::Local, clock.now())
+        .await
+        .unwrap();
+    index.apply([Change::KeyRemoved(revoked)]);
+    store
+        .insert_key(new_key(2), Actor::Local, clock.now())
+        .await
+        .unwrap();
+    let written: Changed = crate::store::feed::Topic::Keys(vec![revoked, minted]).into();
+    let held = lifecycle
+        .install_resync(prepared, async || Ok(written))
+        .await
+        .unwrap();
+
+    assert_eq!(held, 1);
+    assert!(index.get(revoked).is_none(), "the snapshot brought it back");
+    assert!(index.get(minted).is_some(), "minted during the load");
+}

@@ -169,11 +169,11 @@ fn response(outcome: Outcome, caller: crate::key::KeyId) -> pb::ValidateResponse
         valid: denial == pb::Denial::Unspecified,
         key_id: key.id.to_string(),
         denial: denial.into(),
-        roles: key.roles.iter().map(ToString::to_string).collect(),
+        roles: key.profile.roles.iter().map(ToString::to_string).collect(),
         permissions: grant.permissions.iter().map(ToString::to_string).collect(),
-        labels: key.labels.as_map().clone().into_iter().collect(),
+        labels: key.profile.labels.as_map().clone().into_iter().collect(),
         expires_at: key.expires_at.map(convert::timestamp),
-        owner: key.owner.clone(),
+        owner: key.profile.owner.to_string(),
         rate_limit: grant
             .rate_limit
             .map(|(limit, remaining_burst)| pb::RateLimitState {

@@ -77,6 +77,12 @@ impl Changed {
         }
     }
 
+    /// Adds everything `other` names.
+    pub fn merge(&mut self, other: &Changed) {
+        self.keys.extend(other.keys.iter().copied());
+        self.roles.extend(other.roles.iter().cloned());
+    }
+
     /// Nothing to reload.
     #[must_use]
     pub fn is_empty(&self) -> bool {

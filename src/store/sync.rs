@@ -5,6 +5,7 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use sqlx::{AnyConnection, any::AnyRow};
+use tokio_stream::StreamExt;
 
 use super::{
     Store, StoreError,
@@ -14,21 +15,25 @@ use super::{
     roles::insert_role,
     rows::{fetch_for_ids, load_roles, with_details},
 };
+
+mod snapshot;
 use crate::{
     clock::Timestamp,
     key::{KeyDigest, KeyId},
-    model::{Actor, AuditAction, Change, IndexedKey, KeyRecord, KeyState, Role},
+    model::{Actor, AuditAction, Change, IndexedKey, KeyRecord, KeyState, Profiles, Role},
     permission::RoleName,
 };
 
-/// Everything the index needs at start.
+/// Everything the index needs at start, in the index's own representation.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     /// Keys that can still validate (not revoked, expired or spent).
-    pub keys: Vec<(KeyRecord, KeyDigest)>,
+    pub keys: Vec<IndexedKey>,
     /// All of them, built-in ones included: validation resolves a key's
     /// roles through the index.
     pub roles: Vec<Role>,
+    /// The profiles `keys` hold, one copy of each.
+    pub profiles: Profiles,
 }
 
 impl Store {
@@ -88,21 +93,49 @@ impl Store {
         Ok(record)
     }
 
-    /// Loads every key that can still validate, and every role.
+    /// Loads every key that can still validate, and every role, as of one
+    /// moment: a single read transaction (`REPEATABLE READ` on PostgreSQL),
+    /// so writes may go on meanwhile and none is seen half.
+    ///
+    /// Linear in the number of rows: one scan of each table, streamed, each
+    /// row parsed straight into the index's representation; a key's
+    /// details are matched to it through a map of positions by id.
     ///
     /// # Errors
     /// On a database failure or a row keyward could not have written.
     pub async fn load_snapshot(&self, now: Timestamp) -> Result<Snapshot, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        let rows = sqlx::query(
-            "SELECT * FROM api_keys WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1) AND (uses_remaining IS NULL OR uses_remaining > 0)",
-        )
-        .bind(now.as_millis())
-        .fetch_all(&mut *conn)
-        .await?;
-        let keys = with_digests(&mut conn, rows).await?;
-        let roles = load_roles(&mut conn).await?;
-        Ok(Snapshot { keys, roles })
+        let mut tx = self.pool.begin().await?;
+        if self.postgres_url.is_some() {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let roles = load_roles(&mut tx).await?;
+        let mut loading = snapshot::Loading::default();
+        {
+            let mut rows = sqlx::query(snapshot::LIVE_KEYS)
+                .bind(now.as_millis())
+                .fetch(&mut *tx);
+            while let Some(row) = rows.next().await.transpose()? {
+                loading.key(&row)?;
+            }
+        }
+        for detail in snapshot::Detail::ALL {
+            let mut rows = sqlx::query(detail.select()).fetch(&mut *tx);
+            while let Some(row) = rows.next().await.transpose()? {
+                loading.detail(detail, &row)?;
+            }
+        }
+        tx.commit().await?;
+        // A second of CPU at a million keys: off the async workers.
+        let (keys, profiles) = tokio::task::spawn_blocking(move || loading.finish())
+            .await
+            .unwrap_or_else(|failed| std::panic::resume_unwind(failed.into_panic()))?;
+        Ok(Snapshot {
+            keys,
+            roles,
+            profiles,
+        })
     }
 
     /// Listens to the change feed, on a connection of its own.
@@ -184,14 +217,123 @@ async fn with_digests(
 mod tests {
     use super::*;
     use crate::{
-        model::KeySettings,
+        model::{KeyProfile, KeySettings, Labels},
         store::{open_postgres, open_temporary},
     };
 
     on_both_stores!(
         changes_follow_the_database,
-        a_change_feed_exactly_where_replicas_may_share
+        a_change_feed_exactly_where_replicas_may_share,
+        the_snapshot_holds_each_live_key_with_its_details_and_shares_profiles
     );
+
+    /// The snapshot, read one table at a time, puts each detail with its
+    /// key, leaves out every key that cannot validate, and gives keys
+    /// minted alike one profile.
+    async fn the_snapshot_holds_each_live_key_with_its_details_and_shares_profiles(
+        store: Arc<Store>,
+    ) {
+        let now = Timestamp::from_millis(1_000_000);
+        for name in ["deployer", "reader"] {
+            let role = Role {
+                name: name.parse().unwrap(),
+                description: String::new(),
+                permissions: ["deploy:read".parse().unwrap()].into(),
+                max_ttl: None,
+                rate_limit: None,
+                builtin: false,
+                created_at: now,
+                updated_at: now,
+            };
+            store.create_role(&role, Actor::Local).await.unwrap();
+        }
+        let labels = |team: &str| {
+            Labels::new(
+                [
+                    ("team".to_owned(), team.to_owned()),
+                    ("env".into(), "prod".into()),
+                ]
+                .into(),
+            )
+            .unwrap()
+        };
+        let settings = |team: &str| KeySettings {
+            // Given in another order than the store returns them.
+            roles: vec!["reader".parse().unwrap(), "deployer".parse().unwrap()],
+            permissions: vec!["ci:run".parse().unwrap(), "build:read".parse().unwrap()],
+            allowed_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
+            labels: labels(team),
+            owner: "platform".into(),
+            rate_limit: Some(
+                crate::rate_limit::RateLimit::new(5, Duration::from_secs(1), 5).unwrap(),
+            ),
+            max_uses: Some(3),
+            ..KeySettings::default()
+        };
+        let insert = async |n: u8, settings: KeySettings| {
+            let key = NewKey {
+                id: KeyId::from_u64(n.into()),
+                digest: KeyDigest::from_bytes([n; 32]),
+                settings,
+                created_by: None,
+            };
+            store.insert_key(key, Actor::Local, now).await.unwrap();
+            KeyId::from_u64(n.into())
+        };
+        let (a, b, c) = (
+            insert(1, settings("api")).await,
+            insert(2, settings("api")).await,
+            insert(3, settings("web")).await,
+        );
+        let revoked = insert(4, settings("api")).await;
+        store
+            .revoke_key(revoked, "", Actor::Local, now)
+            .await
+            .unwrap();
+        insert(
+            5,
+            KeySettings {
+                expires_at: Some(now),
+                ..KeySettings::default()
+            },
+        )
+        .await;
+        let spent = insert(
+            6,
+            KeySettings {
+                max_uses: Some(1),
+                ..KeySettings::default()
+            },
+        )
+        .await;
+        assert_eq!(store.consume_use(spent).await.unwrap(), Some(0));
+
+        let snapshot = store.load_snapshot(now).await.unwrap();
+        let mut keys = snapshot.keys;
+        keys.sort_by_key(|key| key.id);
+        let ids: Vec<KeyId> = keys.iter().map(|key| key.id).collect();
+        assert_eq!(ids, [a, b, c], "only the keys that can validate");
+        assert_eq!(keys[0].digest.as_bytes(), &[1; 32]);
+        assert_eq!(keys[0].expires_at, None);
+        assert_eq!(*keys[0].profile, KeyProfile::of(&settings("api")));
+        assert_eq!(
+            keys[0]
+                .profile
+                .roles
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["deployer", "reader"]
+        );
+        assert!(keys[0].profile.capped);
+        assert!(
+            Arc::ptr_eq(&keys[0].profile, &keys[1].profile),
+            "a and b are alike"
+        );
+        assert_eq!(keys[2].profile.labels, labels("web"));
+        assert_eq!(snapshot.profiles.len(), 2);
+        assert_eq!(snapshot.roles.len(), 2);
+    }
 
     /// What the server decides by `has_change_feed` (whether to follow a
     /// feed) must match what `subscribe` can deliver.
