@@ -65,6 +65,7 @@ macro_rules! on_both_stores {
 mod audit;
 mod error;
 pub mod feed;
+mod import;
 mod keys;
 mod location;
 mod roles;
