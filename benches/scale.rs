@@ -104,8 +104,11 @@ async fn sqlite(keys: usize) -> Measured {
     let url = format!("sqlite://{}", dir.path().join("keyward.db").display());
     let (fill, samples) = fill(&url, keys).await;
     let server = Server::start(dir.path(), &url, &[]);
-    let mut measured = server.measure(keys, fill, &samples).await;
-    measured.fill = fill;
+    let measured = server.measure(keys, fill, &samples).await;
+    if std::env::var_os("KEYWARD_SCALE_KEEP").is_some() {
+        // To profile or inspect a filled database afterwards.
+        eprintln!("kept {}", dir.keep().display());
+    }
     measured
 }
 

@@ -78,15 +78,13 @@ impl Index {
     }
 
     fn contents(snapshot: Snapshot) -> Prepared {
-        let mut keys = HashMap::with_capacity(snapshot.keys.len());
-        keys.extend(snapshot.keys.into_iter().map(|key| (key.id, Arc::new(key))));
         let roles = snapshot
             .roles
             .into_iter()
             .map(|role| (role.name.clone(), role))
             .collect();
         Prepared {
-            keys,
+            keys: snapshot.keys,
             roles,
             profiles: snapshot.profiles,
         }
@@ -435,7 +433,10 @@ pub(crate) mod tests {
             .record(Timestamp::from_millis(6));
 
         let snapshot = Snapshot {
-            keys: vec![entry(&stays), entry(&written_meanwhile)],
+            keys: [entry(&stays), entry(&written_meanwhile)]
+                .into_iter()
+                .map(|key| (key.id, Arc::new(key)))
+                .collect(),
             ..Snapshot::default()
         };
         let prepared = index.prepare(snapshot);

@@ -33,7 +33,7 @@ pub(super) fn count_to_i64(count: u64) -> i64 {
 }
 
 /// The rate limit stored in `rate_requests`, `rate_period_ms`, `rate_burst`.
-pub(super) fn rate_limit_columns(
+fn rate_limit_columns(
     row: &AnyRow,
     table: &'static str,
 ) -> Result<Option<RateLimit>, StoreError> {
@@ -272,7 +272,7 @@ fn key_record(row: &AnyRow, roles: Vec<RoleName>, labels: Labels) -> Result<KeyR
 }
 
 /// The stored digest of a key's secret.
-pub(super) fn key_digest(row: &AnyRow) -> Result<KeyDigest, StoreError> {
+fn key_digest(row: &AnyRow) -> Result<KeyDigest, StoreError> {
     let bytes: Vec<u8> = row.try_get("digest")?;
     let bytes: [u8; 32] = bytes.try_into().map_err(|_| StoreError::Corrupt {
         table: "api_keys",

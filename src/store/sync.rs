@@ -4,7 +4,7 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use sqlx::{AnyConnection, any::AnyRow};
+use sqlx::{AnyConnection, Row, any::AnyRow};
 use tokio_stream::StreamExt;
 
 use super::{
@@ -27,8 +27,8 @@ use crate::{
 /// Everything the index needs at start, in the index's own representation.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    /// Keys that can still validate (not revoked, expired or spent).
-    pub keys: Vec<IndexedKey>,
+    /// Keys that can still validate (not revoked, expired or spent), by id.
+    pub keys: HashMap<KeyId, Arc<IndexedKey>>,
     /// All of them, built-in ones included: validation resolves a key's
     /// roles through the index.
     pub roles: Vec<Role>,
@@ -111,19 +111,24 @@ impl Store {
                 .await?;
         }
         let roles = load_roles(&mut tx).await?;
+        let queries = if self.postgres_url.is_some() {
+            &snapshot::POSTGRES
+        } else {
+            &snapshot::SQLITE
+        };
         let mut loading = snapshot::Loading::default();
         {
-            let mut rows = sqlx::query(snapshot::LIVE_KEYS)
+            let mut chunks = sqlx::query(queries.keys)
                 .bind(now.as_millis())
                 .fetch(&mut *tx);
-            while let Some(row) = rows.next().await.transpose()? {
-                loading.key(&row)?;
+            while let Some(chunk) = chunks.next().await.transpose()? {
+                loading.keys(chunk.try_get(0)?)?;
             }
         }
-        for detail in snapshot::Detail::ALL {
-            let mut rows = sqlx::query(detail.select()).fetch(&mut *tx);
-            while let Some(row) = rows.next().await.transpose()? {
-                loading.detail(detail, &row)?;
+        for (detail, query) in queries.details {
+            let mut chunks = sqlx::query(query).fetch(&mut *tx);
+            while let Some(chunk) = chunks.next().await.transpose()? {
+                loading.details(detail, chunk.try_get(0)?)?;
             }
         }
         tx.commit().await?;
@@ -309,7 +314,7 @@ mod tests {
         assert_eq!(store.consume_use(spent).await.unwrap(), Some(0));
 
         let snapshot = store.load_snapshot(now).await.unwrap();
-        let mut keys = snapshot.keys;
+        let mut keys: Vec<_> = snapshot.keys.into_values().collect();
         keys.sort_by_key(|key| key.id);
         let ids: Vec<KeyId> = keys.iter().map(|key| key.id).collect();
         assert_eq!(ids, [a, b, c], "only the keys that can validate");
