@@ -52,6 +52,15 @@ sent_by!(false:
     RevokeKeyResponse, RevokeKeysResponse, Role, ListRolesResponse, DeleteRoleResponse,
     ListAuditRecordsResponse,
 );
+// Trust policies and the OIDC exchange (`trust_service.proto`).
+sent_by!(true:
+    CreateTrustPolicyRequest, GetTrustPolicyRequest, ListTrustPoliciesRequest,
+    UpdateTrustPolicyRequest, DeleteTrustPolicyRequest, ExchangeRequest, RevokeSelfRequest,
+);
+sent_by!(false:
+    TrustPolicy, ListTrustPoliciesResponse, DeleteTrustPolicyResponse, ExchangeResponse,
+    RevokeSelfResponse,
+);
 
 /// The status for a message of type `U` that did not decode.
 #[must_use]

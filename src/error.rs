@@ -94,7 +94,10 @@ impl From<StoreError> for ServiceError {
             StoreError::KeyNotFound(_) | StoreError::RoleNotFound(_) => {
                 Self::NotFound(error.to_string())
             }
-            StoreError::RoleExists(_) => Self::AlreadyExists(error.to_string()),
+            StoreError::RoleExists(_) | StoreError::PolicyExists(_) => {
+                Self::AlreadyExists(error.to_string())
+            }
+            StoreError::PolicyNotFound(_) => Self::NotFound(error.to_string()),
             StoreError::NotRotatable { .. }
             | StoreError::AlreadyInitialized
             | StoreError::BuiltinRole(_)
