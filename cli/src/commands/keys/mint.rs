@@ -122,17 +122,29 @@ pub async fn run(args: MintArgs, global: &GlobalArgs) -> Result<ExitCode, CliErr
     };
     let mut client = admin_client(global).await?;
     let response = call(client.mint_key(request), global).await?;
-    let key = response
-        .key
-        .ok_or(CliError::IncompleteResponse("no key metadata"))?;
+    print_minted(response.key, response.plaintext, "Minted", global)
+}
+
+/// Prints a new key and its plaintext, shown this once: after `mint`, and
+/// after `exchange` (`verb` says which).
+///
+/// # Errors
+/// An answer without the key's metadata; stdout failing.
+pub fn print_minted(
+    key: Option<pb::Key>,
+    plaintext: String,
+    verb: &str,
+    global: &GlobalArgs,
+) -> Result<ExitCode, CliError> {
+    let key = key.ok_or(CliError::IncompleteResponse("no key metadata"))?;
     match global.output {
-        OutputFormat::Json => output::print_json(&KeyView::minted(&key, &response.plaintext))?,
+        OutputFormat::Json => output::print_json(&KeyView::minted(&key, &plaintext))?,
         OutputFormat::Table => {
-            let mut fields = vec![("key", response.plaintext)];
+            let id = key.id.clone();
+            let mut fields = vec![("key", plaintext)];
             fields.extend(output::key::key_fields(&key));
             output::print(&format!(
-                "Minted key {}. Store it now: it is shown only this once.\n\n{}",
-                key.id,
+                "{verb} key {id}. Store it now: it is shown only this once.\n\n{}",
                 output::fields_text(&fields)
             ))?;
         }
