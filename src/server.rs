@@ -479,7 +479,7 @@ impl Application {
                 .max_decoding_message_size(limits.max_message_size),
                 self.metrics.clone(),
             ))
-            .add_service(
+            .add_service(metrics::grpc::CountAdminRpcs::new(
                 pb::trust_service_server::TrustServiceServer::new(TrustService::new(
                     self.lifecycle.clone(),
                     self.validator.clone(),
@@ -487,7 +487,8 @@ impl Application {
                     self.allow_http_issuers,
                 ))
                 .max_decoding_message_size(limits.max_message_size),
-            )
+                self.metrics.clone(),
+            ))
             .add_service(
                 pb::exchange_service_server::ExchangeServiceServer::new(ExchangeService::new(
                     self.exchanger.clone(),

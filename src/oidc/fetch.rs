@@ -191,3 +191,57 @@ where
     driver.abort();
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::{Router, http::StatusCode, response::Redirect, routing::get};
+
+    use super::*;
+
+    async fn serve(router: Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        url
+    }
+
+    #[tokio::test]
+    async fn fetches_are_bounded_and_follow_no_redirect() {
+        let url = serve(
+            Router::new()
+                .route("/small", get(|| async { "{}" }))
+                .route("/big", get(|| async { "x".repeat(MAX_DOCUMENT_BYTES + 1) }))
+                .route("/moved", get(|| async { Redirect::temporary("/small") }))
+                .route("/gone", get(|| async { StatusCode::NOT_FOUND })),
+        )
+        .await;
+        let fetcher = Fetcher::new(true);
+        assert_eq!(
+            &fetcher.get(&format!("{url}/small")).await.unwrap()[..],
+            b"{}"
+        );
+        assert!(matches!(
+            fetcher.get(&format!("{url}/big")).await,
+            Err(FetchError::TooLarge)
+        ));
+        assert!(matches!(
+            fetcher.get(&format!("{url}/moved")).await,
+            Err(FetchError::Status(307))
+        ));
+        assert!(matches!(
+            fetcher.get(&format!("{url}/gone")).await,
+            Err(FetchError::Status(404))
+        ));
+        // Without --oidc-allow-http-issuers, http:// is never fetched.
+        assert!(matches!(
+            Fetcher::new(false).get(&format!("{url}/small")).await,
+            Err(FetchError::Url(_))
+        ));
+        for bad in ["ftp://x/y", "not a url", "http://user@127.0.0.1/"] {
+            assert!(
+                matches!(fetcher.get(bad).await, Err(FetchError::Url(_))),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -323,3 +323,32 @@ mod tests {
         assert_eq!(Algorithm::parse("es256"), None);
     }
 }
+
+#[cfg(test)]
+mod discovery_tests {
+    use axum::{Router, routing::get};
+
+    use super::*;
+
+    /// A discovery document must name the issuer it was fetched for: one
+    /// naming another is not trusted, and its keys are never fetched.
+    #[tokio::test]
+    async fn a_discovery_document_for_another_issuer_is_refused() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let document = format!(r#"{{"issuer": "https://evil.example", "jwks_uri": "{url}/jwks"}}"#);
+        let router = Router::new()
+            .route(
+                "/.well-known/openid-configuration",
+                get(move || async move { document }),
+            )
+            .route("/jwks", get(|| async { r#"{"keys": []}"# }));
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let jwks = Jwks::new(Fetcher::new(true), Duration::ZERO);
+        let issuer = Issuer::parse(&url, true).unwrap();
+        assert_eq!(
+            jwks.key(&issuer, "k").await,
+            Err(Refusal::IssuerUnreachable)
+        );
+    }
+}

@@ -139,3 +139,23 @@ impl Refusal {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_never_shown() {
+        let token = IdentityToken::new("eyJhbGciOiJFUzI1NiJ9.e30.c2lnbmF0dXJl".to_owned());
+        assert_eq!(format!("{token:?}"), "IdentityToken(<redacted>)");
+        assert!(token.expose().ends_with("c2lnbmF0dXJl"));
+    }
+
+    #[test]
+    fn every_refusal_has_its_own_label() {
+        let mut labels: Vec<&str> = Refusal::ALL.iter().map(|r| r.label()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), Refusal::ALL.len());
+    }
+}

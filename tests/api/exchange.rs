@@ -161,10 +161,18 @@ fn assert_denied(result: Result<pb::ExchangeResponse, Status>, token: &str, case
 
 /// `keyward_exchanges_total` for this result and reason.
 async fn exchanges(app: &TestApp, result: &str, reason: &str) -> u64 {
+    sample(
+        app,
+        &format!("keyward_exchanges_total{{result=\"{result}\",reason=\"{reason}\"}}"),
+    )
+    .await
+}
+
+/// The value of counter `series` (name and labels) on `app`.
+async fn sample(app: &TestApp, series: &str) -> u64 {
     let (_, _, body) = http_get(app.metrics_addr.expect("metrics"), "/metrics").await;
-    let series = format!("keyward_exchanges_total{{result=\"{result}\",reason=\"{reason}\"}} ");
     body.lines()
-        .find_map(|line| line.strip_prefix(series.as_str()))
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
         .unwrap_or_else(|| panic!("no {series} in {body}"))
         .parse()
         .unwrap()
@@ -602,6 +610,16 @@ async fn trust_policies_are_administered_checked_and_audited(backend: Backend) {
         .map(|r| r.action)
         .collect();
     assert_eq!(actions, ["trust.delete", "trust.update", "trust.create"]);
+    // Counted like every admin RPC.
+    let counted = |rpc: &str, code: &str| {
+        format!("keyward_admin_requests_total{{rpc=\"{rpc}\",code=\"{code}\"}}")
+    };
+    assert_eq!(sample(&app, &counted("CreateTrustPolicy", "OK")).await, 2);
+    assert_eq!(
+        sample(&app, &counted("CreateTrustPolicy", "INVALID_ARGUMENT")).await,
+        10
+    );
+    assert_eq!(sample(&app, &counted("DeleteTrustPolicy", "OK")).await, 1);
 }
 
 /// The issuer's key rotation is picked up at once (an unknown `kid`
@@ -752,4 +770,96 @@ print(json.dumps({"jwk": jwk, "token": token}))
             .await
             .valid
     );
+}
+
+/// The `keyward` binary at trace level: neither an identity token nor the
+/// key exchanged for it reaches the log or the database, whether the
+/// exchange succeeds or is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_tokens_and_exchanged_keys_never_reach_the_logs_or_the_database() {
+    use crate::binary::{Server, channel};
+
+    let issuer = FakeIssuer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("sqlite://{}", dir.path().join("keyward.db").display());
+    let key_file = dir.path().join("admin.key").display().to_string();
+    let mut server = Server::start_in(
+        dir.path(),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &database,
+            "--bootstrap-key-file",
+            &key_file,
+            "--oidc-allow-http-issuers",
+        ],
+        &[("RUST_LOG", "trace")],
+    );
+    let addr = server.wait_until_listening();
+    let admin_key = std::fs::read_to_string(&key_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let channel = channel(addr).await;
+    let mut admin = pb::admin_service_client::AdminServiceClient::new(channel.clone());
+    let role = pb::CreateRoleRequest {
+        name: "deployer".into(),
+        permissions: vec!["deploy:write".into()],
+        ..Default::default()
+    };
+    admin.create_role(authed(&admin_key, role)).await.unwrap();
+    let policy = pb::CreateTrustPolicyRequest {
+        name: "deploy".into(),
+        spec: Some(spec(issuer.url())),
+    };
+    TrustServiceClient::new(channel.clone())
+        .create_trust_policy(authed(&admin_key, policy))
+        .await
+        .unwrap();
+    let mut client = ExchangeServiceClient::new(channel);
+    let exchange = |token: &str| {
+        let request = pb::ExchangeRequest {
+            policy: "deploy".into(),
+            token: token.to_owned(),
+        };
+        let mut client = client.clone();
+        async move {
+            client
+                .exchange(request)
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let good = issuer.sign(&issuer.claims(AUDIENCE, &job_claims()));
+    let minted = exchange(&good).await.unwrap();
+    exchange(&good).await.unwrap_err();
+    let forged = issuer.sign(&issuer.claims(AUDIENCE, &json!({"repository": "acme/api-evil"})));
+    exchange(&forged).await.unwrap_err();
+    client
+        .revoke_self(authed(&minted.plaintext, pb::RevokeSelfRequest {}))
+        .await
+        .unwrap();
+    let log = server.terminate();
+    assert!(log.contains("exchange refused"), "the refusals are logged");
+    assert!(log.contains("replayed"), "with their reason");
+
+    let mut files = vec![("log".to_owned(), log.into_bytes())];
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        files.push((path.display().to_string(), std::fs::read(&path).unwrap()));
+    }
+    // A token's signature is what makes it a credential; the key's secret
+    // follows its prefix and id.
+    let secrets = [
+        good.rsplit('.').next().unwrap(),
+        forged.rsplit('.').next().unwrap(),
+        &minted.plaintext[3 + 11..3 + 44],
+    ];
+    for secret in secrets {
+        for (name, bytes) in &files {
+            let text = String::from_utf8_lossy(bytes);
+            assert!(!text.contains(secret), "a secret leaked into {name}");
+        }
+    }
 }
