@@ -238,6 +238,39 @@ mod tests {
         )
     }
 
+    fn any_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<String>().prop_map(Value::from),
+            "(acme/api|refs/heads/main|keyward|https://issuer.example)".prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            (NOW - 100_000..NOW + 200_000).prop_map(Value::from),
+            any::<bool>().prop_map(Value::from),
+            Just(Value::Null),
+            proptest::collection::vec(any::<String>().prop_map(Value::from), 0..3)
+                .prop_map(Value::from),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever a signed token's claims hold, checking them never
+        /// panics, and what passes carries every required claim.
+        #[test]
+        fn any_claims_are_checked_without_panicking(
+            changes in proptest::collection::btree_map(
+                "(iss|aud|exp|nbf|iat|jti|sub|repository|ref|x)", any_value(), 0..8,
+            ),
+        ) {
+            let changes = Value::Object(changes.into_iter().collect());
+            if let Ok(verified) = check(&changes) {
+                proptest::prop_assert_eq!(verified.matched.len(), 2);
+                proptest::prop_assert!(!verified.jti.is_empty());
+            }
+        }
+    }
+
     #[test]
     fn each_claim_check_refuses_what_it_should() {
         let ok = check(&json!({})).unwrap();
