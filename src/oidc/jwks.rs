@@ -241,6 +241,7 @@ impl Jwks {
                 return match entry.keys.get(kid) {
                     // Stale, but the issuer was asked a moment ago and failed.
                     Some(key) => Ok(key.clone()),
+                    None if entry.fetched_at.is_none() => Err(Refusal::IssuerUnreachable),
                     None => Err(Refusal::UnknownKey),
                 };
             }
@@ -344,11 +345,20 @@ mod discovery_tests {
             )
             .route("/jwks", get(|| async { r#"{"keys": []}"# }));
         tokio::spawn(async move { axum::serve(listener, router).await });
-        let jwks = Jwks::new(Fetcher::new(true), Duration::ZERO);
         let issuer = Issuer::parse(&url, true).unwrap();
+        let jwks = Jwks::new(Fetcher::new(true), Duration::ZERO);
         assert_eq!(
             jwks.key(&issuer, "k").await,
             Err(Refusal::IssuerUnreachable)
         );
+        // Within the refresh interval the issuer is not asked again, and the
+        // refusal still says why.
+        let jwks = Jwks::new(Fetcher::new(true), Duration::from_hours(1));
+        for _ in 0..2 {
+            assert_eq!(
+                jwks.key(&issuer, "k").await,
+                Err(Refusal::IssuerUnreachable)
+            );
+        }
     }
 }
