@@ -57,6 +57,8 @@ pub struct Fetcher {
     /// a few milliseconds that a server without trust policies need not pay.
     tls: Arc<std::sync::OnceLock<Arc<ClientConfig>>>,
     allow_http: bool,
+    /// CAs trusted besides the system's: a test CA, in tests only.
+    extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 impl std::fmt::Debug for Fetcher {
@@ -75,7 +77,24 @@ impl Fetcher {
         Self {
             tls: Arc::default(),
             allow_http,
+            extra_roots: Vec::new(),
         }
+    }
+
+    /// Also trusts the CA certificates in `ca_pem` for `https://`: for
+    /// tests with an issuer whose certificate a test CA signed.
+    ///
+    /// # Panics
+    /// When `ca_pem` holds no certificate.
+    #[cfg(any(test, feature = "testing"))]
+    #[must_use]
+    pub fn trusting(mut self, ca_pem: &str) -> Self {
+        use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+        self.extra_roots.extend(
+            CertificateDer::pem_slice_iter(ca_pem.as_bytes())
+                .map(|cert| cert.expect("a PEM certificate")),
+        );
+        self
     }
 
     /// Whether `http://` URLs are allowed.
@@ -136,7 +155,8 @@ impl Fetcher {
             .get_or_init(|| {
                 let mut roots = RootCertStore::empty();
                 let found = rustls_native_certs::load_native_certs();
-                let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+                let (added, _ignored) = roots
+                    .add_parsable_certificates(found.certs.into_iter().chain(self.extra_roots.clone()));
                 if added == 0 {
                     tracing::warn!(errors = ?found.errors, "no trusted CA certificates found; https:// OIDC issuers will not verify");
                 }
@@ -203,6 +223,64 @@ mod tests {
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, router).await });
         url
+    }
+
+    /// An `https://` issuer: its certificate is checked against the trusted
+    /// CAs; one they do not vouch for is never read.
+    #[tokio::test]
+    async fn https_fetches_check_the_servers_certificate() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        use tokio_rustls::{
+            TlsAcceptor,
+            rustls::{
+                ServerConfig,
+                pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
+            },
+        };
+
+        let ca = crate::testing::tls::TestCa::new("issuer CA");
+        let identity = ca.server_identity();
+        let certs = CertificateDer::pem_slice_iter(identity.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes()).unwrap();
+        let config =
+            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .unwrap();
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}/jwks", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 1024];
+                while !request.ends_with(b"\r\n\r\n") {
+                    match tls.read(&mut buffer).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let _ = tls
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n{\"keys\": []}")
+                    .await;
+                let _ = tls.shutdown().await;
+            }
+        });
+        let trusted = Fetcher::new(false).trusting(ca.cert_pem());
+        assert_eq!(&trusted.get(&url).await.unwrap()[..], b"{\"keys\": []}");
+        let untrusted =
+            Fetcher::new(false).trusting(crate::testing::tls::TestCa::new("other").cert_pem());
+        assert!(matches!(
+            untrusted.get(&url).await,
+            Err(FetchError::Connect(_))
+        ));
     }
 
     #[tokio::test]
