@@ -352,3 +352,160 @@ fn describe(spec: &PolicySpec) -> String {
         humantime::format_duration(spec.ttl),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{
+        key::{KeyDigest, KeyId},
+        model::KeySettings,
+    };
+
+    on_both_stores!(
+        policies_round_trip_and_names_are_unique,
+        a_replayed_token_writes_nothing_and_expired_records_are_pruned,
+    );
+
+    fn spec(audience: &str) -> PolicySpec {
+        PolicySpec {
+            description: "deploys".to_owned(),
+            issuer: Issuer::parse("https://token.actions.githubusercontent.com", false).unwrap(),
+            audience: audience.to_owned(),
+            claims: [
+                (
+                    "repository".to_owned(),
+                    ClaimPattern::parse("acme/api").unwrap(),
+                ),
+                (
+                    "job_workflow_ref".to_owned(),
+                    ClaimPattern::parse("acme/w@*").unwrap(),
+                ),
+            ]
+            .into(),
+            roles: vec!["deployer".parse().unwrap()],
+            permissions: vec!["deploy:read".parse().unwrap()],
+            ttl: Duration::from_mins(15),
+            allowed_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
+            labels: Labels::new([("team".to_owned(), "a".to_owned())].into()).unwrap(),
+        }
+    }
+
+    async fn policies_round_trip_and_names_are_unique(store: Arc<Store>) {
+        let now = Timestamp::from_millis(1_000_000);
+        let policy = TrustPolicy {
+            name: "deploy".parse().unwrap(),
+            spec: spec("keyward"),
+            owner: "ci".to_owned(),
+            created_by: Some(KeyId::from_u64(7)),
+            created_at: now,
+            updated_at: now,
+        };
+        store.create_policy(&policy, Actor::Local).await.unwrap();
+        assert_eq!(store.get_policy(&policy.name).await.unwrap(), policy);
+        assert!(matches!(
+            store.create_policy(&policy, Actor::Local).await,
+            Err(StoreError::PolicyExists(_))
+        ));
+        let later = Timestamp::from_millis(2_000_000);
+        let updated = store
+            .update_policy(&policy.name, &spec("other"), Actor::Local, later)
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                updated.spec.audience.as_str(),
+                updated.owner.as_str(),
+                updated.created_at,
+                updated.updated_at
+            ),
+            ("other", "ci", now, later),
+            "the owner, creator and creation stay"
+        );
+        assert_eq!(store.list_policies().await.unwrap(), [updated]);
+        store
+            .delete_policy(&policy.name, Actor::Local, later)
+            .await
+            .unwrap();
+        for missing in [
+            store.get_policy(&policy.name).await.map(drop),
+            store.delete_policy(&policy.name, Actor::Local, later).await,
+            store
+                .update_policy(&policy.name, &spec("x"), Actor::Local, later)
+                .await
+                .map(drop),
+        ] {
+            assert!(
+                matches!(missing, Err(StoreError::PolicyNotFound(_))),
+                "{missing:?}"
+            );
+        }
+    }
+
+    async fn a_replayed_token_writes_nothing_and_expired_records_are_pruned(store: Arc<Store>) {
+        let key = |n| NewKey {
+            id: KeyId::from_u64(n),
+            digest: KeyDigest::from_bytes([1; 32]),
+            settings: KeySettings::default(),
+            created_by: None,
+        };
+        let replay = |jti: &str, expires_at| Replay {
+            issuer: "https://issuer.example".to_owned(),
+            jti: jti.to_owned(),
+            expires_at: Timestamp::from_millis(expires_at),
+        };
+        let at = Timestamp::from_millis;
+        store
+            .insert_exchanged_key(key(1), &replay("j1", 10_000), "first", at(1_000))
+            .await
+            .unwrap();
+        let again = store
+            .insert_exchanged_key(key(2), &replay("j1", 10_000), "again", at(2_000))
+            .await;
+        assert!(matches!(again, Err(StoreError::Replayed)), "{again:?}");
+        assert!(matches!(
+            store.get_key(KeyId::from_u64(2)).await,
+            Err(StoreError::KeyNotFound(_))
+        ));
+        // The same jti from another issuer is another token.
+        let other = Replay {
+            issuer: "https://other.example".to_owned(),
+            ..replay("j1", 10_000)
+        };
+        store
+            .insert_exchanged_key(key(3), &other, "other issuer", at(2_000))
+            .await
+            .unwrap();
+        // Past its expiry the record is pruned by the next exchange, which
+        // is why a record's expiry is the token's plus the leeway.
+        store
+            .insert_exchanged_key(key(4), &replay("j2", 30_000), "later", at(20_000))
+            .await
+            .unwrap();
+        let left: Vec<String> = sqlx::query("SELECT jti FROM oidc_replay ORDER BY jti")
+            .fetch_all(&store.pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get::<String, _>("jti"))
+            .collect();
+        assert_eq!(left, ["j2"]);
+        let audit = store
+            .list_audit(&crate::model::query::AuditQuery {
+                target: Some(KeyId::from_u64(1).to_string()),
+                limit: 10,
+                ..crate::model::query::AuditQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            audit
+                .records
+                .iter()
+                .map(|r| (r.actor, r.action.as_str(), r.reason.as_deref()))
+                .collect::<Vec<_>>(),
+            [(None, "key.exchange", Some("first"))]
+        );
+    }
+}
