@@ -1,14 +1,24 @@
 //! The exchange: a CI job's OIDC identity token in, a short-lived key out.
 //!
-//! look up the policy → verify the token ([`crate::oidc::verify`]) → mint
-//! under the policy, recording the token's `jti` in the same transaction
-//! ([`Lifecycle::mint_exchanged`]). Whatever is refused, the caller learns
+//! parse the token's header → look up the policy → verify the token
+//! ([`crate::oidc::verify`]) → mint under the policy, recording the token's
+//! `jti` in the same transaction ([`Lifecycle::mint_exchanged`]).
+//!
+//! Exchange needs no credential, so what it costs a stranger is bounded: a
+//! malformed token or a forbidden algorithm is refused before any I/O, the
+//! policies are read from the database at most once per
+//! [`POLICY_REFRESH`] (all of them: an admin makes a few), and an issuer's
+//! keys at most once per refresh interval ([`crate::oidc::jwks`]). Whatever is refused, the caller learns
 //! the same `PERMISSION_DENIED`, so a probe learns neither which policies
 //! exist nor what is wrong with a token; the log line and
 //! `keyward_exchanges_total` say which check refused it. Only a failure
 //! that is not about the token (the database down) is answered otherwise.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use crate::{
     error::ServiceError,
@@ -20,8 +30,13 @@ use crate::{
         jwks::Jwks,
         verify::{self, Verified},
     },
-    trust::{PolicyName, TrustPolicy},
+    trust::TrustPolicy,
 };
+
+/// How long the policies read for exchanges are used before they are read
+/// again: a policy created, changed or deleted takes effect for exchanges
+/// within this, on every replica.
+pub const POLICY_REFRESH: Duration = Duration::from_secs(2);
 
 /// What every refused exchange is told.
 pub const DENIED: &str = "the identity token is not accepted for this trust policy";
@@ -51,7 +66,12 @@ pub struct Exchanger {
     lifecycle: Arc<Lifecycle>,
     jwks: Jwks,
     metrics: Arc<Metrics>,
+    /// Every policy by name, and when they were read.
+    policies: tokio::sync::Mutex<(Option<Instant>, Policies)>,
 }
+
+/// Trust policies by name.
+type Policies = HashMap<String, Arc<TrustPolicy>>;
 
 impl Exchanger {
     /// Exchanges under the policies `lifecycle` holds, reaching issuers as
@@ -65,6 +85,7 @@ impl Exchanger {
                 settings.jwks_refresh_interval,
             ),
             metrics,
+            policies: tokio::sync::Mutex::default(),
         }
     }
 
@@ -110,21 +131,30 @@ impl Exchanger {
         policy: &str,
         token: &IdentityToken,
     ) -> Result<(Minted, Verified), ExchangeFailure> {
+        let token = verify::parse(token).map_err(ExchangeFailure::Refused)?;
         let policy = self.policy(policy).await?;
-        let verified = verify::verify(token, &policy, &self.jwks, self.lifecycle.now())
+        let verified = verify::verify(&token, &policy, &self.jwks, self.lifecycle.now())
             .await
             .map_err(ExchangeFailure::Refused)?;
         let minted = self.lifecycle.mint_exchanged(&policy, &verified).await?;
         Ok((minted, verified))
     }
 
-    async fn policy(&self, name: &str) -> Result<TrustPolicy, ExchangeFailure> {
-        let unknown = ExchangeFailure::Refused(Refusal::UnknownPolicy);
-        let name: PolicyName = name.parse().map_err(|_| unknown)?;
-        match self.lifecycle.policy(&name).await {
-            Ok(policy) => Ok(policy),
-            Err(ServiceError::NotFound(_)) => Err(ExchangeFailure::Refused(Refusal::UnknownPolicy)),
-            Err(error) => Err(ExchangeFailure::Failed(error)),
+    /// Policy `name`, from the policies read at most [`POLICY_REFRESH`] ago.
+    async fn policy(&self, name: &str) -> Result<Arc<TrustPolicy>, ExchangeFailure> {
+        let mut cache = self.policies.lock().await;
+        let (read_at, policies) = &mut *cache;
+        if read_at.is_none_or(|at| at.elapsed() >= POLICY_REFRESH) {
+            let all = self.lifecycle.list_policies().await?;
+            *policies = all
+                .into_iter()
+                .map(|policy| (policy.name.to_string(), Arc::new(policy)))
+                .collect();
+            *read_at = Some(Instant::now());
         }
+        policies
+            .get(name)
+            .cloned()
+            .ok_or(ExchangeFailure::Refused(Refusal::UnknownPolicy))
     }
 }

@@ -46,17 +46,34 @@ struct Header {
     crit: Option<Value>,
 }
 
-/// Verifies `token` against `policy` at `now`, with the issuer's keys from
-/// `jwks`.
+/// A token split into its parts, its header checked: what can be known of
+/// it without the issuer's keys. The exchange parses first, so a malformed
+/// token or a forbidden algorithm costs no database read or fetch.
+pub struct Jws<'a> {
+    algorithm: Algorithm,
+    kid: String,
+    /// `header.payload`: what the signature covers.
+    signed: &'a str,
+    payload: &'a str,
+    signature: Vec<u8>,
+}
+
+impl std::fmt::Debug for Jws<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Jws")
+            .field("algorithm", &self.algorithm)
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Splits `token` and checks its header: size, shape, an allowed `alg`, no
+/// `crit`, a `kid`.
 ///
 /// # Errors
-/// The first [`Refusal`] met.
-pub async fn verify(
-    token: &IdentityToken,
-    policy: &TrustPolicy,
-    jwks: &Jwks,
-    now: Timestamp,
-) -> Result<Verified, Refusal> {
+/// [`Refusal::Malformed`], [`Refusal::Algorithm`] or [`Refusal::UnknownKey`]
+/// (no `kid`).
+pub fn parse(token: &IdentityToken) -> Result<Jws<'_>, Refusal> {
     let token = token.expose();
     if token.len() > MAX_TOKEN_BYTES {
         return Err(Refusal::Malformed);
@@ -67,7 +84,6 @@ pub async fn verify(
     else {
         return Err(Refusal::Malformed);
     };
-    let decode = |part: &str| URL_SAFE_NO_PAD.decode(part).map_err(|_| Refusal::Malformed);
     let header_json: Header =
         serde_json::from_slice(&decode(header)?).map_err(|_| Refusal::Malformed)?;
     let algorithm = Algorithm::parse(&header_json.alg).ok_or(Refusal::Algorithm)?;
@@ -75,15 +91,36 @@ pub async fn verify(
     if header_json.crit.is_some() {
         return Err(Refusal::Algorithm);
     }
-    let kid = header_json.kid.ok_or(Refusal::UnknownKey)?;
-    let signature = decode(signature)?;
-    let key = jwks.key(&policy.spec.issuer, &kid).await?;
-    let signed = &token[..header.len() + 1 + payload.len()];
-    if !key.verify(algorithm, signed.as_bytes(), &signature) {
+    Ok(Jws {
+        algorithm,
+        kid: header_json.kid.ok_or(Refusal::UnknownKey)?,
+        signed: &token[..header.len() + 1 + payload.len()],
+        payload,
+        signature: decode(signature)?,
+    })
+}
+
+fn decode(part: &str) -> Result<Vec<u8>, Refusal> {
+    URL_SAFE_NO_PAD.decode(part).map_err(|_| Refusal::Malformed)
+}
+
+/// Verifies `token` against `policy` at `now`, with the issuer's keys from
+/// `jwks`.
+///
+/// # Errors
+/// The first [`Refusal`] met.
+pub async fn verify(
+    token: &Jws<'_>,
+    policy: &TrustPolicy,
+    jwks: &Jwks,
+    now: Timestamp,
+) -> Result<Verified, Refusal> {
+    let key = jwks.key(&policy.spec.issuer, &token.kid).await?;
+    if !key.verify(token.algorithm, token.signed.as_bytes(), &token.signature) {
         return Err(Refusal::Signature);
     }
     let claims: Map<String, Value> =
-        serde_json::from_slice(&decode(payload)?).map_err(|_| Refusal::Malformed)?;
+        serde_json::from_slice(&decode(token.payload)?).map_err(|_| Refusal::Malformed)?;
     check_claims(&claims, policy, now)
 }
 

@@ -622,6 +622,44 @@ async fn trust_policies_are_administered_checked_and_audited(backend: Backend) {
     assert_eq!(sample(&app, &counted("DeleteTrustPolicy", "OK")).await, 1);
 }
 
+/// Exchange needs no credential, so strangers' garbage must not turn into
+/// database reads: unknown policies and malformed or forged tokens are
+/// refused from memory (the policies are read at most once per
+/// `POLICY_REFRESH`, the issuer's keys at most once per interval).
+#[tokio::test]
+async fn a_flood_of_bad_exchanges_costs_almost_no_database_reads() {
+    let issuer = FakeIssuer::start().await;
+    let app = spawn(Backend::Sqlite).await;
+    with_policy(&app, &issuer).await;
+    let good = issuer.sign(&issuer.claims(AUDIENCE, &job_claims()));
+    exchange(&app, "deploy", &good).await.unwrap();
+    let before = app.store.operations();
+    for n in 0..100 {
+        let forged = issuer.sign_with_header(
+            &json!({"kid": format!("made-up-{n}")}),
+            &issuer.claims(AUDIENCE, &job_claims()),
+        );
+        for (policy, token) in [
+            (format!("no-such-policy-{n}"), good.clone()),
+            ("deploy".to_owned(), format!("garbage.{n}.x")),
+            (
+                "deploy".to_owned(),
+                issuer.unsigned(&issuer.claims(AUDIENCE, &job_claims())),
+            ),
+            ("deploy".to_owned(), forged),
+        ] {
+            assert_denied(exchange(&app, &policy, &token).await, &token, &policy);
+        }
+    }
+    let reads = app.store.operations() - before;
+    // One re-read of the policies if the refresh interval passed meanwhile.
+    assert!(
+        reads <= 2,
+        "{reads} store operations for 400 refused exchanges"
+    );
+    assert_eq!(issuer.jwks_fetches(), 1);
+}
+
 /// The issuer's key rotation is picked up at once (an unknown `kid`
 /// refetches), but made-up `kid`s refetch at most once per interval.
 #[tokio::test]
