@@ -622,6 +622,75 @@ async fn trust_policies_are_administered_checked_and_audited(backend: Backend) {
     assert_eq!(sample(&app, &counted("DeleteTrustPolicy", "OK")).await, 1);
 }
 
+/// A policy made by a narrow admin key mints keys in that key's scope (its
+/// owner and tenant, and it may revoke them), with the policy's allow-list.
+#[tokio::test]
+async fn exchanged_keys_get_the_creators_scope_and_the_policys_allow_list() {
+    let issuer = FakeIssuer::start().await;
+    let app = spawn(Backend::Sqlite).await;
+    let (_, narrow) = app
+        .mint(pb::MintKeyRequest {
+            permissions: vec![
+                "keyward:trust:write".into(),
+                "keyward:keys:write".into(),
+                "deploy:read".into(),
+            ],
+            owner: "ci".into(),
+            labels: HashMap::from([("tenant".to_owned(), "acme".to_owned())]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let policy = create_policy(
+        &app,
+        &narrow,
+        "ci-deploy",
+        pb::TrustPolicySpec {
+            roles: vec![],
+            permissions: vec!["deploy:read".into()],
+            allowed_cidrs: vec!["10.0.0.0/8".into()],
+            ..spec(issuer.url())
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(policy.spec.unwrap().labels["tenant"], "acme");
+    let token = issuer.sign(&issuer.claims(AUDIENCE, &job_claims()));
+    let minted = exchange(&app, "ci-deploy", &token).await.unwrap();
+    let key = minted.key.unwrap();
+    assert_eq!(
+        (key.owner.as_str(), key.labels["tenant"].as_str()),
+        ("ci", "acme")
+    );
+    assert_eq!(key.allowed_cidrs, ["10.0.0.0/8"]);
+    let from = |client_ip: &str| pb::ValidateRequest {
+        key: minted.plaintext.clone(),
+        required_permissions: vec!["deploy:read".into()],
+        client_ip: client_ip.into(),
+    };
+    let mut keys = app.key_client().await;
+    let inside = keys
+        .validate(authed(&app.admin_key, from("10.1.2.3")))
+        .await
+        .unwrap();
+    assert!(inside.into_inner().valid);
+    let outside = keys
+        .validate(authed(&app.admin_key, from("192.0.2.1")))
+        .await
+        .unwrap();
+    assert_eq!(denial(&outside.into_inner()), pb::Denial::Forbidden);
+    // The policy's creator may revoke what its policy minted.
+    let revoke = pb::RevokeKeyRequest {
+        id: key.id.clone(),
+        reason: "job cancelled".into(),
+    };
+    app.admin_client()
+        .await
+        .revoke_key(authed(&narrow, revoke))
+        .await
+        .unwrap();
+}
+
 /// Exchange needs no credential, so strangers' garbage must not turn into
 /// database reads: unknown policies and malformed or forged tokens are
 /// refused from memory (the policies are read at most once per
