@@ -213,7 +213,8 @@ impl Lifecycle {
         policy: &TrustPolicy,
         verified: &Verified,
     ) -> Result<Minted, ExchangeFailure> {
-        let settings = exchanged_settings(&self.index, policy, verified)?;
+        let (settings, ttl) = exchanged_settings(&self.index, policy, verified)?;
+        let creator = policy.created_by;
         let replay = Replay {
             issuer: policy.spec.issuer.as_str().to_owned(),
             jti: verified.jti.clone(),
@@ -229,8 +230,8 @@ impl Lifecycle {
             self.clock.clone(),
             self.writes.clone(),
         );
-        let (creator, ttl) = (policy.created_by, settings.1);
-        let settings = settings.0;
+        // On its own task, like every write: a cancelled request cannot
+        // leave the database changed and the index not.
         let minted = tokio::spawn(
             async move {
                 let _turn = writes.lock_owned().await;
