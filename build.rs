@@ -6,6 +6,7 @@ use std::{env, fs, path::PathBuf};
 const PROTOS: &[&str] = &[
     "proto/keyward/v1/key_service.proto",
     "proto/keyward/v1/admin_service.proto",
+    "proto/keyward/v1/trust_service.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

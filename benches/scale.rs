@@ -132,36 +132,51 @@ async fn postgres(database: &ScratchDatabase, keys: usize) -> Measured {
 }
 
 /// Fills the store at `url` with `keys` keys; returns how long it took and
-/// the plaintexts of [`SAMPLES`] of them.
+/// the plaintexts of [`SAMPLES`] of them. Keys are made (random secrets,
+/// digests) on another thread while the previous batch is written, as an
+/// import tool would.
 async fn fill(url: &str, keys: usize) -> (Duration, Vec<String>) {
     let store = Store::open(url).await.expect("the store opens");
     let every = (keys / SAMPLES).max(1);
     let mut samples = Vec::new();
     let started = Instant::now();
-    let mut written = 0;
-    while written < keys {
-        let batch: Vec<NewKey> = (written..keys.min(written + BATCH))
-            .map(|n| {
-                let minted = MintedKey::generate(&Prefix::default()).expect("a key");
-                if n % every == 0 && samples.len() < SAMPLES {
-                    samples.push(minted.plaintext.expose().to_owned());
-                }
-                let team = format!("team-{}", n % 1_000);
-                NewKey {
-                    id: minted.id,
-                    digest: minted.digest,
-                    settings: KeySettings {
-                        permissions: vec!["deploy:read".parse().expect("a permission")],
-                        labels: Labels::new(BTreeMap::from([("team".to_owned(), team.clone())]))
+    let generate = move |range: std::ops::Range<usize>| {
+        tokio::task::spawn_blocking(move || {
+            range
+                .map(|n| {
+                    let minted = MintedKey::generate(&Prefix::default()).expect("a key");
+                    let sample = (n % every == 0).then(|| minted.plaintext.expose().to_owned());
+                    let team = format!("team-{}", n % 1_000);
+                    let key = NewKey {
+                        id: minted.id,
+                        digest: minted.digest,
+                        settings: KeySettings {
+                            permissions: vec!["deploy:read".parse().expect("a permission")],
+                            labels: Labels::new(BTreeMap::from([(
+                                "team".to_owned(),
+                                team.clone(),
+                            )]))
                             .expect("a label"),
-                        owner: team,
-                        ..KeySettings::default()
-                    },
-                    created_by: None,
-                }
-            })
-            .collect();
-        written += batch.len();
+                            owner: team,
+                            ..KeySettings::default()
+                        },
+                        created_by: None,
+                    };
+                    (key, sample)
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    let mut next = Some(generate(0..keys.min(BATCH)));
+    let mut written = 0;
+    while let Some(generating) = next.take() {
+        let generated = generating.await.expect("keys made");
+        written += generated.len();
+        if written < keys {
+            next = Some(generate(written..keys.min(written + BATCH)));
+        }
+        let (batch, kept): (Vec<NewKey>, Vec<Option<String>>) = generated.into_iter().unzip();
+        samples.extend(kept.into_iter().flatten().take(SAMPLES - samples.len()));
         store
             .import_keys(&batch, Actor::Local, SystemClock.now())
             .await
@@ -227,7 +242,10 @@ impl Server {
     async fn first_valid(&self, sample: &str) -> String {
         let deadline = Instant::now() + Duration::from_mins(5);
         loop {
-            assert!(Instant::now() < deadline, "keyward did not serve in 5 minutes");
+            assert!(
+                Instant::now() < deadline,
+                "keyward did not serve in 5 minutes"
+            );
             if let Ok(key) = std::fs::read_to_string(&self.admin_key_file)
                 && let Ok(channel) = self.channel().await
             {
@@ -252,7 +270,9 @@ impl Server {
     async fn validate_round(&self, caller: &str, samples: &[String]) -> f64 {
         let mut clients = Vec::new();
         for _ in 0..common::CLIENTS {
-            clients.push(KeyServiceClient::new(self.channel().await.expect("connects")));
+            clients.push(KeyServiceClient::new(
+                self.channel().await.expect("connects"),
+            ));
         }
         let started = Instant::now();
         let tasks: Vec<_> = clients
@@ -357,8 +377,8 @@ fn report(store: &str, results: &[Measured]) {
     }
     if let [small, .., large] = results {
         #[allow(clippy::cast_precision_loss, reason = "key counts")]
-        let per_key = (large.rss_mib - small.rss_mib) * 1024.0 * 1024.0
-            / (large.keys - small.keys) as f64;
+        let per_key =
+            (large.rss_mib - small.rss_mib) * 1024.0 * 1024.0 / (large.keys - small.keys) as f64;
         println!(
             "  memory per key: {per_key:.0} bytes; Validate at {} keys / at {} keys: {:.3}",
             large.keys,

@@ -82,6 +82,28 @@ pub fn authenticate<T>(
     needed: &Permission,
     metrics: &Metrics,
 ) -> Result<Caller, ServiceError> {
+    authenticate_for(request, validator, Some(needed), metrics)
+}
+
+/// Checks the caller's key, needing no permission: for what any key may do
+/// to itself (`RevokeSelf`).
+///
+/// # Errors
+/// As [`authenticate`], but never for a missing permission.
+pub fn authenticate_key<T>(
+    request: &Request<T>,
+    validator: &Validator,
+    metrics: &Metrics,
+) -> Result<Caller, ServiceError> {
+    authenticate_for(request, validator, None, metrics)
+}
+
+fn authenticate_for<T>(
+    request: &Request<T>,
+    validator: &Validator,
+    needed: Option<&Permission>,
+    metrics: &Metrics,
+) -> Result<Caller, ServiceError> {
     static ROOT: LazyLock<Permission> =
         LazyLock::new(|| permission::ADMIN.parse().expect("built-in permission"));
     // Refusals are the client's to cause at will: a few lines a second.
@@ -125,7 +147,10 @@ pub fn authenticate<T>(
         }
     };
     let is_root = grant.permissions.iter().any(|held| held.grants(&ROOT));
-    if !is_root && !grant.permissions.iter().any(|held| held.grants(needed)) {
+    if let Some(needed) = needed
+        && !is_root
+        && !grant.permissions.iter().any(|held| held.grants(needed))
+    {
         metrics.caller_refused(CallerRefused::MissingPermission);
         if let Some(held_back) = REFUSALS.admit() {
             tracing::info!(caller = %grant.key.id, %needed, held_back, "caller lacks permission");

@@ -16,9 +16,10 @@
 //! without a valid caller key: it has not been read, and nothing else is.
 //!
 //! The other difference is on the sending side: a message that carries a
-//! plaintext key (a mint or rotate response, a Validate request) has that
-//! field wiped as soon as it is encoded ([`Sender::wipe_secrets`]), on the
-//! server and in every client built on these stubs, `keywardctl` included.
+//! plaintext key or identity token (a mint, rotate or exchange response, a
+//! Validate or Exchange request) has that field wiped as soon as it is
+//! encoded ([`Sender::wipe_secrets`]), on the server and in every client
+//! built on these stubs, `keywardctl` included.
 //! The encoded bytes live on in tonic's and hyper's buffers, which keyward
 //! does not own; SECURITY.md says so.
 
@@ -61,8 +62,16 @@ sent_by!(true:
     ListRolesRequest, UpdateRoleRequest, DeleteRoleRequest, ListAuditRecordsRequest,
 );
 sent_by!(false:
-    ValidateResponse, Key, ListKeysResponse, RevokeKeyResponse, RevokeKeysResponse, Role, ListRolesResponse, DeleteRoleResponse,
-    ListAuditRecordsResponse,
+    ValidateResponse, Key, ListKeysResponse, RevokeKeyResponse, RevokeKeysResponse, Role,
+    ListRolesResponse, DeleteRoleResponse, ListAuditRecordsResponse,
+);
+// Trust policies and the OIDC exchange (`trust_service.proto`).
+sent_by!(true:
+    CreateTrustPolicyRequest, GetTrustPolicyRequest, ListTrustPoliciesRequest,
+    UpdateTrustPolicyRequest, DeleteTrustPolicyRequest, RevokeSelfRequest,
+);
+sent_by!(false:
+    TrustPolicy, ListTrustPoliciesResponse, DeleteTrustPolicyResponse, RevokeSelfResponse,
 );
 
 impl Sender for pb::ValidateRequest {
@@ -86,6 +95,23 @@ impl Sender for pb::RotateKeyResponse {
 
     fn wipe_secrets(&mut self) {
         self.plaintext.zeroize();
+    }
+}
+
+impl Sender for pb::ExchangeResponse {
+    const CLIENT: bool = false;
+
+    fn wipe_secrets(&mut self) {
+        self.plaintext.zeroize();
+    }
+}
+
+/// The identity token is a bearer credential too, for as long as it lives.
+impl Sender for pb::ExchangeRequest {
+    const CLIENT: bool = true;
+
+    fn wipe_secrets(&mut self) {
+        self.token.zeroize();
     }
 }
 

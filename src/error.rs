@@ -7,6 +7,9 @@
 //! | [`ServiceError`] | gRPC handlers and [`crate::lifecycle`] | clients, as a `tonic::Status` |
 //! | [`crate::bootstrap::InitError`] | first-run initialisation | `keywardctl init`, server start |
 //! | [`crate::server::StartupError`] | binding and opening at start | the operator, as one line |
+//! | [`crate::oidc::fetch::FetchError`] | fetching an OIDC issuer's discovery document or keys | the server log only |
+//! | [`crate::oidc::Refusal`] | why an identity token exchange was refused | the server log and `keyward_exchanges_total`; callers get one `PERMISSION_DENIED` ([`crate::exchange::DENIED`]) |
+//! | [`crate::lifecycle::ExchangeFailure`] | minting an exchanged key: refused, or a [`ServiceError`] | [`crate::exchange`], which turns it into one of the two above |
 //!
 //! The status a client sees is decided in exactly one place:
 //! `impl From<ServiceError> for tonic::Status`. No message carries a secret.
@@ -94,7 +97,10 @@ impl From<StoreError> for ServiceError {
             StoreError::KeyNotFound(_) | StoreError::RoleNotFound(_) => {
                 Self::NotFound(error.to_string())
             }
-            StoreError::RoleExists(_) => Self::AlreadyExists(error.to_string()),
+            StoreError::RoleExists(_) | StoreError::PolicyExists(_) => {
+                Self::AlreadyExists(error.to_string())
+            }
+            StoreError::PolicyNotFound(_) => Self::NotFound(error.to_string()),
             StoreError::NotRotatable { .. }
             | StoreError::AlreadyInitialized
             | StoreError::BuiltinRole(_)

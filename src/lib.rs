@@ -23,6 +23,9 @@
 //! | [`auth`] | caller authentication from `authorization: Bearer` metadata; no-escalation rule |
 //! | [`scope`] | administration scope: which keys a narrow admin key may mint and manage (its owner, tenant, and keys it minted) |
 //! | [`lifecycle`] | mint, get, list, rotate, revoke; roles; audit queries |
+//! | [`trust`] | trust policies: which CI jobs' OIDC identity tokens may be exchanged for which keys |
+//! | [`oidc`] | verifying an OIDC identity token: discovery, the issuer's keys (cached), the JWT and its claims |
+//! | [`exchange`] | the exchange: identity token → verified → a short-lived key, one generic refusal |
 //! | [`bootstrap`] | first run: built-in roles and the first admin key |
 //! | [`service`] | the gRPC edge: wire ↔ domain conversions |
 //! | [`hardening`] | the server process itself: no core dumps, not dumpable |
@@ -41,6 +44,7 @@ pub mod cidr;
 pub mod clock;
 pub mod codec;
 pub mod error;
+pub mod exchange;
 pub mod freshness;
 pub mod hardening;
 pub mod index;
@@ -49,6 +53,7 @@ pub mod lifecycle;
 pub mod listener;
 pub mod metrics;
 pub mod model;
+pub mod oidc;
 pub mod permission;
 pub mod rate_limit;
 pub mod replica;
@@ -62,6 +67,7 @@ pub mod telemetry;
 pub mod testing;
 pub mod text;
 pub mod tls;
+pub mod trust;
 pub mod usage;
 pub mod validate;
 

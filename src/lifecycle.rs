@@ -865,5 +865,9 @@ fn upserted(key: &KeyRecord, minted: &MintedKey) -> Change {
     Change::KeyUpserted(Arc::new(IndexedKey::new(key, minted.digest)))
 }
 
+mod trust;
+
+pub use trust::ExchangeFailure;
+
 #[cfg(test)]
 mod tests;

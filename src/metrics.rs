@@ -334,6 +334,30 @@ pub struct Metrics {
     feed_apply_seconds: Histogram,
     resyncs: Family<Resync, Counter>,
     resync_seconds: Histogram,
+    exchanges: Family<ResultReason, Counter>,
+}
+
+/// How one OIDC exchange ended: one series of `keyward_exchanges_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exchanged {
+    /// A key was minted.
+    Ok,
+    /// Refused (the caller saw `PERMISSION_DENIED`), and why.
+    Refused(crate::oidc::Refusal),
+    /// The database failed.
+    Failed,
+}
+
+impl Exchanged {
+    /// The `result` and `reason` labels.
+    const fn labels(self) -> ResultReason {
+        let (result, reason) = match self {
+            Self::Ok => ("ok", "none"),
+            Self::Refused(refusal) => ("refused", refusal.label()),
+            Self::Failed => ("error", "database"),
+        };
+        ResultReason { result, reason }
+    }
 }
 
 impl Metrics {
@@ -420,6 +444,20 @@ impl Metrics {
             resync_seconds.clone(),
         );
 
+        let exchanges = Family::<ResultReason, Counter>::default();
+        for how in [Exchanged::Ok, Exchanged::Failed]
+            .into_iter()
+            .chain(crate::oidc::Refusal::ALL.map(Exchanged::Refused))
+        {
+            exchanges.get_or_create_owned(&how.labels());
+        }
+        registry.register(
+            "exchanges",
+            "OIDC identity token exchanges (ExchangeService/Exchange), by result (ok, refused, \
+             error) and the reason a refusal had (callers are told only PERMISSION_DENIED)",
+            exchanges.clone(),
+        );
+
         registry.register_collector(Box::new(IndexGauges { index, freshness }));
 
         Self {
@@ -432,7 +470,13 @@ impl Metrics {
             feed_apply_seconds,
             resyncs,
             resync_seconds,
+            exchanges,
         }
+    }
+
+    /// Counts an OIDC exchange that ended as `how`.
+    pub fn exchanged(&self, how: Exchanged) {
+        self.exchanges.get_or_create(&how.labels()).inc();
     }
 
     /// Counts a Validate that ended as `how`, started at `started`.

@@ -559,6 +559,16 @@ pub enum AuditAction {
     RoleUpdate,
     /// Only a role no key holds, revoked keys included, can be deleted.
     RoleDelete,
+    /// A key minted for an OIDC identity token (no caller key: the actor is
+    /// empty); the reason names the trust policy, the issuer, the token's
+    /// subject and `jti`, never the token.
+    Exchange,
+    /// The reason lists the trust policy's settings.
+    TrustCreate,
+    /// The reason lists the trust policy's settings after the change.
+    TrustUpdate,
+    /// Keys the policy minted are left as they are.
+    TrustDelete,
 }
 
 impl AuditAction {
@@ -574,6 +584,10 @@ impl AuditAction {
             Self::RoleCreate => "role.create",
             Self::RoleUpdate => "role.update",
             Self::RoleDelete => "role.delete",
+            Self::Exchange => "key.exchange",
+            Self::TrustCreate => "trust.create",
+            Self::TrustUpdate => "trust.update",
+            Self::TrustDelete => "trust.delete",
         }
     }
 }

@@ -29,6 +29,11 @@ pub const ROLES_READ: &str = "keyward:roles:read";
 pub const ROLES_WRITE: &str = "keyward:roles:write";
 /// `ListAuditRecords`.
 pub const AUDIT_READ: &str = "keyward:audit:read";
+/// `GetTrustPolicy`, `ListTrustPolicies`.
+pub const TRUST_READ: &str = "keyward:trust:read";
+/// `CreateTrustPolicy`, `UpdateTrustPolicy`, `DeleteTrustPolicy` (only
+/// policies granting what the caller holds).
+pub const TRUST_WRITE: &str = "keyward:trust:write";
 
 /// Why a string is not a permission. The message explains the grammar.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

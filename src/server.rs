@@ -12,6 +12,7 @@ use tonic::transport::Server;
 use crate::{
     bootstrap::{self, InitError},
     clock::{Clock, SystemClock},
+    exchange::{Exchanger, OidcSettings},
     freshness::Freshness,
     index::Index,
     lifecycle::Lifecycle,
@@ -20,7 +21,7 @@ use crate::{
     pb,
     rate_limit::RateLimit,
     replica::{self, FeedSettings},
-    service::{AdminService, KeyService},
+    service::{AdminService, ExchangeService, KeyService, TrustService},
     store::{PoolSettings, Store, StoreError, redacted_url},
     telemetry::RpcSpanLayer,
     tls::{self, TlsConfig, TlsError, TlsFiles},
@@ -126,6 +127,9 @@ pub struct Settings {
     /// How many keys a caller short of `keyward:admin` may mint, as a rate
     /// (e.g. 100 a minute, with a burst); `None`: no limit.
     pub mint_quota: Option<RateLimit>,
+    /// How OIDC identity token exchanges reach issuers
+    /// (`--oidc-allow-http-issuers`).
+    pub oidc: OidcSettings,
 }
 
 impl Default for Settings {
@@ -177,6 +181,7 @@ impl Default for Settings {
             mint_quota: Some(
                 RateLimit::new(100, Duration::from_mins(1), 100).expect("a valid rate"),
             ),
+            oidc: OidcSettings::default(),
         }
     }
 }
@@ -203,6 +208,7 @@ impl std::fmt::Debug for Settings {
             .field("drain_timeout", &self.drain_timeout)
             .field("metrics_listen", &self.metrics_listen)
             .field("mint_quota", &self.mint_quota)
+            .field("oidc", &self.oidc)
             .finish()
     }
 }
@@ -249,6 +255,8 @@ pub struct Application {
     index: Arc<Index>,
     validator: Arc<Validator>,
     lifecycle: Arc<Lifecycle>,
+    exchanger: Arc<Exchanger>,
+    allow_http_issuers: bool,
     clock: Arc<dyn Clock>,
     usage_flush_interval: Duration,
     /// Set on PostgreSQL, where the index follows the change feed.
@@ -351,6 +359,11 @@ impl Application {
             Lifecycle::new(store.clone(), index.clone(), clock.clone(), metrics.clone())
                 .with_mint_quota(settings.mint_quota),
         );
+        let exchanger = Arc::new(Exchanger::new(
+            lifecycle.clone(),
+            settings.oidc,
+            metrics.clone(),
+        ));
         Ok(Self {
             listener,
             local_addr,
@@ -358,6 +371,8 @@ impl Application {
             index,
             validator,
             lifecycle,
+            exchanger,
+            allow_http_issuers: settings.oidc.allow_http_issuers,
             clock,
             usage_flush_interval: settings.usage_flush_interval,
             feed,
@@ -478,7 +493,26 @@ impl Application {
                 ))
                 .max_decoding_message_size(limits.max_message_size),
                 self.metrics.clone(),
-            ));
+            ))
+            .add_service(metrics::grpc::CountAdminRpcs::new(
+                pb::trust_service_server::TrustServiceServer::new(TrustService::new(
+                    self.lifecycle.clone(),
+                    self.validator.clone(),
+                    self.metrics.clone(),
+                    self.allow_http_issuers,
+                ))
+                .max_decoding_message_size(limits.max_message_size),
+                self.metrics.clone(),
+            ))
+            .add_service(
+                pb::exchange_service_server::ExchangeServiceServer::new(ExchangeService::new(
+                    self.exchanger.clone(),
+                    self.lifecycle.clone(),
+                    self.validator.clone(),
+                    self.metrics.clone(),
+                ))
+                .max_decoding_message_size(limits.max_message_size),
+            );
         tracing::info!(
             addr = %self.local_addr,
             tls = self.tls.is_some(),

@@ -9,7 +9,10 @@ use keyward::rate_limit::RateLimit;
 
 use crate::{
     client::{ServerUrl, TlsOptions},
-    commands::{audit::AuditArgs, init::InitArgs, keys, roles::RoleCommand, verify::VerifyArgs},
+    commands::{
+        audit::AuditArgs, exchange::ExchangeArgs, init::InitArgs, keys, roles::RoleCommand,
+        trust::TrustCommand, verify::VerifyArgs,
+    },
     output::OutputFormat,
 };
 
@@ -176,6 +179,20 @@ pub enum Command {
     /// with the id of the key that made it (`local` for `init` and the
     /// server's first start, which need no key). Records never hold a secret.
     Audit(AuditArgs),
+    /// Manage trust policies: which CI jobs may exchange their OIDC identity
+    /// token for which short-lived key
+    ///
+    /// Needs `keyward:trust:write` (`keyward:trust:read` for list and show).
+    #[command(subcommand)]
+    Trust(TrustCommand),
+    /// Exchange a CI job's OIDC identity token for a short-lived key and
+    /// print it (the only time its plaintext is shown)
+    ///
+    /// Reads the token from --token-file or stdin (never the command line).
+    /// Needs no admin key: the token is the credential. Every refusal looks
+    /// the same from here; the server's log says why. End the key with
+    /// `keywardctl revoke --self` as the job's last step.
+    Exchange(ExchangeArgs),
     /// Print a shell completion script for keywardctl
     ///
     /// bash: `keywardctl completions bash > /etc/bash_completion.d/keywardctl`;

@@ -14,7 +14,10 @@ use std::{
     time::Duration,
 };
 
-use keyward::pb::{admin_service_client::AdminServiceClient, key_service_client::KeyServiceClient};
+use keyward::pb::{
+    admin_service_client::AdminServiceClient, exchange_service_client::ExchangeServiceClient,
+    key_service_client::KeyServiceClient, trust_service_client::TrustServiceClient,
+};
 use tonic::{
     metadata::{Ascii, MetadataValue},
     service::{Interceptor, interceptor::InterceptedService},
@@ -175,6 +178,11 @@ impl Interceptor for BearerAuth {
 pub type AdminClient = AdminServiceClient<InterceptedService<Channel, BearerAuth>>;
 /// An authenticated channel to the data plane (Validate).
 pub type KeyClient = KeyServiceClient<InterceptedService<Channel, BearerAuth>>;
+/// An authenticated channel to the trust policy API.
+pub type TrustClient = TrustServiceClient<InterceptedService<Channel, BearerAuth>>;
+/// A channel to the exchange API, authenticated (`RevokeSelf`) or not
+/// (`Exchange`, where the identity token is the credential).
+pub type ExchangeClient<T = InterceptedService<Channel, BearerAuth>> = ExchangeServiceClient<T>;
 
 /// How to make a TLS connection: whom to trust, and who this client is.
 #[derive(Debug, Clone, Default)]
@@ -244,6 +252,43 @@ pub async fn key_client(global: &GlobalArgs) -> Result<KeyClient, CliError> {
     let auth = BearerAuth(AdminKey::from_args(global)?);
     let channel = connect(&global.server, &global.tls()).await?;
     Ok(KeyServiceClient::with_interceptor(channel, auth))
+}
+
+/// Like [`admin_client`], for the trust policy API.
+///
+/// # Errors
+/// As [`admin_client`].
+pub async fn trust_client(global: &GlobalArgs) -> Result<TrustClient, CliError> {
+    let (channel, auth) = authenticated(global).await?;
+    Ok(TrustServiceClient::with_interceptor(channel, auth))
+}
+
+/// Like [`admin_client`], for `RevokeSelf`: the key given as the admin key
+/// is the one revoked.
+///
+/// # Errors
+/// As [`admin_client`].
+pub async fn self_client(global: &GlobalArgs) -> Result<ExchangeClient, CliError> {
+    let (channel, auth) = authenticated(global).await?;
+    Ok(ExchangeServiceClient::with_interceptor(channel, auth))
+}
+
+/// The credential, then the connection (so a missing key is reported
+/// without a network round trip).
+async fn authenticated(global: &GlobalArgs) -> Result<(Channel, BearerAuth), CliError> {
+    let auth = BearerAuth(AdminKey::from_args(global)?);
+    Ok((connect(&global.server, &global.tls()).await?, auth))
+}
+
+/// A connection for `Exchange`, with no credential: the identity token in
+/// the request is one.
+///
+/// # Errors
+/// [`CliError::Unreachable`].
+pub async fn exchange_client(global: &GlobalArgs) -> Result<ExchangeClient<Channel>, CliError> {
+    Ok(ExchangeServiceClient::new(
+        connect(&global.server, &global.tls()).await?,
+    ))
 }
 
 async fn connect(server: &ServerUrl, tls: &TlsOptions) -> Result<Channel, CliError> {

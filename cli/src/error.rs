@@ -93,6 +93,22 @@ pub enum CliError {
 
     #[error("cannot write the output: {0}")]
     Output(io::Error),
+
+    /// `exchange`: the server refused the identity token. It says no more
+    /// on purpose (every refusal looks the same); its log says why.
+    #[error(
+        "the identity token was refused under this trust policy ({0}); the keyward server's \
+         log says why"
+    )]
+    TokenRefused(String),
+
+    #[error("cannot read the identity token from {}: {source}", path.display())]
+    TokenFile { path: PathBuf, source: io::Error },
+
+    #[error(
+        "no identity token: give --token-file PATH or pipe the token into `keywardctl exchange`"
+    )]
+    EmptyToken,
 }
 
 impl CliError {

@@ -20,6 +20,7 @@ use keyward::{
     pb,
     permission::{Permission, RoleName},
     text,
+    trust::{ClaimPattern, Issuer, PolicyName, check_audience, check_claim_name},
 };
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
@@ -42,6 +43,23 @@ fn duration(duration: Option<&prost_types::Duration>) {
     }
 }
 
+fn policy(name: &str, spec: Option<&pb::TrustPolicySpec>) {
+    let _ = name.parse::<PolicyName>();
+    let Some(spec) = spec else {
+        return;
+    };
+    let _ = Issuer::parse(&spec.issuer, true).map(|issuer| issuer.discovery_url());
+    let _ = check_audience(&spec.audience);
+    for (name, pattern) in &spec.required_claims {
+        let _ = check_claim_name(name);
+        if let Ok(pattern) = ClaimPattern::parse(pattern) {
+            let _ = pattern.matches(name);
+        }
+    }
+    duration(spec.ttl.as_ref());
+    let _ = Labels::new(spec.labels.clone().into_iter().collect());
+}
+
 fn rate_limit(limit: Option<&pb::RateLimit>) {
     if let Some(limit) = limit {
         duration(limit.per.as_ref());
@@ -52,7 +70,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&rpc, bytes)) = data.split_first() else {
         return;
     };
-    match rpc % 14 {
+    match rpc % 18 {
         0 => {
             if let Some(request) = decode::<pb::ValidateRequest>(bytes) {
                 let _ = client_ip(&request.client_ip);
@@ -123,6 +141,26 @@ fuzz_target!(|data: &[u8]| {
         12 => {
             if let Some(request) = decode::<pb::DeleteRoleRequest>(bytes) {
                 role(&request.name);
+            }
+        }
+        14 => {
+            if let Some(request) = decode::<pb::CreateTrustPolicyRequest>(bytes) {
+                policy(&request.name, request.spec.as_ref());
+            }
+        }
+        15 => {
+            if let Some(request) = decode::<pb::UpdateTrustPolicyRequest>(bytes) {
+                policy(&request.name, request.spec.as_ref());
+            }
+        }
+        16 => {
+            if let Some(request) = decode::<pb::GetTrustPolicyRequest>(bytes) {
+                let _ = request.name.parse::<PolicyName>();
+            }
+        }
+        17 => {
+            if let Some(request) = decode::<pb::ExchangeRequest>(bytes) {
+                let _ = request.policy.parse::<PolicyName>();
             }
         }
         _ => {

@@ -1,5 +1,6 @@
 //! Counting admin RPCs (`keyward_admin_requests_total{rpc, code}`) around
-//! the generated `AdminServiceServer`, so every answer is counted: the
+//! the generated `AdminServiceServer` and `TrustServiceServer`, so every
+//! answer is counted: the
 //! handlers' own, and those tonic gives before a handler runs (a message too
 //! large, an unknown method). Wrapping that one service keeps Validate's path
 //! free of it.
@@ -15,10 +16,11 @@ use tonic::{Code, server::NamedService};
 
 use super::Metrics;
 
-/// The methods of `keyward.v1.AdminService`: the only values the `rpc` label
-/// takes besides `unknown` (a method this build does not have, answered
-/// `UNIMPLEMENTED`), so a client cannot make up series.
-pub const ADMIN_RPCS: [&str; 13] = [
+/// The methods of `keyward.v1.AdminService` and `keyward.v1.TrustService`:
+/// the only values the `rpc` label takes besides `unknown` (a method this
+/// build does not have, answered `UNIMPLEMENTED`), so a client cannot make
+/// up series.
+pub const ADMIN_RPCS: [&str; 18] = [
     "MintKey",
     "GetKey",
     "ListKeys",
@@ -32,6 +34,11 @@ pub const ADMIN_RPCS: [&str; 13] = [
     "UpdateRole",
     "DeleteRole",
     "ListAuditRecords",
+    "CreateTrustPolicy",
+    "GetTrustPolicy",
+    "ListTrustPolicies",
+    "UpdateTrustPolicy",
+    "DeleteTrustPolicy",
 ];
 
 /// The `rpc` label of a request path `/keyward.v1.AdminService/<Method>`.
@@ -162,7 +169,7 @@ mod tests {
             .file
             .iter()
             .flat_map(|file| &file.service)
-            .filter(|service| service.name() == "AdminService")
+            .filter(|service| ["AdminService", "TrustService"].contains(&service.name()))
             .flat_map(|service| &service.method)
             .map(|method| method.name().to_owned())
             .collect();

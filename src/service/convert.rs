@@ -495,6 +495,8 @@ fn page_size(requested: u32) -> Result<u32, ServiceError> {
     }
 }
 
+pub mod trust;
+
 #[cfg(test)]
 mod properties;
 

@@ -5,6 +5,8 @@
 mod admin;
 mod convert;
 mod keys;
+mod trust;
 
 pub use admin::AdminService;
 pub use keys::KeyService;
+pub use trust::{ExchangeService, TrustService};

@@ -87,6 +87,16 @@ pub enum StoreError {
         /// Of `keys`, those not revoked (expired and spent ones included).
         active: i64,
     },
+    /// A trust policy with this name exists already (`ALREADY_EXISTS`).
+    #[error("trust policy {0} already exists")]
+    PolicyExists(crate::trust::PolicyName),
+    /// No trust policy has this name; admin RPCs answer `NOT_FOUND`.
+    #[error("trust policy {0} not found")]
+    PolicyNotFound(crate::trust::PolicyName),
+    /// An identity token's `jti` was exchanged before (on any replica);
+    /// nothing was written. The exchange refuses it like any bad token.
+    #[error("the identity token was exchanged before")]
+    Replayed,
     /// Any other query or connection failure. A lost or refused connection
     /// (or a lock or pool timeout) answers `UNAVAILABLE`, worth a retry;
     /// anything else `INTERNAL`.

@@ -23,6 +23,7 @@
 //! | `mod.rs` | the [`Store`]: opening, the pool, write transactions, notifying the feed |
 //! | `keys.rs` | keys: mint, read, list, rotate, revoke, uses |
 //! | `roles.rs` | roles: create, update, delete |
+//! | `trust.rs` | trust policies, and keys minted by an OIDC exchange with the token's replay record |
 //! | `audit.rs` | the audit log: appending, reading pages |
 //! | `sync.rs` | initialisation, the index's snapshot, following the feed |
 //! | [`feed`] | the change feed between replicas (PostgreSQL) |
@@ -72,6 +73,7 @@ mod roles;
 mod rows;
 mod sql;
 mod sync;
+mod trust;
 
 use std::{
     fmt,
@@ -90,6 +92,7 @@ pub use self::{
     keys::{NewKey, Revocation, Rotation},
     location::redacted_url,
     sync::Snapshot,
+    trust::Replay,
 };
 use self::{
     feed::Topic,

@@ -33,10 +33,7 @@ pub(super) fn count_to_i64(count: u64) -> i64 {
 }
 
 /// The rate limit stored in `rate_requests`, `rate_period_ms`, `rate_burst`.
-fn rate_limit_columns(
-    row: &AnyRow,
-    table: &'static str,
-) -> Result<Option<RateLimit>, StoreError> {
+fn rate_limit_columns(row: &AnyRow, table: &'static str) -> Result<Option<RateLimit>, StoreError> {
     let requests: Option<i64> = row.try_get("rate_requests")?;
     let period: Option<i64> = row.try_get("rate_period_ms")?;
     let burst: Option<i64> = row.try_get("rate_burst")?;

@@ -51,7 +51,8 @@ impl Sql {
             .add(value)
             .expect("encoding to Any cannot fail");
         if self.numbered {
-            write!(self.text, "${}", self.arguments.len()).expect("writing to a String cannot fail");
+            write!(self.text, "${}", self.arguments.len())
+                .expect("writing to a String cannot fail");
         } else {
             self.text.push('?');
         }

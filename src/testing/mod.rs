@@ -10,9 +10,11 @@
 //! | [`on_both_stores!`] | a test written once as `async fn name(backend: Backend)`, run on each store |
 //! | [`ScratchDatabase`] | a PostgreSQL database for one test; ones left by a killed run are swept |
 //! | [`forge`] | a well-formed key with a chosen id and another key's secret |
+//! | [`oidc`] | a fake OpenID Connect issuer (discovery, JWKS, keys made at run time) signing good and forged tokens |
 //! | [`tls`] | CAs and certificates made at run time for the TLS tests |
 
 mod app;
+pub mod oidc;
 mod postgres;
 pub mod tls;
 

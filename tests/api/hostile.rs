@@ -40,6 +40,11 @@ const GET_ROLE: &str = "/keyward.v1.AdminService/GetRole";
 const UPDATE_ROLE: &str = "/keyward.v1.AdminService/UpdateRole";
 const DELETE_ROLE: &str = "/keyward.v1.AdminService/DeleteRole";
 const AUDIT: &str = "/keyward.v1.AdminService/ListAuditRecords";
+const CREATE_POLICY: &str = "/keyward.v1.TrustService/CreateTrustPolicy";
+const GET_POLICY: &str = "/keyward.v1.TrustService/GetTrustPolicy";
+const UPDATE_POLICY: &str = "/keyward.v1.TrustService/UpdateTrustPolicy";
+const DELETE_POLICY: &str = "/keyward.v1.TrustService/DeleteTrustPolicy";
+const EXCHANGE: &str = "/keyward.v1.ExchangeService/Exchange";
 
 /// Sends pre-encoded request bytes and ignores what a successful answer
 /// holds: the cases here are about the status.
@@ -565,6 +570,7 @@ async fn every_malformed_field_is_invalid_argument_naming_it(backend: Backend) {
         list_cases(),
         bulk_cases(),
         role_cases(&targets),
+        trust_cases(),
     ];
 
     let mut failures = Vec::new();
@@ -615,6 +621,70 @@ async fn every_malformed_field_is_invalid_argument_naming_it(backend: Backend) {
         .into_inner();
     assert_eq!(role.permissions, ["deploy:read"]);
     assert_eq!((role.description.as_str(), role.max_ttl), ("", None));
+}
+
+/// A trust policy's spec that the server accepts.
+fn good_spec() -> pb::TrustPolicySpec {
+    pb::TrustPolicySpec {
+        issuer: "https://token.actions.githubusercontent.com".into(),
+        audience: "keyward".into(),
+        required_claims: [("repository".to_owned(), "acme/api".to_owned())].into(),
+        ttl: duration(600, 0),
+        ..Default::default()
+    }
+}
+
+#[rustfmt::skip]
+fn trust_cases() -> Vec<Case> {
+    let create = |f: &dyn Fn(&mut pb::TrustPolicySpec)| {
+        let mut spec = good_spec();
+        f(&mut spec);
+        encoded(&pb::CreateTrustPolicyRequest { name: "p".into(), spec: Some(spec) })
+    };
+    let named = |name: &str| encoded(&pb::CreateTrustPolicyRequest { name: name.into(), spec: Some(good_spec()) });
+    let claim = |k: &str, v: &str| create(&|s| s.required_claims = [(k.to_owned(), v.to_owned())].into());
+    let ttl = |d: Option<Duration>| create(&|s| s.ttl = d);
+    vec![
+        case(CREATE_POLICY, "name uppercase", named("Deploy"), "name"),
+        case(CREATE_POLICY, "name of 65 bytes", named(&text(65)), "name"),
+        case(CREATE_POLICY, "name with a bidi override", named(BIDI), "name"),
+        case(CREATE_POLICY, "no spec", encoded(&pb::CreateTrustPolicyRequest { name: "p".into(), spec: None }), "spec"),
+        case(CREATE_POLICY, "an http:// issuer", create(&|s| s.issuer = "http://127.0.0.1:1".into()), "issuer"),
+        case(CREATE_POLICY, "an issuer with a bidi override", create(&|s| s.issuer = format!("https://{BIDI}.example")), "issuer"),
+        case(CREATE_POLICY, "an issuer of 600 bytes", create(&|s| s.issuer = format!("https://{}", text(600))), "issuer"),
+        case(CREATE_POLICY, "an issuer with a query", create(&|s| s.issuer = "https://x.example/?a=b".into()), "issuer"),
+        case(CREATE_POLICY, "an empty audience", create(&|s| s.audience = String::new()), "audience"),
+        case(CREATE_POLICY, "an audience with a control character", create(&|s| s.audience = CONTROL.into()), "audience"),
+        case(CREATE_POLICY, "no required claim", create(&|s| s.required_claims.clear()), "required_claims"),
+        case(CREATE_POLICY, "33 required claims", create(&|s| s.required_claims = (0..33).map(|i| (format!("c{i}"), "v".to_owned())).collect()), "required_claims"),
+        case(CREATE_POLICY, "a claim glob in the middle", claim("repository", "acme/*/api"), "required_claims"),
+        case(CREATE_POLICY, "a claim value with a bidi override", claim("repository", BIDI), "required_claims"),
+        case(CREATE_POLICY, "a claim value with a NUL", claim("repository", NUL), "required_claims"),
+        case(CREATE_POLICY, "a claim value of 257 bytes", claim("repository", &text(257)), "required_claims"),
+        case(CREATE_POLICY, "an empty claim value", claim("repository", ""), "required_claims"),
+        case(CREATE_POLICY, "a claim named exp", claim("exp", "1"), "required_claims"),
+        case(CREATE_POLICY, "a claim name with a space", claim("a b", "1"), "required_claims"),
+        case(CREATE_POLICY, "no ttl", ttl(None), "ttl"),
+        case(CREATE_POLICY, "a zero ttl", ttl(duration(0, 0)), "ttl"),
+        case(CREATE_POLICY, "a negative ttl", ttl(duration(-60, 0)), "ttl"),
+        case(CREATE_POLICY, "a ttl over an hour", ttl(duration(3601, 0)), "ttl"),
+        case(CREATE_POLICY, "a sub-millisecond ttl", ttl(duration(60, 1)), "ttl"),
+        case(CREATE_POLICY, "ttl nanos of 1e9", ttl(duration(60, 1_000_000_000)), "ttl"),
+        case(CREATE_POLICY, "65 roles", create(&|s| s.roles = many(65, |i| format!("r{i}"))), "roles"),
+        case(CREATE_POLICY, "an unknown role", create(&|s| s.roles = vec!["nope".into()]), "roles"),
+        case(CREATE_POLICY, "the global wildcard", create(&|s| s.permissions = vec!["*".into()]), "permissions"),
+        case(CREATE_POLICY, "a malformed permission", create(&|s| s.permissions = vec!["Deploy".into()]), "permissions"),
+        case(CREATE_POLICY, "a CIDR that is not one", create(&|s| s.allowed_cidrs = vec!["10.0.0.0/33".into()]), "allowed_cidrs"),
+        case(CREATE_POLICY, "a label with a bad key", create(&|s| s.labels = [("a=b".to_owned(), "x".to_owned())].into()), "labels"),
+        case(CREATE_POLICY, "a label the exchange sets", create(&|s| s.labels = [("oidc.subject".to_owned(), "x".to_owned())].into()), "labels"),
+        case(CREATE_POLICY, "a description of 1025 bytes", create(&|s| s.description = text(1025)), "description"),
+        case(CREATE_POLICY, "name not UTF-8", with_bad_utf8(&pb::CreateTrustPolicyRequest::default(), 1), "CreateTrustPolicyRequest.name"),
+        case(GET_POLICY, "name with a control character", encoded(&pb::GetTrustPolicyRequest { name: CONTROL.into() }), "name"),
+        case(UPDATE_POLICY, "name with a zero-width space", encoded(&pb::UpdateTrustPolicyRequest { name: ZERO_WIDTH.into(), spec: Some(good_spec()) }), "name"),
+        case(UPDATE_POLICY, "a claim glob in the middle", encoded(&pb::UpdateTrustPolicyRequest { name: "p".into(), spec: Some(pb::TrustPolicySpec { required_claims: [("ref".to_owned(), "*main".to_owned())].into(), ..good_spec() }) }), "required_claims"),
+        case(DELETE_POLICY, "an empty name", encoded(&pb::DeleteTrustPolicyRequest { name: String::new() }), "name"),
+        case(EXCHANGE, "token not UTF-8", with_bad_utf8(&pb::ExchangeRequest::default(), 2), "ExchangeRequest.token"),
+    ]
 }
 
 /// A hostile *presented key* is not a malformed request: it is a key that

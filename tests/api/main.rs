@@ -7,6 +7,7 @@ mod audit;
 mod binary;
 mod bulk;
 mod crash;
+mod exchange;
 mod hostile;
 mod lifecycle;
 mod limits;

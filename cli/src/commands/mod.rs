@@ -7,9 +7,11 @@
 //! message, and turning the CLI's durations and rate limits into the wire's.
 
 pub mod audit;
+pub mod exchange;
 pub mod init;
 pub mod keys;
 pub mod roles;
+pub mod trust;
 pub mod verify;
 
 use std::{process::ExitCode, time::Duration};
@@ -39,6 +41,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Verify(args) => verify::run(args, global).await,
         Command::Role(command) => roles::run(command, global).await,
         Command::Audit(args) => audit::run(args, global).await,
+        Command::Trust(command) => trust::run(command, global).await,
+        Command::Exchange(args) => exchange::run(args, global).await,
         Command::Completions { shell } => completions(shell),
     }
 }

@@ -23,6 +23,7 @@
 pub mod audit;
 pub mod key;
 pub mod role;
+pub mod trust;
 pub mod verify;
 
 use std::{

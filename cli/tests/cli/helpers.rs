@@ -214,6 +214,12 @@ impl TestServer {
         run
     }
 
+    /// Runs `future` on the server's runtime, where what it spawns (a fake
+    /// OIDC issuer, say) keeps running for as long as the server.
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
+    }
+
     /// Mints a key with `args` and returns `(id, plaintext)` from the JSON
     /// output.
     pub fn mint(&self, args: &[&str]) -> (String, String) {

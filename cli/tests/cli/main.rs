@@ -12,3 +12,4 @@ mod keys;
 mod rate_limits;
 mod roles;
 mod tls;
+mod trust;

@@ -8,6 +8,7 @@ use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::{Parser, Subcommand};
 use keyward::{
+    exchange::OidcSettings,
     rate_limit::{InvalidRateLimit, RateLimit},
     server::Settings,
     store::PoolSettings,
@@ -217,6 +218,13 @@ pub struct ServeArgs {
     /// is refused (resource exhausted) with when to retry.
     #[arg(long, env = "KEYWARD_MINT_RATE", value_name = "RATE", default_value_t = MintRate(Settings::default().mint_quota))]
     pub mint_rate: MintRate,
+
+    /// Let trust policies name `http://` OIDC issuers, whose discovery
+    /// document and keys are then fetched over plain HTTP. For tests
+    /// against an issuer on loopback only: anyone on the network path could
+    /// forge identity tokens. Without it issuers must be https://.
+    #[arg(long, env = "KEYWARD_OIDC_ALLOW_HTTP_ISSUERS")]
+    pub oidc_allow_http_issuers: bool,
 }
 
 fn parse_rate(text: &str) -> Result<RateLimit, InvalidRateLimit> {
@@ -357,6 +365,10 @@ impl From<ServeArgs> for Settings {
             drain_timeout: args.drain_timeout.0,
             metrics_listen: args.metrics_listen,
             mint_quota: args.mint_rate.0,
+            oidc: OidcSettings {
+                allow_http_issuers: args.oidc_allow_http_issuers,
+                ..OidcSettings::default()
+            },
         }
     }
 }

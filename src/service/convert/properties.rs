@@ -132,6 +132,34 @@ prop_compose! {
     }
 }
 
+prop_compose! {
+    fn trust_spec()(
+        description in text(),
+        issuer in prop_oneof![text(), Just("https://token.actions.githubusercontent.com".to_owned())],
+        audience in text(), required_claims in any_labels(), roles in texts(), permissions in texts(),
+        ttl in any_duration(), allowed_cidrs in texts(), labels in any_labels(),
+    ) -> pb::TrustPolicySpec {
+        pb::TrustPolicySpec {
+            description, issuer, audience, required_claims, roles, permissions, ttl, allowed_cidrs,
+            labels,
+        }
+    }
+}
+
+/// A trust policy's name and settings, as create and update convert them.
+fn trust_policy(
+    name: &str,
+    spec: Option<pb::TrustPolicySpec>,
+    allow_http: bool,
+) -> Result<(), TestCaseError> {
+    invalid_argument(trust::policy_name("name", name))?;
+    if let Some(spec) = invalid_argument(trust::policy_spec(spec, allow_http))? {
+        prop_assert!(!spec.claims.is_empty() && spec.ttl <= crate::trust::MAX_POLICY_TTL);
+        prop_assert!(allow_http || spec.issuer.as_str().starts_with("https://"));
+    }
+    Ok(())
+}
+
 fn validate(request: &pb::ValidateRequest) -> Result<(), TestCaseError> {
     invalid_argument(client_ip(&request.client_ip))?;
     for permission in &request.required_permissions {
@@ -276,6 +304,15 @@ proptest! {
         from_bytes(&bytes, update_role)?;
         from_bytes(&bytes, |r: pb::DeleteRoleRequest| invalid_argument(role_name(&r.name)).map(drop))?;
         from_bytes(&bytes, audit)?;
+        from_bytes(&bytes, |r: pb::CreateTrustPolicyRequest| trust_policy(&r.name, r.spec, false))?;
+        from_bytes(&bytes, |r: pb::UpdateTrustPolicyRequest| trust_policy(&r.name, r.spec, true))?;
+        from_bytes(&bytes, |r: pb::GetTrustPolicyRequest| invalid_argument(trust::policy_name("name", &r.name)).map(drop))?;
+        from_bytes(&bytes, |r: pb::DeleteTrustPolicyRequest| invalid_argument(trust::policy_name("name", &r.name)).map(drop))?;
+    }
+
+    #[test]
+    fn any_trust_policy_request(name in text(), spec in proptest::option::of(trust_spec()), allow_http in any::<bool>()) {
+        trust_policy(&name, spec, allow_http)?;
     }
 
     #[test]

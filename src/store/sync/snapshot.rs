@@ -12,11 +12,7 @@
 //! SQLite driver a thread wake-up, which at one row per key and detail took
 //! most of the start-up time.
 
-use std::{
-    collections::HashMap,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use super::super::StoreError;
 use crate::{
@@ -193,7 +189,11 @@ impl Loading {
             let expires_at = optional::<i64>(next("expires_at")?)
                 .map_err(|()| corrupt("expires_at"))?
                 .map(Timestamp::from_millis);
-            let rate = [next("rate limit")?, next("rate limit")?, next("rate limit")?];
+            let rate = [
+                next("rate limit")?,
+                next("rate limit")?,
+                next("rate limit")?,
+            ];
             let rate_limit = if rate.iter().all(|field| field.is_empty()) {
                 0
             } else {
@@ -390,6 +390,15 @@ mod tests {
         let refused = loading
             .keys(&row(&[&id, &digest, "ops", "", "5", "", "", ""]))
             .unwrap_err();
-        assert!(matches!(refused, StoreError::Corrupt { what: "rate limit", .. }), "{refused}");
+        assert!(
+            matches!(
+                refused,
+                StoreError::Corrupt {
+                    what: "rate limit",
+                    ..
+                }
+            ),
+            "{refused}"
+        );
     }
 }

@@ -123,17 +123,29 @@ pub async fn run(args: MintArgs, global: &GlobalArgs) -> Result<ExitCode, CliErr
     };
     let mut client = admin_client(global).await?;
     let response = call(client.mint_key(request), global).await?;
-    let key = response
-        .key
-        .ok_or(CliError::IncompleteResponse("no key metadata"))?;
-    // Wiped when this function returns, printed or not.
-    let plaintext = Zeroizing::new(response.plaintext);
+    print_minted(response.key, response.plaintext, "Minted", global)
+}
+
+/// Prints a new key and its plaintext, shown this once: after `mint`, and
+/// after `exchange` (`verb` says which). The plaintext is wiped when this
+/// returns, printed or not.
+///
+/// # Errors
+/// An answer without the key's metadata; stdout failing.
+pub fn print_minted(
+    key: Option<pb::Key>,
+    plaintext: String,
+    verb: &str,
+    global: &GlobalArgs,
+) -> Result<ExitCode, CliError> {
+    let plaintext = Zeroizing::new(plaintext);
+    let key = key.ok_or(CliError::IncompleteResponse("no key metadata"))?;
     match global.output {
         OutputFormat::Json => output::print_json(&KeyView::minted(&key, &plaintext))?,
         OutputFormat::Table => {
             output::print(&output::key::minted_text(
                 &format!(
-                    "Minted key {}. Store it now: it is shown only this once.",
+                    "{verb} key {}. Store it now: it is shown only this once.",
                     key.id
                 ),
                 &plaintext,

@@ -17,7 +17,9 @@ use crate::error::CliError;
 
 /// Collects `--label` values, refusing one key given with two values (which
 /// one was meant cannot be guessed).
-fn label_map(labels: Vec<(String, String)>) -> Result<HashMap<String, String>, CliError> {
+pub(crate) fn label_map(
+    labels: Vec<(String, String)>,
+) -> Result<HashMap<String, String>, CliError> {
     let mut map = HashMap::with_capacity(labels.len());
     for (key, value) in labels {
         if let Some(previous) = map.insert(key.clone(), value.clone())

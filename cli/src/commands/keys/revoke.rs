@@ -10,7 +10,7 @@ use keyward::pb;
 use super::label_map;
 use crate::{
     cli::{GlobalArgs, parse_label},
-    client::{AdminClient, admin_client},
+    client::{AdminClient, admin_client, self_client},
     commands::call,
     error::CliError,
     output::{
@@ -23,7 +23,7 @@ use crate::{
 /// can stop many services at once, so it lists what matches first and acts
 /// only with `--yes`.
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("target").required(true).args(["id", "labels"])))]
+#[command(group(ArgGroup::new("target").required(true).args(["id", "labels", "self_"])))]
 pub struct RevokeArgs {
     /// The id of the key to revoke
     #[arg(conflicts_with = "labels")]
@@ -50,6 +50,12 @@ pub struct RevokeArgs {
     /// only says how many match and refuses)
     #[arg(long, conflicts_with = "id")]
     pub yes: bool,
+
+    /// Revoke the key this command authenticates with (`KEYWARD_ADMIN_KEY`
+    /// or --admin-key-file) instead: a CI job's last step, ending the key
+    /// `keywardctl exchange` gave it before its TTL. Needs no permission
+    #[arg(long = "self", conflicts_with_all = ["id", "labels", "owner", "reason", "dry_run", "yes"])]
+    pub self_: bool,
 }
 
 /// Revokes one key by id, or every key matching `--label` (and `--owner`).
@@ -59,10 +65,27 @@ pub struct RevokeArgs {
 /// bulk revoking also a repeated label with two values
 /// (usage) and [`CliError::RevokeNotConfirmed`] without `--yes`.
 pub async fn run(args: RevokeArgs, global: &GlobalArgs) -> Result<ExitCode, CliError> {
+    if args.self_ {
+        return revoke_self(global).await;
+    }
     match args.id {
         Some(id) => revoke_one(id, args.reason, global).await,
         None => revoke_bulk(args, global).await,
     }
+}
+
+/// Revokes the key the command authenticates with.
+async fn revoke_self(global: &GlobalArgs) -> Result<ExitCode, CliError> {
+    let mut client = self_client(global).await?;
+    let response = call(client.revoke_self(pb::RevokeSelfRequest {}), global).await?;
+    print_revocation(
+        pb::RevokeKeyResponse {
+            key: response.key,
+            // A revoked key is no credential: it could not have asked.
+            already_revoked: false,
+        },
+        global,
+    )
 }
 
 /// Revokes a key and reports when, including when it already was.
@@ -77,6 +100,14 @@ async fn revoke_one(
         reason: reason.unwrap_or_default(),
     };
     let response = call(client.revoke_key(request), global).await?;
+    print_revocation(response, global)
+}
+
+/// Reports a revocation: when, including when the key already was.
+fn print_revocation(
+    response: pb::RevokeKeyResponse,
+    global: &GlobalArgs,
+) -> Result<ExitCode, CliError> {
     let key = response
         .key
         .ok_or(CliError::IncompleteResponse("no key metadata"))?;
