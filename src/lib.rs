@@ -42,6 +42,7 @@ pub mod clock;
 pub mod codec;
 pub mod error;
 pub mod freshness;
+pub mod gateway;
 pub mod hardening;
 pub mod index;
 pub mod key;

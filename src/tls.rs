@@ -1,4 +1,4 @@
-//! TLS on the gRPC port, with certificates that can change under a running
+//! TLS on the gRPC port (and the HTTP listener), with certificates that can change under a running
 //! server.
 //!
 //! cert-manager, Vault agents and `certbot` replace certificate files in
@@ -131,6 +131,8 @@ pub struct TlsConfig {
 struct Loaded {
     contents: Contents,
     acceptor: TlsAcceptor,
+    /// The same configuration offering HTTP/1.1, for the HTTP listener.
+    http1_acceptor: TlsAcceptor,
 }
 
 impl std::fmt::Debug for TlsConfig {
@@ -149,10 +151,14 @@ impl TlsConfig {
     /// certificate or key, or whose key does not belong to the certificate.
     pub fn load(files: TlsFiles) -> Result<Self, TlsError> {
         let contents = Contents::read(&files)?;
-        let acceptor = build(&files, &contents)?;
+        let (acceptor, http1_acceptor) = build(&files, &contents)?;
         Ok(Self {
             files,
-            current: RwLock::new(Loaded { contents, acceptor }),
+            current: RwLock::new(Loaded {
+                contents,
+                acceptor,
+                http1_acceptor,
+            }),
         })
     }
 
@@ -173,11 +179,15 @@ impl TlsConfig {
         if self.current().contents == contents {
             return Ok(false);
         }
-        let acceptor = build(&self.files, &contents)?;
+        let (acceptor, http1_acceptor) = build(&self.files, &contents)?;
         *self
             .current
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Loaded { contents, acceptor };
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Loaded {
+            contents,
+            acceptor,
+            http1_acceptor,
+        };
         Ok(true)
     }
 
@@ -190,9 +200,16 @@ impl TlsConfig {
     fn acceptor(&self) -> TlsAcceptor {
         self.current().acceptor.clone()
     }
+
+    fn http1_acceptor(&self) -> TlsAcceptor {
+        self.current().http1_acceptor.clone()
+    }
 }
 
-fn build(files: &TlsFiles, contents: &Contents) -> Result<TlsAcceptor, TlsError> {
+/// The acceptors of one configuration: gRPC's (HTTP/2 only) and the HTTP
+/// listener's (HTTP/1.1, which nginx, Traefik and Caddy speak to an auth
+/// service).
+fn build(files: &TlsFiles, contents: &Contents) -> Result<(TlsAcceptor, TlsAcceptor), TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = certificates(&files.cert, &contents.cert)?;
     let key = PrivateKeyDer::from_pem_slice(&contents.key).map_err(|error| {
@@ -219,9 +236,14 @@ fn build(files: &TlsFiles, contents: &Contents) -> Result<TlsAcceptor, TlsError>
             ),
             error => TlsError::invalid(&files.key, error),
         })?;
+    let mut http1 = config.clone();
+    http1.alpn_protocols = vec![b"http/1.1".to_vec()];
     // gRPC is HTTP/2 only.
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok((
+        TlsAcceptor::from(Arc::new(config)),
+        TlsAcceptor::from(Arc::new(http1)),
+    ))
 }
 
 fn certificates(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -260,6 +282,24 @@ fn client_verifier(
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<TlsConfig>,
+    draining: watch::Receiver<bool>,
+) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+    accept(listener, move || tls.acceptor(), draining)
+}
+
+/// [`incoming`] for the HTTP listener: the same certificates and client
+/// CA, offering HTTP/1.1 rather than HTTP/2.
+pub fn incoming_http1(
+    listener: TcpListener,
+    tls: Arc<TlsConfig>,
+    draining: watch::Receiver<bool>,
+) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+    accept(listener, move || tls.http1_acceptor(), draining)
+}
+
+fn accept(
+    listener: TcpListener,
+    acceptor: impl Fn() -> TlsAcceptor + Send + 'static,
     mut draining: watch::Receiver<bool>,
 ) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
     let (ready, stream) = mpsc::channel(64);
@@ -286,7 +326,7 @@ pub fn incoming(
                 () = started(&mut draining) => break,
             };
             let _ = socket.set_nodelay(true);
-            let acceptor = tls.acceptor();
+            let acceptor = acceptor();
             let ready = ready.clone();
             tokio::spawn(async move {
                 let _permit = permit;

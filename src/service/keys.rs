@@ -1,12 +1,16 @@
 //! `keyward.v1.KeyService`: the data plane.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tonic::{Request, Response, Status};
 
 use super::convert;
 use crate::{
-    auth::{authenticate, client_ip},
+    auth::{authenticate_credential, bearer_token, client_ip},
     error::ServiceError,
     metrics::{DbOperation, Metrics, Validated},
     pb,
@@ -16,6 +20,17 @@ use crate::{
 
 /// Most permissions one Validate request may require.
 pub const MAX_REQUIRED_PERMISSIONS: usize = 64;
+
+/// One Validate answered, with what its carriers need besides the message.
+#[derive(Debug)]
+pub struct Answer {
+    /// The answer itself.
+    pub response: pb::ValidateResponse,
+    /// For `RATE_LIMITED`: the whole seconds to send as `retry-after`.
+    pub retry_after: Option<u64>,
+    /// How the call ended, as `keyward_validate_total` counted it.
+    pub how: Validated,
+}
 
 /// Answers Validate from the in-memory index.
 pub struct KeyService {
@@ -50,53 +65,80 @@ impl KeyService {
     }
 }
 
+impl KeyService {
+    /// Validate, whatever carried it: authenticates the caller's
+    /// credential (`presented`, from `peer`), decides on the request's key
+    /// and counts the call. The gRPC handler, the JSON endpoint (`POST
+    /// /v1/keys:validate`) and the gateways all answer through it.
+    ///
+    /// # Errors
+    /// The caller's refusal (see [`authenticate_credential`]), a stale
+    /// replica, `INVALID_ARGUMENT` for a malformed request, and a database
+    /// failure when a capped key's use cannot be spent.
+    pub async fn answer(
+        &self,
+        presented: Result<&str, ServiceError>,
+        peer: Option<IpAddr>,
+        request: &pb::ValidateRequest,
+    ) -> Result<Answer, ServiceError> {
+        let started = Instant::now();
+        // Checked here too (authentication checks it first thing), so that a
+        // stale replica's refusals are counted as Validate's, not the caller's.
+        if let Err(stale) = self.validator.ensure_fresh() {
+            self.metrics.validated(Validated::Stale, started);
+            return Err(ServiceError::from(stale));
+        }
+        // Refusals of the caller's own key are counted by `authenticate`.
+        let caller = authenticate_credential(
+            presented,
+            peer,
+            &self.validator,
+            &self.validate_permission,
+            &self.metrics,
+        )?
+        .id;
+        let decided = self.decide(request).await;
+        let how = match &decided {
+            Ok(outcome) => Validated::of(outcome),
+            Err(ServiceError::InvalidArgument { .. }) => Validated::InvalidArgument,
+            // The only other failure: spending a capped key's use.
+            Err(_) => {
+                self.metrics.database_error(DbOperation::Validate);
+                Validated::DatabaseError
+            }
+        };
+        self.metrics.validated(how, started);
+        let outcome = decided?;
+        let retry_after = match &outcome {
+            Outcome::RateLimited { retry_after, .. } => Some(retry_after_seconds(*retry_after)),
+            _ => None,
+        };
+        Ok(Answer {
+            response: response(outcome, caller),
+            retry_after,
+            how,
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl pb::key_service_server::KeyService for KeyService {
     async fn validate(
         &self,
         request: Request<pb::ValidateRequest>,
     ) -> Result<Response<pb::ValidateResponse>, Status> {
-        let started = Instant::now();
-        // Checked here too (authentication checks it first thing), so that a
-        // stale replica's refusals are counted as Validate's, not the caller's.
-        if let Err(stale) = self.validator.ensure_fresh() {
-            self.metrics.validated(Validated::Stale, started);
-            return Err(ServiceError::from(stale).into());
-        }
-        // Refusals of the caller's own key are counted by `authenticate`.
-        let caller = authenticate(
-            &request,
-            &self.validator,
-            &self.validate_permission,
-            &self.metrics,
-        )?
-        .id;
-        let decided = self.decide(request.get_ref()).await;
-        self.metrics.validated(
-            match &decided {
-                Ok(outcome) => Validated::of(outcome),
-                Err(ServiceError::InvalidArgument { .. }) => Validated::InvalidArgument,
-                // The only other failure: spending a capped key's use.
-                Err(_) => {
-                    self.metrics.database_error(DbOperation::Validate);
-                    Validated::DatabaseError
-                }
-            },
-            started,
-        );
-        let outcome = decided?;
-        let retry_after = match &outcome {
-            Outcome::RateLimited { retry_after, .. } => Some(*retry_after),
-            _ => None,
-        };
-        let mut response = Response::new(response(outcome, caller));
-        if let Some(wait) = retry_after {
-            // Whole seconds, rounded up, as HTTP's Retry-After.
-            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let answer = self
+            .answer(
+                bearer_token(request.metadata()),
+                request.remote_addr().map(|addr| addr.ip()),
+                request.get_ref(),
+            )
+            .await?;
+        let mut response = Response::new(answer.response);
+        if let Some(seconds) = answer.retry_after {
             response.metadata_mut().insert(
                 "retry-after",
                 seconds
-                    .max(1)
                     .to_string()
                     .parse()
                     .expect("digits are valid metadata"),
@@ -104,6 +146,12 @@ impl pb::key_service_server::KeyService for KeyService {
         }
         Ok(response)
     }
+}
+
+/// A wait as HTTP's `Retry-After`: whole seconds, rounded up, at least one.
+#[must_use]
+fn retry_after_seconds(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
 fn required_permissions(raw: &[String]) -> Result<Vec<Permission>, ServiceError> {

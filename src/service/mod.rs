@@ -7,4 +7,4 @@ mod convert;
 mod keys;
 
 pub use admin::AdminService;
-pub use keys::KeyService;
+pub use keys::{Answer, KeyService};

@@ -7,6 +7,7 @@ mod audit;
 mod binary;
 mod bulk;
 mod crash;
+mod gateway;
 mod hostile;
 mod lifecycle;
 mod limits;
