@@ -12,6 +12,7 @@ mod hostile;
 mod lifecycle;
 mod limits;
 mod metrics;
+mod nginx;
 mod process;
 mod proxy;
 mod python;
