@@ -46,15 +46,18 @@ async fn spawn(backend: Backend, gateway: GatewaySettings) -> TestApp {
         .await
 }
 
-/// What the tests mint: a gateway key (role `validator`), a role
-/// `deployer` (`deploy:*`), and a key holding it, owned by `ci`.
-struct Keys {
-    gateway: String,
-    client_id: String,
-    client: String,
+/// What the gateway tests mint: a gateway key (role `validator`), a role
+/// `deployer` (`deploy:*`), a key holding it owned by `ci`, and one limited
+/// to a request a minute. Also used by the nginx and Python tests.
+pub(crate) struct Keys {
+    pub gateway: String,
+    pub client_id: String,
+    pub client: String,
+    pub limited_id: String,
+    pub limited: String,
 }
 
-async fn keys(app: &TestApp) -> Keys {
+pub(crate) async fn keys(app: &TestApp) -> Keys {
     app.create_role("deployer", &["deploy:*"], None)
         .await
         .unwrap();
@@ -67,10 +70,13 @@ async fn keys(app: &TestApp) -> Keys {
         })
         .await
         .unwrap();
+    let (limited_id, limited) = mint_limited(app).await;
     Keys {
         gateway,
         client_id,
         client,
+        limited_id,
+        limited,
     }
 }
 
@@ -86,20 +92,18 @@ async fn mint_fenced(app: &TestApp) -> String {
     .await
 }
 
-/// A `deployer` key limited to one request a minute.
-async fn mint_limited(app: &TestApp) -> String {
-    mint_deployer(
-        app,
-        pb::MintKeyRequest {
-            rate_limit: Some(pb::RateLimit {
-                requests: 1,
-                per: Some(Duration::from_mins(1).try_into().unwrap()),
-                burst: 1,
-            }),
-            ..Default::default()
-        },
-    )
-    .await
+/// A `deployer` key limited to one request a minute: (id, key).
+async fn mint_limited(app: &TestApp) -> (String, String) {
+    let request = pb::MintKeyRequest {
+        roles: vec!["deployer".to_owned()],
+        rate_limit: Some(pb::RateLimit {
+            requests: 1,
+            per: Some(Duration::from_mins(1).try_into().unwrap()),
+            burst: 1,
+        }),
+        ..Default::default()
+    };
+    app.mint(request).await.unwrap()
 }
 
 async fn mint_deployer(app: &TestApp, request: pb::MintKeyRequest) -> String {
@@ -258,7 +262,7 @@ async fn ext_authz_denies_each_failure_with_its_http_status(backend: Backend) {
     let app = spawn(backend, GatewaySettings::default()).await;
     let keys = keys(&app).await;
     let fenced = mint_fenced(&app).await;
-    let limited = mint_limited(&app).await;
+    let limited = keys.limited.clone();
     let tampered = format!("{}x", keys.client);
     let ask = |key: Option<&str>, permissions: &str, source: &str| {
         let bearer = key.map(|key| format!("Bearer {key}"));
@@ -410,7 +414,7 @@ async fn forward_auth_allows_and_denies_like_ext_authz(backend: Backend) {
     let addr = app.http_addr.expect("an HTTP listener");
     let keys = keys(&app).await;
     let fenced = mint_fenced(&app).await;
-    let limited = mint_limited(&app).await;
+    let limited = keys.limited.clone();
     let forward = |key: Option<String>, extra: Vec<(&'static str, String)>| {
         let gateway = keys.gateway.clone();
         async move {

@@ -19,7 +19,6 @@ use std::{
 
 use keyward::{
     gateway::GatewaySettings,
-    pb,
     server::Settings,
     testing::{TestApp, running_in_ci},
 };
@@ -225,30 +224,13 @@ async fn the_nginx_example_lets_through_only_valid_keys_with_their_permission() 
         })
         .spawn()
         .await;
-    app.create_role("deployer", &["deploy:*"], None)
-        .await
-        .unwrap();
-    let (_, gateway_key) = app.mint_with_roles(&["validator"]).await;
-    let (client_id, client) = app
-        .mint(pb::MintKeyRequest {
-            roles: vec!["deployer".to_owned()],
-            owner: "ci".to_owned(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let (limited_id, limited) = app
-        .mint(pb::MintKeyRequest {
-            roles: vec!["deployer".to_owned()],
-            rate_limit: Some(pb::RateLimit {
-                requests: 1,
-                per: Some(Duration::from_mins(1).try_into().unwrap()),
-                burst: 1,
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let crate::gateway::Keys {
+        gateway: gateway_key,
+        client_id,
+        client,
+        limited_id,
+        limited,
+    } = crate::gateway::keys(&app).await;
     let (backend_addr, seen) = backend().await;
     let nginx = Nginx::start(app.http_addr.unwrap(), backend_addr, &gateway_key);
     let get = |path: &'static str, key: Option<&str>| {
