@@ -276,3 +276,65 @@ async fn an_xds_protos_client_gets_each_answer_of_ext_authz() {
     assert_eq!(code, 2);
     assert!(stderr.starts_with("PERMISSION_DENIED"), "{stderr}");
 }
+
+/// Parses `examples/envoy/envoy.yaml` into Envoy's `Bootstrap` with Envoy's
+/// own API definitions (a field or enum value Envoy does not know fails),
+/// and prints what keyward depends on: each route's `keyward_permissions`
+/// and the ext_authz filter's `initial_metadata`.
+const PARSE_ENVOY_CONFIG: &str = r#"
+import json, sys, yaml
+from google.protobuf import json_format
+from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
+from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+
+with open(sys.argv[1]) as file:
+    bootstrap = json_format.ParseDict(yaml.safe_load(file), bootstrap_pb2.Bootstrap())
+manager = hcm.HttpConnectionManager()
+bootstrap.static_resources.listeners[0].filter_chains[0].filters[0].typed_config.Unpack(manager)
+routes = {}
+for route in manager.route_config.virtual_hosts[0].routes:
+    per_route = route.typed_per_filter_config.get("envoy.filters.http.ext_authz")
+    permissions = None
+    if per_route is not None:
+        settings = ext_authz_pb2.ExtAuthzPerRoute()
+        per_route.Unpack(settings)
+        permissions = settings.check_settings.context_extensions["keyward_permissions"]
+    routes[route.match.prefix] = permissions
+ext_authz = ext_authz_pb2.ExtAuthz()
+manager.http_filters[0].typed_config.Unpack(ext_authz)
+metadata = {m.key: m.value for m in ext_authz.grpc_service.initial_metadata}
+print(json.dumps({"routes": routes, "metadata": metadata, "cluster": ext_authz.grpc_service.envoy_grpc.cluster_name}))
+"#;
+
+#[test]
+fn the_envoy_example_is_an_envoy_bootstrap_asking_keyward_per_route() {
+    if !python_ready(
+        "yaml, envoy.config.bootstrap.v3.bootstrap_pb2",
+        "pyyaml xds-protos",
+    ) {
+        return;
+    }
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/envoy/envoy.yaml");
+    let output = Command::new("python3")
+        .args(["-c", PARSE_ENVOY_CONFIG, config])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let parsed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        parsed["routes"],
+        serde_json::json!({"/deploy/": "deploy:write", "/reports/": "reports:read", "/": null})
+    );
+    assert_eq!(
+        parsed["metadata"]["authorization"],
+        "Bearer kw_REPLACE_WITH_THE_GATEWAY_KEY"
+    );
+    assert_eq!(parsed["cluster"], "keyward");
+}
