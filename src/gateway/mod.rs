@@ -79,8 +79,9 @@ pub struct GatewaySettings {
     pub trusted_proxies: Vec<Cidr>,
 }
 
-/// What a gateway asks about one proxied request.
-#[derive(Debug, Clone, Copy)]
+/// What a gateway asks about one proxied request. No `Debug`: it holds the
+/// client's key.
+#[derive(Clone, Copy)]
 pub struct Checked<'a> {
     /// The client's key, if the request carried one. Never logged.
     pub key: Option<&'a str>,
