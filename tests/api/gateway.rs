@@ -20,7 +20,7 @@ use keyward::{
     testing::{Backend, TestApp, authed, on_both_stores},
 };
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
 };
 use tonic::Code;
@@ -375,7 +375,19 @@ pub(crate) async fn http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> HttpAnswer {
-    let mut stream = TcpStream::connect(addr).await.expect("HTTP listener");
+    let stream = TcpStream::connect(addr).await.expect("HTTP listener");
+    http_over(stream, addr, method, path, headers, body).await
+}
+
+/// One HTTP/1.1 request on `stream` (plaintext or TLS) to `addr`.
+pub(crate) async fn http_over(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> HttpAnswer {
     let mut request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -387,7 +399,8 @@ pub(crate) async fn http(
     request.push_str(body);
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut raw = String::new();
-    stream.read_to_string(&mut raw).await.unwrap();
+    // A TLS peer may close without `close_notify` once it has answered.
+    let _ = stream.read_to_string(&mut raw).await;
     let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
     let mut lines = head.lines();
     let status = lines.next().unwrap();
@@ -673,4 +686,70 @@ async fn gateway_checks_are_counted_by_front_outcome_and_route() {
         );
     }
     assert!(!text.contains(&keys.client_id));
+}
+
+#[tokio::test]
+async fn the_http_listener_serves_tls_with_the_grpc_certificates() {
+    use keyward::testing::tls::{TestPki, client_config};
+    use tokio_rustls::{
+        TlsConnector,
+        rustls::{
+            ClientConfig, RootCertStore,
+            crypto::ring::default_provider,
+            pki_types::{CertificateDer, ServerName, pem::PemObject},
+        },
+    };
+    let pki = TestPki::new(false);
+    let app = TestApp::builder()
+        .settings(Settings {
+            tls: Some(pki.files.clone()),
+            http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            ..Settings::default()
+        })
+        .spawn()
+        .await
+        .with_client_tls(client_config(&pki.server_ca, None));
+    let addr = app.http_addr.unwrap();
+    let keys = keys(&app).await;
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pki.server_ca.cert_pem().as_bytes()).unwrap())
+        .unwrap();
+    let mut config = ClientConfig::builder_with_provider(std::sync::Arc::new(default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("a TLS handshake with the gRPC port's certificate");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let bearer = format!("Bearer {}", keys.client);
+    let answer = http_over(
+        tls,
+        addr,
+        "GET",
+        "/v1/forward-auth",
+        &[
+            ("x-keyward-gateway-key", &keys.gateway),
+            ("authorization", &bearer),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.headers["x-keyward-key-id"], keys.client_id);
+
+    // Plaintext to the TLS listener: no HTTP answer at all.
+    let mut plain = TcpStream::connect(addr).await.unwrap();
+    plain
+        .write_all(format!("GET /v1/forward-auth HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut raw)).await;
+    assert!(!String::from_utf8_lossy(&raw).contains("200 OK"));
 }
