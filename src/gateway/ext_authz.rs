@@ -5,7 +5,8 @@
 //! request it holds; keyward reads:
 //!
 //! - the key from the request's `authorization: Bearer …` header, or the
-//!   configured key header (`--gateway-key-header`, e.g. `x-api-key`);
+//!   configured key header (`--gateway-key-header`, e.g. `x-api-key`), in
+//!   `headers` or (with Envoy's `encode_raw_headers`) `header_map`;
 //! - the route's required permissions from
 //!   `context_extensions["keyward_permissions"]` (comma-separated), so each
 //!   route asks for its own;
@@ -25,7 +26,7 @@
 //! for Validate: Envoy then answers with its `status_on_error`, and its
 //! logs say the authorization service failed rather than the client.
 
-use std::{collections::HashMap, net::IpAddr, sync::Arc};
+use std::{net::IpAddr, sync::Arc};
 
 use envoy_types::pb::{
     envoy::{
@@ -34,6 +35,7 @@ use envoy_types::pb::{
         },
         service::auth::v3::{
             CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
+            attribute_context::HttpRequest,
             authorization_server::{Authorization, AuthorizationServer},
             check_response::HttpResponse,
         },
@@ -72,13 +74,13 @@ impl Authorization for ExtAuthz {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         let attributes = request.get_ref().attributes.as_ref();
-        let headers = attributes
-            .and_then(|a| a.request.as_ref())
-            .and_then(|r| r.http.as_ref())
-            .map(|http| &http.headers);
-        let header = |name: &str| headers.and_then(|h| h.get(name)).map(String::as_str);
+        let headers = Headers(
+            attributes
+                .and_then(|a| a.request.as_ref())
+                .and_then(|r| r.http.as_ref()),
+        );
         let checked = Checked {
-            key: self.gateway.presented_key(header),
+            key: self.gateway.presented_key(|name| headers.get(name)),
             permissions: attributes
                 .and_then(|a| a.context_extensions.get(PERMISSIONS_EXTENSION))
                 .map_or("", String::as_str),
@@ -94,9 +96,46 @@ impl Authorization for ExtAuthz {
             )
             .await?;
         Ok(Response::new(match verdict {
-            Verdict::Allow(allowed) => allow(&allowed, headers),
+            Verdict::Allow(allowed) => allow(&allowed, &headers),
             Verdict::Deny(refusal) => deny(refusal),
         }))
+    }
+}
+
+/// The checked request's headers, lower-case names: in `headers` as Envoy
+/// sends them by default, or in `header_map` with `encode_raw_headers: true`
+/// (a value in `raw_value` that is not UTF-8 is no value).
+struct Headers<'a>(Option<&'a HttpRequest>);
+
+impl<'a> Headers<'a> {
+    fn get(&self, name: &str) -> Option<&'a str> {
+        let http = self.0?;
+        if let Some(value) = http.headers.get(name) {
+            return Some(value);
+        }
+        let raw = http
+            .header_map
+            .as_ref()?
+            .headers
+            .iter()
+            .find(|h| h.key == name)?;
+        if raw.value.is_empty() {
+            std::str::from_utf8(&raw.raw_value).ok()
+        } else {
+            Some(&raw.value)
+        }
+    }
+
+    fn names(&self) -> impl Iterator<Item = &'a str> {
+        let http = self.0;
+        let plain = http
+            .into_iter()
+            .flat_map(|h| h.headers.keys().map(String::as_str));
+        let raw = http
+            .and_then(|h| h.header_map.as_ref())
+            .into_iter()
+            .flat_map(|m| m.headers.iter().map(|h| h.key.as_str()));
+        plain.chain(raw)
     }
 }
 
@@ -137,18 +176,17 @@ fn string(text: String) -> Value {
     }
 }
 
-fn allow(allowed: &Allowed, incoming: Option<&HashMap<String, String>>) -> CheckResponse {
+fn allow(allowed: &Allowed, incoming: &Headers<'_>) -> CheckResponse {
     let set = allowed.headers();
     // Envoy removes after it sets: only the client's `x-keyward-*` headers
     // that keyward does not set itself are listed.
     let headers_to_remove = incoming
-        .into_iter()
-        .flat_map(HashMap::keys)
+        .names()
         .filter(|name| {
             name.to_ascii_lowercase().starts_with(HEADER_PREFIX)
                 && !set.iter().any(|(ours, _)| name.eq_ignore_ascii_case(ours))
         })
-        .cloned()
+        .map(str::to_owned)
         .collect();
     let metadata = Struct {
         fields: [

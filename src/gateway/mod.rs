@@ -303,20 +303,13 @@ impl Gateway {
         let answered = self.keys.answer(credential, peer, &request).await;
         let (how, verdict) = match answered {
             Ok(answer) => {
-                let verdict = verdict(answer.response, answer.retry_after);
+                let missing = checked.key.is_none();
+                let verdict = verdict(answer.response, answer.retry_after, missing);
                 let how = match verdict {
-                    Verdict::Deny(Refusal::InvalidKey { .. }) if checked.key.is_none() => {
+                    Verdict::Deny(Refusal::InvalidKey { missing: true }) => {
                         GatewayChecked::MissingKey
                     }
                     _ => GatewayChecked::Decided(answer.how),
-                };
-                let verdict = match verdict {
-                    Verdict::Deny(Refusal::InvalidKey { .. }) => {
-                        Verdict::Deny(Refusal::InvalidKey {
-                            missing: checked.key.is_none(),
-                        })
-                    }
-                    other => other,
                 };
                 (how, Ok(verdict))
             }
@@ -379,8 +372,9 @@ fn split_permissions(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// What Validate's answer means for the proxied request.
-fn verdict(response: pb::ValidateResponse, retry_after: Option<u64>) -> Verdict {
+/// What Validate's answer means for the proxied request; `missing`: the
+/// request carried no key.
+fn verdict(response: pb::ValidateResponse, retry_after: Option<u64>, missing: bool) -> Verdict {
     match response.denial() {
         pb::Denial::Unspecified if response.valid => Verdict::Allow(Allowed {
             key_id: response.key_id,
@@ -392,7 +386,7 @@ fn verdict(response: pb::ValidateResponse, retry_after: Option<u64>) -> Verdict 
         }),
         pb::Denial::Forbidden => Verdict::Deny(Refusal::Forbidden),
         pb::Denial::Unspecified | pb::Denial::Invalid => {
-            Verdict::Deny(Refusal::InvalidKey { missing: false })
+            Verdict::Deny(Refusal::InvalidKey { missing })
         }
     }
 }

@@ -5,7 +5,9 @@
 use std::{collections::HashMap, fmt::Write as _, net::SocketAddr, time::Duration};
 
 use envoy_types::pb::envoy::{
-    config::core::v3::{Address, SocketAddress, address, socket_address::PortSpecifier},
+    config::core::v3::{
+        Address, HeaderMap, HeaderValue, SocketAddress, address, socket_address::PortSpecifier,
+    },
     service::auth::v3::{
         AttributeContext, CheckRequest, CheckResponse,
         attribute_context::{HttpRequest, Peer, Request},
@@ -236,6 +238,32 @@ async fn ext_authz_allows_a_valid_key_and_sets_the_upstream_headers(backend: Bac
     assert_eq!(text("key_id"), keys.client_id);
     assert_eq!(text("owner"), "ci");
     assert_eq!(text("roles"), "deployer");
+
+    // Envoy with `encode_raw_headers: true` sends `header_map` instead.
+    let mut raw = check_request(&[], Some("deploy:write"), "192.0.2.1");
+    let http = raw
+        .attributes
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|r| r.http.as_mut())
+        .unwrap();
+    http.header_map = Some(HeaderMap {
+        headers: vec![
+            HeaderValue {
+                key: "authorization".to_owned(),
+                raw_value: bearer.clone().into_bytes(),
+                ..Default::default()
+            },
+            HeaderValue {
+                key: "x-keyward-tenant".to_owned(),
+                raw_value: b"someone-else".to_vec(),
+                ..Default::default()
+            },
+        ],
+    });
+    let (headers, removed) = upstream(&check(&app, &keys.gateway, raw).await.unwrap());
+    assert_eq!(headers["x-keyward-key-id"], keys.client_id);
+    assert_eq!(removed, ["x-keyward-tenant"]);
 
     // The key header, when configured, is read first.
     drop(app);
