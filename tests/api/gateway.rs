@@ -118,7 +118,7 @@ async fn mint_deployer(app: &TestApp, request: pb::MintKeyRequest) -> String {
 
 /// A `CheckRequest` as Envoy sends it: the request's headers, the route's
 /// `keyward_permissions`, and the client address.
-fn check_request(
+pub(crate) fn check_request(
     headers: &[(&str, &str)],
     permissions: Option<&str>,
     source: &str,
@@ -155,7 +155,7 @@ fn check_request(
     }
 }
 
-async fn check(
+pub(crate) async fn check(
     app: &TestApp,
     gateway_key: &str,
     request: CheckRequest,
@@ -184,7 +184,7 @@ fn upstream(response: &CheckResponse) -> (HashMap<String, String>, Vec<String>) 
 }
 
 /// A denied response's status, headers and body.
-fn denied(response: &CheckResponse) -> (i32, HashMap<String, String>, String) {
+pub(crate) fn denied(response: &CheckResponse) -> (i32, HashMap<String, String>, String) {
     let Some(HttpResponse::DeniedResponse(denied)) = &response.http_response else {
         panic!("not a denied response: {response:?}");
     };
