@@ -306,7 +306,8 @@ for route in manager.route_config.virtual_hosts[0].routes:
 ext_authz = ext_authz_pb2.ExtAuthz()
 manager.http_filters[0].typed_config.Unpack(ext_authz)
 metadata = {m.key: m.value for m in ext_authz.grpc_service.initial_metadata}
-print(json.dumps({"routes": routes, "metadata": metadata, "cluster": ext_authz.grpc_service.envoy_grpc.cluster_name}))
+allowed = [json_format.MessageToDict(p) for p in ext_authz.allowed_headers.patterns]
+print(json.dumps({"routes": routes, "metadata": metadata, "allowed_headers": allowed, "cluster": ext_authz.grpc_service.envoy_grpc.cluster_name}))
 "#;
 
 #[test]
@@ -337,4 +338,8 @@ fn the_envoy_example_is_an_envoy_bootstrap_asking_keyward_per_route() {
         "Bearer kw_REPLACE_WITH_THE_GATEWAY_KEY"
     );
     assert_eq!(parsed["cluster"], "keyward");
+    assert_eq!(
+        parsed["allowed_headers"],
+        serde_json::json!([{"exact": "authorization"}, {"prefix": "x-keyward-"}])
+    );
 }
