@@ -183,7 +183,9 @@ fn allow(allowed: &Allowed, incoming: &Headers<'_>) -> CheckResponse {
     let headers_to_remove = incoming
         .names()
         .filter(|name| {
-            name.to_ascii_lowercase().starts_with(HEADER_PREFIX)
+            name.as_bytes()
+                .get(..HEADER_PREFIX.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(HEADER_PREFIX.as_bytes()))
                 && !set.iter().any(|(ours, _)| name.eq_ignore_ascii_case(ours))
         })
         .map(str::to_owned)
