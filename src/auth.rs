@@ -82,7 +82,13 @@ pub fn authenticate<T>(
     needed: &Permission,
     metrics: &Metrics,
 ) -> Result<Caller, ServiceError> {
-    authenticate_for(request, validator, Some(needed), metrics)
+    authenticate_credential(
+        bearer_token(request.metadata()),
+        request.remote_addr().map(|addr| addr.ip()),
+        validator,
+        Some(needed),
+        metrics,
+    )
 }
 
 /// Checks the caller's key, needing no permission: for what any key may do
@@ -95,11 +101,25 @@ pub fn authenticate_key<T>(
     validator: &Validator,
     metrics: &Metrics,
 ) -> Result<Caller, ServiceError> {
-    authenticate_for(request, validator, None, metrics)
+    authenticate_credential(
+        bearer_token(request.metadata()),
+        request.remote_addr().map(|addr| addr.ip()),
+        validator,
+        None,
+        metrics,
+    )
 }
 
-fn authenticate_for<T>(
-    request: &Request<T>,
+/// [`authenticate`] for a credential found elsewhere than gRPC metadata (an
+/// HTTP header of the gateway listener), presented from `peer`. `presented`
+/// is the credential, or the error to answer when there is none; `needed`,
+/// the permission the call requires, if any.
+///
+/// # Errors
+/// As [`authenticate`].
+pub fn authenticate_credential(
+    presented: Result<&str, ServiceError>,
+    peer: Option<IpAddr>,
     validator: &Validator,
     needed: Option<&Permission>,
     metrics: &Metrics,
@@ -109,9 +129,9 @@ fn authenticate_for<T>(
     // Refusals are the client's to cause at will: a few lines a second.
     static REFUSALS: LogBudget = LogBudget::new(REFUSAL_LINES_PER_SECOND);
     validator.ensure_fresh()?;
-    let token = bearer_token(request.metadata())
-        .inspect_err(|_| metrics.caller_refused(CallerRefused::MissingCredential))?;
-    let outcome = validator.check_credential(token, request.remote_addr().map(|addr| addr.ip()));
+    let token =
+        presented.inspect_err(|_| metrics.caller_refused(CallerRefused::MissingCredential))?;
+    let outcome = validator.check_credential(token, peer);
     let grant = match outcome {
         Outcome::Valid(grant) => grant,
         Outcome::RateLimited { grant, retry_after } => {
@@ -190,21 +210,23 @@ pub fn client_ip(text: &str) -> Result<Option<IpAddr>, ServiceError> {
         .map_err(|_| ServiceError::invalid("client_ip", "not an IPv4 or IPv6 address"))
 }
 
-fn bearer_token(metadata: &MetadataMap) -> Result<&str, ServiceError> {
+/// The caller's key in gRPC metadata, or why there is none.
+pub(crate) fn bearer_token(metadata: &MetadataMap) -> Result<&str, ServiceError> {
     const MISSING: &str = "missing caller credential: send `authorization: Bearer <key>` metadata";
-    let value = metadata
+    metadata
         .get("authorization")
-        .ok_or(ServiceError::Unauthenticated(MISSING))?;
-    let value = value
-        .to_str()
-        .map_err(|_| ServiceError::Unauthenticated(MISSING))?;
-    let (scheme, token) = value
-        .split_once(' ')
-        .ok_or(ServiceError::Unauthenticated(MISSING))?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(ServiceError::Unauthenticated(MISSING));
-    }
-    Ok(token.trim())
+        .and_then(|value| value.to_str().ok())
+        .and_then(bearer)
+        .ok_or(ServiceError::Unauthenticated(MISSING))
+}
+
+/// The token of an `authorization` value of the `Bearer` scheme (the scheme
+/// in any case), trimmed; `None` for another scheme or no token.
+#[must_use]
+pub fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
 //! | --- | --- | --- |
 //! | [`crate::key::FormatError`] | key parsing | the server log only (callers get `INVALID`) |
 //! | [`crate::store::StoreError`] | database | converted into [`ServiceError`] |
-//! | [`ServiceError`] | gRPC handlers and [`crate::lifecycle`] | clients, as a `tonic::Status` |
+//! | [`ServiceError`] | gRPC handlers and [`crate::lifecycle`] | clients, as a `tonic::Status`; on the HTTP listener as that status's HTTP counterpart ([`crate::gateway::http`]) |
+//! | [`crate::gateway::Refusal`] | a gateway's "no" to a proxied request (not an error of the call) | the proxy's client, as an HTTP status with its headers and JSON body |
 //! | [`crate::bootstrap::InitError`] | first-run initialisation | `keywardctl init`, server start |
 //! | [`crate::server::StartupError`] | binding and opening at start | the operator, as one line |
 //! | [`crate::oidc::fetch::FetchError`] | fetching an OIDC issuer's discovery document or keys | the server log only |

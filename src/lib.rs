@@ -28,12 +28,13 @@
 //! | [`exchange`] | the exchange: identity token → verified → a short-lived key, one generic refusal |
 //! | [`bootstrap`] | first run: built-in roles and the first admin key |
 //! | [`service`] | the gRPC edge: wire ↔ domain conversions |
+//! | [`gateway`] | proxies in front of a service: Envoy's ext_authz [`gateway::ext_authz`] on the gRPC port, forward-auth and Validate in JSON on the HTTP listener ([`gateway::http`]), both through Validate's own path |
 //! | [`hardening`] | the server process itself: no core dumps, not dumpable |
 //! | [`server`] | startup, serving, graceful shutdown; [`server::Settings`] holds every default |
 //! | [`telemetry`] | logging, and a span per RPC with its request id |
 //! | [`metrics`] | Prometheus metrics (`keyward_*`), recorded by the services, the lifecycle and the change feed; [`metrics::http`] serves `GET /metrics` |
 //! | [`text`] | what stored free text (owner, description, label values) may contain |
-//! | [`tls`] | TLS on the gRPC port: certificates reloaded under a running server, optional client certificates (mTLS) |
+//! | [`tls`] | TLS on the gRPC port and the HTTP listener: certificates reloaded under a running server, optional client certificates (mTLS) |
 //! | [`error`] | which error type is used where, and the one mapping to `tonic::Status` |
 //! | [`pb`] | generated protobuf and gRPC code for `keyward.v1` |
 //! | [`codec`] | the generated code's protobuf codec: a request that does not decode (e.g. a string that is not UTF-8) is `INVALID_ARGUMENT` naming the field |
@@ -46,6 +47,7 @@ pub mod codec;
 pub mod error;
 pub mod exchange;
 pub mod freshness;
+pub mod gateway;
 pub mod hardening;
 pub mod index;
 pub mod key;

@@ -77,6 +77,13 @@ pub struct Connection<IO> {
     _slot: OwnedSemaphorePermit,
 }
 
+impl<IO> Connection<IO> {
+    /// The connection itself.
+    pub fn get_ref(&self) -> &IO {
+        &self.io
+    }
+}
+
 impl<IO: Connected> Connected for Connection<IO> {
     type ConnectInfo = IO::ConnectInfo;
 

@@ -290,6 +290,80 @@ impl ResyncTrigger {
     }
 }
 
+/// Which gateway front answered a check: one value of the `front` label of
+/// `keyward_gateway_checks_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Front {
+    /// Envoy's `envoy.service.auth.v3.Authorization/Check` on the gRPC port.
+    ExtAuthz,
+    /// `GET /v1/forward-auth` on the HTTP listener.
+    ForwardAuth,
+}
+
+impl Front {
+    const ALL: [Self; 2] = [Self::ExtAuthz, Self::ForwardAuth];
+
+    const fn as_str(self) -> &'static str {
+        match self {
+            Self::ExtAuthz => "ext_authz",
+            Self::ForwardAuth => "forward_auth",
+        }
+    }
+}
+
+/// How a gateway check ended: as a Validate would have, or with no key
+/// in the checked request at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayChecked {
+    /// The key was decided on, as by Validate.
+    Decided(Validated),
+    /// The checked request carried no key (`invalid`, `missing_key`).
+    MissingKey,
+}
+
+impl GatewayChecked {
+    /// The series' position: [`Validated`]'s, then the missing key.
+    const COUNT: usize = Validated::ALL.len() + 1;
+
+    const fn index(self) -> usize {
+        match self {
+            Self::Decided(how) => how as usize,
+            Self::MissingKey => Validated::ALL.len(),
+        }
+    }
+
+    const fn labels(self) -> ResultReason {
+        match self {
+            Self::Decided(how) => how.labels(),
+            Self::MissingKey => ResultReason {
+                result: "invalid",
+                reason: "missing_key",
+            },
+        }
+    }
+}
+
+/// Most distinct route permission sets counted under their own name in
+/// `keyward_gateway_route_checks_total`; later ones are counted as `other`.
+/// The sets come from the proxy's configuration (one per route), but a
+/// forward-auth proxy that does not set `x-keyward-permissions` on every
+/// location would let clients choose them: the cap keeps their series
+/// bounded.
+pub const MAX_ROUTE_SERIES: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct GatewayCall {
+    front: &'static str,
+    result: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RouteCall {
+    permissions: String,
+    result: &'static str,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ResultReason {
     result: &'static str,
@@ -335,6 +409,13 @@ pub struct Metrics {
     resyncs: Family<Resync, Counter>,
     resync_seconds: Histogram,
     exchanges: Family<ResultReason, Counter>,
+    /// Indexed by [`Front`], then [`GatewayChecked::index`].
+    gateway: [[Counter; GatewayChecked::COUNT]; Front::ALL.len()],
+    gateway_seconds: Histogram,
+    gateway_routes: Family<RouteCall, Counter>,
+    /// The permission sets with series of their own (at most
+    /// [`MAX_ROUTE_SERIES`]).
+    route_names: std::sync::RwLock<std::collections::HashSet<String>>,
 }
 
 /// How one OIDC exchange ended: one series of `keyward_exchanges_total`.
@@ -457,6 +538,43 @@ impl Metrics {
              error) and the reason a refusal had (callers are told only PERMISSION_DENIED)",
             exchanges.clone(),
         );
+        let gateway_family = Family::<GatewayCall, Counter>::default();
+        let gateway = Front::ALL.map(|front| {
+            std::array::from_fn(|i| {
+                let how = if i < Validated::ALL.len() {
+                    GatewayChecked::Decided(Validated::ALL[i])
+                } else {
+                    GatewayChecked::MissingKey
+                };
+                let ResultReason { result, reason } = how.labels();
+                gateway_family.get_or_create_owned(&GatewayCall {
+                    front: front.as_str(),
+                    result,
+                    reason,
+                })
+            })
+        });
+        registry.register(
+            "gateway_checks",
+            "Gateway checks (Envoy ext_authz, HTTP forward-auth) past the gateway's own \
+             authentication, by front, result and reason (as keyward_validate_total, plus \
+             missing_key)",
+            gateway_family,
+        );
+        let gateway_seconds = Histogram::new(VALIDATE_BUCKETS);
+        registry.register(
+            "gateway_check_duration_seconds",
+            "Time the server took to answer a gateway check counted in \
+             keyward_gateway_checks_total",
+            gateway_seconds.clone(),
+        );
+        let gateway_routes = Family::<RouteCall, Counter>::default();
+        registry.register(
+            "gateway_route_checks",
+            "Gateway checks by the permissions the route required (as the proxy sent them; \
+             `none` for none, `other` past the first 64 distinct sets) and result",
+            gateway_routes.clone(),
+        );
 
         registry.register_collector(Box::new(IndexGauges { index, freshness }));
 
@@ -471,7 +589,50 @@ impl Metrics {
             resyncs,
             resync_seconds,
             exchanges,
+            gateway,
+            gateway_seconds,
+            gateway_routes,
+            route_names: std::sync::RwLock::default(),
         }
+    }
+
+    /// Counts a gateway check answered by `front` that ended as `how`, for
+    /// a route requiring `permissions` (the text the proxy sent), started at
+    /// `started`.
+    pub fn gateway_checked(
+        &self,
+        front: Front,
+        how: GatewayChecked,
+        permissions: &str,
+        started: Instant,
+    ) {
+        self.gateway[front as usize][how.index()].inc();
+        self.gateway_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let permissions = match permissions.trim() {
+            "" => "none",
+            text => text,
+        };
+        let named = {
+            let names = self
+                .route_names
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            names.contains(permissions)
+        } || {
+            let mut names = self
+                .route_names
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            names.len() < MAX_ROUTE_SERIES && names.insert(permissions.to_owned())
+                || names.contains(permissions)
+        };
+        self.gateway_routes
+            .get_or_create(&RouteCall {
+                permissions: if named { permissions } else { "other" }.to_owned(),
+                result: how.labels().result,
+            })
+            .inc();
     }
 
     /// Counts an OIDC exchange that ended as `how`.

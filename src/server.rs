@@ -6,6 +6,7 @@
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, pin::Pin, sync::Arc, time::Duration};
 
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::Server;
 
@@ -14,6 +15,7 @@ use crate::{
     clock::{Clock, SystemClock},
     exchange::{Exchanger, OidcSettings},
     freshness::Freshness,
+    gateway::{self, Gateway, GatewaySettings, ext_authz::ExtAuthz},
     index::Index,
     lifecycle::Lifecycle,
     listener::{self, ConnectionLimit},
@@ -130,6 +132,13 @@ pub struct Settings {
     /// How OIDC identity token exchanges reach issuers
     /// (`--oidc-allow-http-issuers`).
     pub oidc: OidcSettings,
+    /// Where to serve HTTP (`GET /v1/forward-auth`, `POST
+    /// /v1/keys:validate`; see [`crate::gateway::http`]), over TLS when
+    /// `tls` is set; `None` serves none.
+    pub http_listen: Option<SocketAddr>,
+    /// How the gateways (ext_authz, forward-auth) find the key and the
+    /// client address in the requests they check.
+    pub gateway: GatewaySettings,
 }
 
 impl Default for Settings {
@@ -182,6 +191,8 @@ impl Default for Settings {
                 RateLimit::new(100, Duration::from_mins(1), 100).expect("a valid rate"),
             ),
             oidc: OidcSettings::default(),
+            http_listen: None,
+            gateway: GatewaySettings::default(),
         }
     }
 }
@@ -209,6 +220,8 @@ impl std::fmt::Debug for Settings {
             .field("metrics_listen", &self.metrics_listen)
             .field("mint_quota", &self.mint_quota)
             .field("oidc", &self.oidc)
+            .field("http_listen", &self.http_listen)
+            .field("gateway", &self.gateway)
             .finish()
     }
 }
@@ -245,6 +258,14 @@ pub enum StartupError {
         /// Why, as the operating system said.
         source: std::io::Error,
     },
+    /// The HTTP address cannot be bound (in use, or not this host's).
+    #[error("cannot serve HTTP on {addr}: {source}")]
+    HttpListen {
+        /// The address asked for (`--http-listen`).
+        addr: SocketAddr,
+        /// Why, as the operating system said.
+        source: std::io::Error,
+    },
 }
 
 /// A bound, loaded server, ready to run.
@@ -268,6 +289,9 @@ pub struct Application {
     metrics: Arc<Metrics>,
     /// The bound metrics listener and its address, when asked for one.
     metrics_listener: Option<(TcpListener, SocketAddr)>,
+    /// The bound HTTP listener and its address, when asked for one.
+    http_listener: Option<(TcpListener, SocketAddr)>,
+    gateway_settings: GatewaySettings,
 }
 
 impl Application {
@@ -311,7 +335,19 @@ impl Application {
             .transpose()?
             .map(Arc::new);
         let metrics_listener = match settings.metrics_listen {
-            Some(addr) => Some(bind_metrics(addr).await?),
+            Some(addr) => Some(
+                bind(addr)
+                    .await
+                    .map_err(|source| StartupError::MetricsListen { addr, source })?,
+            ),
+            None => None,
+        };
+        let http_listener = match settings.http_listen {
+            Some(addr) => Some(
+                bind(addr)
+                    .await
+                    .map_err(|source| StartupError::HttpListen { addr, source })?,
+            ),
             None => None,
         };
         listener::ensure_descriptors(settings.max_connections);
@@ -382,6 +418,8 @@ impl Application {
             drain_timeout: settings.drain_timeout,
             metrics,
             metrics_listener,
+            http_listener,
+            gateway_settings: settings.gateway,
         })
     }
 
@@ -394,6 +432,12 @@ impl Application {
     /// for port 0).
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_listener.as_ref().map(|(_, addr)| *addr)
+    }
+
+    /// The address HTTP is served on, if any (the real port when asked for
+    /// port 0).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_listener.as_ref().map(|(_, addr)| *addr)
     }
 
     /// The store, so tests can count the operations a request caused.
@@ -421,6 +465,7 @@ impl Application {
         health
             .set_serving::<pb::admin_service_server::AdminServiceServer<AdminService>>()
             .await;
+        health.set_serving::<AuthorizationServer<ExtAuthz>>().await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -463,6 +508,25 @@ impl Application {
             background.push(tokio::spawn(tls::reload_on_change(tls.clone())));
         }
         let (draining, drain_started) = watch::channel(false);
+        let keys = Arc::new(KeyService::new(
+            self.validator.clone(),
+            self.metrics.clone(),
+        ));
+        let gateway = Arc::new(Gateway::new(
+            keys.clone(),
+            self.metrics.clone(),
+            self.gateway_settings.clone(),
+        ));
+        if let Some((listener, addr)) = self.http_listener {
+            tracing::info!(%addr, tls = self.tls.is_some(), "HTTP served on /v1/forward-auth and /v1/keys:validate");
+            background.push(tokio::spawn(gateway::http::serve(
+                listener,
+                self.tls.clone(),
+                gateway::http::router(gateway.clone()),
+                limits.request_timeout,
+                drain_started.clone(),
+            )));
+        }
         let shutdown = {
             let health = health.clone();
             async move {
@@ -479,12 +543,10 @@ impl Application {
             .add_service(health_service.max_decoding_message_size(limits.max_message_size))
             .add_service(reflection)
             .add_service(
-                pb::key_service_server::KeyServiceServer::new(KeyService::new(
-                    self.validator.clone(),
-                    self.metrics.clone(),
-                ))
-                .max_decoding_message_size(limits.max_message_size),
+                pb::key_service_server::KeyServiceServer::from_arc(keys)
+                    .max_decoding_message_size(limits.max_message_size),
             )
+            .add_service(ExtAuthz::server(gateway, limits.max_message_size))
             .add_service(metrics::grpc::CountAdminRpcs::new(
                 pb::admin_service_server::AdminServiceServer::new(AdminService::new(
                     self.lifecycle.clone(),
@@ -625,6 +687,9 @@ async fn report_draining(health: &tonic_health::server::HealthReporter) {
     health
         .set_not_serving::<pb::admin_service_server::AdminServiceServer<AdminService>>()
         .await;
+    health
+        .set_not_serving::<AuthorizationServer<ExtAuthz>>()
+        .await;
     health.set_service_status("", NotServing).await;
 }
 
@@ -698,12 +763,11 @@ async fn flush_usage(index: &Index, store: &Store, metrics: &Metrics) {
     }
 }
 
-/// Binds the metrics listener, at start like the gRPC one, so a bad
-/// address stops the server with one line naming it.
-async fn bind_metrics(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartupError> {
-    let failed = |source| StartupError::MetricsListen { addr, source };
-    let listener = TcpListener::bind(addr).await.map_err(failed)?;
-    let bound = listener.local_addr().map_err(failed)?;
+/// Binds a side listener (metrics, HTTP), at start like the gRPC one, so a
+/// bad address stops the server with one line naming it.
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), std::io::Error> {
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
     Ok((listener, bound))
 }
 

@@ -1,4 +1,4 @@
-//! TLS on the gRPC port, with certificates that can change under a running
+//! TLS on the gRPC port (and the HTTP listener), with certificates that can change under a running
 //! server.
 //!
 //! cert-manager, Vault agents and `certbot` replace certificate files in
@@ -28,7 +28,10 @@ use std::{
     time::Duration,
 };
 
-use tokio::{net::TcpStream, sync::Semaphore};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{Semaphore, watch},
+};
 use tokio_rustls::{
     TlsAcceptor,
     rustls::{
@@ -39,6 +42,9 @@ use tokio_rustls::{
     },
     server::TlsStream,
 };
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::listener::{Connection, ConnectionLimit};
 
 /// How long a client gets to finish its TLS handshake. A handshake is two
 /// round trips; a client that takes longer is stalled or hostile.
@@ -128,6 +134,8 @@ pub struct TlsConfig {
 struct Loaded {
     contents: Contents,
     acceptor: TlsAcceptor,
+    /// The same configuration offering HTTP/1.1, for the HTTP listener.
+    http1_acceptor: TlsAcceptor,
 }
 
 impl std::fmt::Debug for TlsConfig {
@@ -146,10 +154,14 @@ impl TlsConfig {
     /// certificate or key, or whose key does not belong to the certificate.
     pub fn load(files: TlsFiles) -> Result<Self, TlsError> {
         let contents = Contents::read(&files)?;
-        let acceptor = build(&files, &contents)?;
+        let (acceptor, http1_acceptor) = build(&files, &contents)?;
         Ok(Self {
             files,
-            current: RwLock::new(Loaded { contents, acceptor }),
+            current: RwLock::new(Loaded {
+                contents,
+                acceptor,
+                http1_acceptor,
+            }),
         })
     }
 
@@ -170,11 +182,15 @@ impl TlsConfig {
         if self.current().contents == contents {
             return Ok(false);
         }
-        let acceptor = build(&self.files, &contents)?;
+        let (acceptor, http1_acceptor) = build(&self.files, &contents)?;
         *self
             .current
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Loaded { contents, acceptor };
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Loaded {
+            contents,
+            acceptor,
+            http1_acceptor,
+        };
         Ok(true)
     }
 
@@ -187,9 +203,16 @@ impl TlsConfig {
     fn acceptor(&self) -> TlsAcceptor {
         self.current().acceptor.clone()
     }
+
+    fn http1_acceptor(&self) -> TlsAcceptor {
+        self.current().http1_acceptor.clone()
+    }
 }
 
-fn build(files: &TlsFiles, contents: &Contents) -> Result<TlsAcceptor, TlsError> {
+/// The acceptors of one configuration: gRPC's (HTTP/2 only) and the HTTP
+/// listener's (HTTP/1.1, which nginx, Traefik and Caddy speak to an auth
+/// service).
+fn build(files: &TlsFiles, contents: &Contents) -> Result<(TlsAcceptor, TlsAcceptor), TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = certificates(&files.cert, &contents.cert)?;
     let key = PrivateKeyDer::from_pem_slice(&contents.key).map_err(|error| {
@@ -216,9 +239,14 @@ fn build(files: &TlsFiles, contents: &Contents) -> Result<TlsAcceptor, TlsError>
             ),
             error => TlsError::invalid(&files.key, error),
         })?;
+    let mut http1 = config.clone();
+    http1.alpn_protocols = vec![b"http/1.1".to_vec()];
     // gRPC is HTTP/2 only.
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok((
+        TlsAcceptor::from(Arc::new(config)),
+        TlsAcceptor::from(Arc::new(http1)),
+    ))
 }
 
 fn certificates(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -259,6 +287,35 @@ pub type Handshaking = Pin<Box<dyn Future<Output = Option<TlsStream<TcpStream>>>
 /// # Panics
 /// Never: the semaphore of handshake turns is never closed.
 pub fn handshake(tls: Arc<TlsConfig>) -> impl Fn(TcpStream, SocketAddr) -> Handshaking + Send {
+    handshake_with(tls, TlsConfig::acceptor)
+}
+
+/// [`handshake`] for the HTTP listener: the same certificates and client
+/// CA, offering HTTP/1.1 rather than HTTP/2.
+///
+/// # Panics
+/// Never, as [`handshake`].
+pub fn handshake_http1(
+    tls: Arc<TlsConfig>,
+) -> impl Fn(TcpStream, SocketAddr) -> Handshaking + Send {
+    handshake_with(tls, TlsConfig::http1_acceptor)
+}
+
+/// The HTTP listener's TLS connections, accepted as the gRPC port's are
+/// ([`crate::listener::accept`]), at most `limit` at once.
+pub fn incoming_http1(
+    listener: TcpListener,
+    tls: Arc<TlsConfig>,
+    limit: ConnectionLimit,
+    draining: watch::Receiver<bool>,
+) -> ReceiverStream<io::Result<Connection<TlsStream<TcpStream>>>> {
+    crate::listener::accept(listener, limit, draining, handshake_http1(tls))
+}
+
+fn handshake_with(
+    tls: Arc<TlsConfig>,
+    acceptor: fn(&TlsConfig) -> TlsAcceptor,
+) -> impl Fn(TcpStream, SocketAddr) -> Handshaking + Send {
     let handshakes = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
     move |socket, peer| {
         let tls = tls.clone();
@@ -266,7 +323,7 @@ pub fn handshake(tls: Arc<TlsConfig>) -> impl Fn(TcpStream, SocketAddr) -> Hands
         Box::pin(async move {
             let finished = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
                 let _turn = handshakes.acquire().await.expect("never closed");
-                tls.acceptor().accept(socket).await
+                acceptor(&tls).accept(socket).await
             })
             .await;
             match finished {

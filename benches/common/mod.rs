@@ -3,7 +3,7 @@
 
 #![allow(dead_code)] // Each benchmark uses its own part.
 
-use std::{sync::Arc, time::Instant};
+use std::{future::Future, sync::Arc, time::Instant};
 
 use keyward::{
     clock::SystemClock,
@@ -89,31 +89,43 @@ pub async fn is_valid(client: &mut KeyServiceClient<Channel>, caller: &str, key:
 /// Calls per second for `CLIENTS` tasks, one per channel, each validating
 /// `key` with `caller` `CALLS_PER_CLIENT` times.
 pub async fn round(channels: &[Channel], caller: &Arc<str>, key: &Arc<str>) -> f64 {
+    let (caller, key) = (caller.clone(), key.clone());
+    round_with(channels, move |channel| {
+        let mut client = KeyServiceClient::new(channel);
+        let (caller, key) = (caller.clone(), key.clone());
+        async move {
+            for _ in 0..CALLS_PER_CLIENT {
+                let request = pb::ValidateRequest {
+                    key: key.to_string(),
+                    required_permissions: vec!["keyward:validate".into()],
+                    ..Default::default()
+                };
+                let response = client
+                    .validate(authed(&caller, request))
+                    .await
+                    .expect("Validate answers");
+                assert!(
+                    response.into_inner().valid,
+                    "the benchmarked key must stay valid"
+                );
+            }
+        }
+    })
+    .await
+}
+
+/// The generator of every round: calls per second for `CLIENTS` tasks, one
+/// per channel, each running what `client` makes of its channel (which
+/// makes `CALLS_PER_CLIENT` calls).
+pub async fn round_with<F, C>(channels: &[Channel], client: C) -> f64
+where
+    C: Fn(Channel) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
     let started = Instant::now();
     let tasks: Vec<_> = channels
         .iter()
-        .map(|channel| {
-            let mut client = KeyServiceClient::new(channel.clone());
-            let caller = caller.clone();
-            let key = key.clone();
-            tokio::spawn(async move {
-                for _ in 0..CALLS_PER_CLIENT {
-                    let request = pb::ValidateRequest {
-                        key: key.to_string(),
-                        required_permissions: vec!["keyward:validate".into()],
-                        ..Default::default()
-                    };
-                    let response = client
-                        .validate(authed(&caller, request))
-                        .await
-                        .expect("Validate answers");
-                    assert!(
-                        response.into_inner().valid,
-                        "the benchmarked key must stay valid"
-                    );
-                }
-            })
-        })
+        .map(|channel| tokio::spawn(client(channel.clone())))
         .collect();
     for task in tasks {
         task.await.expect("client task");

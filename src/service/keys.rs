@@ -1,13 +1,17 @@
 //! `keyward.v1.KeyService`: the data plane.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tonic::{Request, Response, Status};
-use zeroize::Zeroizing;
+use zeroize::Zeroize;
 
 use super::convert;
 use crate::{
-    auth::{authenticate, client_ip},
+    auth::{authenticate_credential, bearer_token, client_ip},
     error::ServiceError,
     metrics::{DbOperation, Metrics, Validated},
     pb,
@@ -17,6 +21,17 @@ use crate::{
 
 /// Most permissions one Validate request may require.
 pub const MAX_REQUIRED_PERMISSIONS: usize = 64;
+
+/// One Validate answered, with what its carriers need besides the message.
+#[derive(Debug)]
+pub struct Answer {
+    /// The answer itself.
+    pub response: pb::ValidateResponse,
+    /// For `RATE_LIMITED`: the whole seconds to send as `retry-after`.
+    pub retry_after: Option<u64>,
+    /// How the call ended, as `keyward_validate_total` counted it.
+    pub how: Validated,
+}
 
 /// Answers Validate from the in-memory index.
 pub struct KeyService {
@@ -40,67 +55,90 @@ impl KeyService {
 
     /// Checks the request and decides on its key: everything after the
     /// caller's authentication.
-    async fn decide(
-        &self,
-        request: &pb::ValidateRequest,
-        presented: &str,
-    ) -> Result<Outcome, ServiceError> {
+    async fn decide(&self, request: &pb::ValidateRequest) -> Result<Outcome, ServiceError> {
         let required = required_permissions(&request.required_permissions)?;
         let checks = Checks {
             required: &required,
             client_ip: client_ip(&request.client_ip)?,
             skip_rate_limit: false,
         };
-        Ok(self.validator.validate(presented, checks).await?)
+        Ok(self.validator.validate(&request.key, checks).await?)
     }
+}
 
-    /// Validate itself, for the `presented` key taken out of `request`.
-    async fn answer(
+impl KeyService {
+    /// Validate, whatever carried it: authenticates the caller's
+    /// credential (`presented`, from `peer`), decides on the request's key
+    /// and counts the call. The gRPC handler, the JSON endpoint (`POST
+    /// /v1/keys:validate`) and the gateways all answer through it.
+    ///
+    /// # Errors
+    /// The caller's refusal (see [`authenticate_credential`]), a stale
+    /// replica, `INVALID_ARGUMENT` for a malformed request, and a database
+    /// failure when a capped key's use cannot be spent.
+    pub async fn answer(
         &self,
-        request: &Request<pb::ValidateRequest>,
-        presented: &str,
-    ) -> Result<Response<pb::ValidateResponse>, Status> {
+        presented: Result<&str, ServiceError>,
+        peer: Option<IpAddr>,
+        request: &pb::ValidateRequest,
+    ) -> Result<Answer, ServiceError> {
         let started = Instant::now();
         // Checked here too (authentication checks it first thing), so that a
         // stale replica's refusals are counted as Validate's, not the caller's.
         if let Err(stale) = self.validator.ensure_fresh() {
             self.metrics.validated(Validated::Stale, started);
-            return Err(ServiceError::from(stale).into());
+            return Err(ServiceError::from(stale));
         }
         // Refusals of the caller's own key are counted by `authenticate`.
-        let caller = authenticate(
-            request,
+        let caller = authenticate_credential(
+            presented,
+            peer,
             &self.validator,
-            &self.validate_permission,
+            Some(&self.validate_permission),
             &self.metrics,
         )?
         .id;
-        let decided = self.decide(request.get_ref(), presented).await;
-        self.metrics.validated(
-            match &decided {
-                Ok(outcome) => Validated::of(outcome),
-                Err(ServiceError::InvalidArgument { .. }) => Validated::InvalidArgument,
-                // The only other failure: spending a capped key's use.
-                Err(_) => {
-                    self.metrics.database_error(DbOperation::Validate);
-                    Validated::DatabaseError
-                }
-            },
-            started,
-        );
+        let decided = self.decide(request).await;
+        let how = match &decided {
+            Ok(outcome) => Validated::of(outcome),
+            Err(ServiceError::InvalidArgument { .. }) => Validated::InvalidArgument,
+            // The only other failure: spending a capped key's use.
+            Err(_) => {
+                self.metrics.database_error(DbOperation::Validate);
+                Validated::DatabaseError
+            }
+        };
+        self.metrics.validated(how, started);
         let outcome = decided?;
         let retry_after = match &outcome {
-            Outcome::RateLimited { retry_after, .. } => Some(*retry_after),
+            Outcome::RateLimited { retry_after, .. } => Some(retry_after_seconds(*retry_after)),
             _ => None,
         };
-        let mut response = Response::new(response(outcome, caller));
-        if let Some(wait) = retry_after {
-            // Whole seconds, rounded up, as HTTP's Retry-After.
-            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        Ok(Answer {
+            response: response(outcome, caller),
+            retry_after,
+            how,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl pb::key_service_server::KeyService for KeyService {
+    async fn validate(
+        &self,
+        request: Request<pb::ValidateRequest>,
+    ) -> Result<Response<pb::ValidateResponse>, Status> {
+        let peer = request.remote_addr().map(|addr| addr.ip());
+        let (metadata, _, message) = request.into_parts();
+        let message = WipedOnDrop(message);
+        let answer = self
+            .answer(bearer_token(&metadata), peer, &message.0)
+            .await?;
+        let mut response = Response::new(answer.response);
+        if let Some(seconds) = answer.retry_after {
             response.metadata_mut().insert(
                 "retry-after",
                 seconds
-                    .max(1)
                     .to_string()
                     .parse()
                     .expect("digits are valid metadata"),
@@ -110,17 +148,20 @@ impl KeyService {
     }
 }
 
-#[tonic::async_trait]
-impl pb::key_service_server::KeyService for KeyService {
-    async fn validate(
-        &self,
-        mut request: Request<pb::ValidateRequest>,
-    ) -> Result<Response<pb::ValidateResponse>, Status> {
-        // The decoder's copy of the presented key is the one keyward owns:
-        // wiped when this call ends, answered or cancelled.
-        let presented = Zeroizing::new(std::mem::take(&mut request.get_mut().key));
-        self.answer(&request, &presented).await
+/// A Validate request whose presented key is wiped when the call ends,
+/// answered or cancelled: the decoder's copy is the one keyward owns.
+struct WipedOnDrop(pb::ValidateRequest);
+
+impl Drop for WipedOnDrop {
+    fn drop(&mut self) {
+        self.0.key.zeroize();
     }
+}
+
+/// A wait as HTTP's `Retry-After`: whole seconds, rounded up, at least one.
+#[must_use]
+fn retry_after_seconds(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
 fn required_permissions(raw: &[String]) -> Result<Vec<Permission>, ServiceError> {

@@ -180,6 +180,9 @@ pub struct TestApp<C = ManualClock> {
     pub addr: SocketAddr,
     /// Where metrics are served, when the settings asked for a listener.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where HTTP (forward-auth, JSON Validate) is served, when the settings
+    /// asked for a listener.
+    pub http_addr: Option<SocketAddr>,
     /// The first admin key: read from the bootstrap file when this server
     /// initialised the database, the first server's for its restarts and
     /// replicas, empty when the database was initialised elsewhere.
@@ -247,6 +250,7 @@ impl<C: Clock + Clone> TestApp<C> {
             .expect("server starts");
         let addr = app.local_addr();
         let metrics_addr = app.metrics_addr();
+        let http_addr = app.http_addr();
         let store = app.store();
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
@@ -263,6 +267,7 @@ impl<C: Clock + Clone> TestApp<C> {
         Self {
             addr,
             metrics_addr,
+            http_addr,
             admin_key,
             clock,
             store,

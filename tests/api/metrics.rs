@@ -9,10 +9,7 @@ use keyward::{
     server::{Application, Settings},
     testing::{Backend, TestApp, authed, denial, forge, on_both_stores, spawn_with},
 };
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-};
+use tokio::net::TcpListener;
 use tonic::Code;
 
 /// A plain HTTP/1.1 GET, as Prometheus sends it; returns the status line,
@@ -21,19 +18,8 @@ pub(crate) async fn http_get(
     addr: SocketAddr,
     path: &str,
 ) -> (String, HashMap<String, String>, String) {
-    let mut stream = TcpStream::connect(addr).await.expect("metrics listener");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).await.unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
-    let mut lines = head.lines();
-    let status = lines.next().unwrap().to_owned();
-    let headers = lines
-        .filter_map(|line| line.split_once(": "))
-        .map(|(name, value)| (name.to_ascii_lowercase(), value.to_owned()))
-        .collect();
-    (status, headers, body.to_owned())
+    let answer = crate::gateway::http(addr, "GET", path, &[], "").await;
+    (answer.status_line, answer.headers, answer.body)
 }
 
 /// One scrape: every sample by its series (name and labels, as written).

@@ -493,3 +493,52 @@ async fn assert_all_valid(app: &TestApp, keys: &[(String, String)], what: &str) 
         assert!(response.valid, "key {id} {what}: {:?}", response.denial());
     }
 }
+
+#[tokio::test]
+async fn a_stale_replica_answers_gateways_503() {
+    let settings = Settings {
+        http_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+        ..quick_to_give_up(Duration::from_secs(1))
+    };
+    let Some((a, b, proxy)) = replica_behind_a_proxy(settings).await else {
+        return;
+    };
+    let (_, key) = minted_on_a_seen_by_b(&a, &b, &[]).await;
+    let bearer = format!("Bearer {key}");
+    let ext_authz = || async {
+        let request = crate::gateway::check_request(&[("authorization", &bearer)], None, "::1");
+        let response = crate::gateway::check(&b, &b.admin_key, request)
+            .await
+            .unwrap();
+        crate::gateway::denied(&response).0
+    };
+    let forward_auth = || async {
+        let headers = [
+            ("x-keyward-gateway-key", b.admin_key.as_str()),
+            ("authorization", bearer.as_str()),
+        ];
+        crate::gateway::http(
+            b.http_addr.unwrap(),
+            "GET",
+            "/v1/forward-auth",
+            &headers,
+            "",
+        )
+        .await
+        .status
+    };
+    assert_eq!(forward_auth().await, 200);
+
+    proxy.cut();
+    eventually("B's forward-auth answers 503 once stale", || async {
+        forward_auth().await == 503
+    })
+    .await;
+    assert_eq!(ext_authz().await, 503);
+
+    proxy.restore();
+    eventually("B's forward-auth answers 200 again", || async {
+        forward_auth().await == 200
+    })
+    .await;
+}

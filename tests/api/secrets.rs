@@ -19,8 +19,8 @@ use crate::binary::{Server, address_in, channel};
 
 /// Starts `keyward serve` on a database in `dir`, logging at trace level,
 /// and waits until it listens.
-/// Returns the server and its gRPC and metrics addresses.
-fn start_server(dir: &Path) -> (Server, SocketAddr, SocketAddr) {
+/// Returns the server and its gRPC, metrics and HTTP addresses.
+fn start_server(dir: &Path) -> (Server, SocketAddr, SocketAddr, SocketAddr) {
     let database = format!("sqlite://{}", dir.join("keyward.db").display());
     let key_file = dir.join("admin.key").display().to_string();
     let mut server = Server::start_in(
@@ -34,12 +34,15 @@ fn start_server(dir: &Path) -> (Server, SocketAddr, SocketAddr) {
             &key_file,
             "--metrics-listen",
             "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
         ],
         &[("RUST_LOG", "trace")],
     );
     let metrics = address_in(&server.wait_for_line("metrics served on /metrics"));
+    let http = address_in(&server.wait_for_line("HTTP served on"));
     let addr = server.wait_until_listening();
-    (server, addr, metrics)
+    (server, addr, metrics, http)
 }
 
 fn serve_command(dir: &Path, listen: &str) -> Command {
@@ -64,7 +67,7 @@ fn serve_command(dir: &Path, listen: &str) -> Command {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_reach_the_database_or_the_logs() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, addr, metrics) = start_server(dir.path());
+    let (server, addr, metrics, http) = start_server(dir.path());
     let admin_key = std::fs::read_to_string(dir.path().join("admin.key"))
         .unwrap()
         .trim()
@@ -91,11 +94,12 @@ async fn secrets_never_reach_the_database_or_the_logs() {
         format!("{}x", &minted.plaintext[..minted.plaintext.len() - 1]),
     ] {
         let request = pb::ValidateRequest {
-            key: presented,
+            key: presented.clone(),
             required_permissions: vec!["keyward:validate".into()],
             ..Default::default()
         };
         keys.validate(authed(&admin_key, request)).await.unwrap();
+        gateway_checks(addr, http, &admin_key, &presented).await;
     }
     let rotated = admin
         .rotate_key(authed(
@@ -324,7 +328,7 @@ async fn secrets_never_reach_the_database_or_the_logs() {
 async fn bootstrap_key_file_is_private_and_never_logged() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let (server, _, _) = start_server(dir.path());
+    let (server, _, _, _) = start_server(dir.path());
     let key_file = dir.path().join("admin.key");
     let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
     let db_mode = std::fs::metadata(dir.path().join("keyward.db"))
@@ -337,7 +341,7 @@ async fn bootstrap_key_file_is_private_and_never_logged() {
     assert!(!log.contains(admin_key.trim()));
 
     // A second start on the same database keeps the file and mints nothing.
-    let (again, _, _) = start_server(dir.path());
+    let (again, _, _, _) = start_server(dir.path());
     assert_eq!(std::fs::read_to_string(&key_file).unwrap(), admin_key);
     let log = again.terminate();
     assert!(!log.contains("initialised a new database"), "{log}");
@@ -415,4 +419,57 @@ fn an_unreachable_postgres_is_one_line_without_its_password() {
     let help = String::from_utf8(help.stdout).unwrap();
     assert!(help.contains("KEYWARD_DATABASE_URL"), "{help}");
     assert!(!help.contains("hunter2"), "{help}");
+}
+
+/// Every gateway path sees `presented`: ext_authz `Check`, forward-auth,
+/// JSON Validate (well-formed, and in a body that is not JSON).
+async fn gateway_checks(grpc: SocketAddr, http: SocketAddr, caller: &str, presented: &str) {
+    use envoy_types::pb::envoy::service::auth::v3::{
+        AttributeContext, CheckRequest,
+        attribute_context::{HttpRequest, Request},
+        authorization_client::AuthorizationClient,
+    };
+    let bearer = format!("Bearer {presented}");
+    let request = CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    headers: [("authorization".to_owned(), bearer.clone())].into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    AuthorizationClient::new(channel(grpc).await)
+        .check(authed(caller, request))
+        .await
+        .unwrap();
+    let forwarded = crate::gateway::http(
+        http,
+        "GET",
+        "/v1/forward-auth",
+        &[
+            ("x-keyward-gateway-key", caller),
+            ("authorization", &bearer),
+        ],
+        "",
+    )
+    .await;
+    assert!(forwarded.status == 200 || forwarded.status == 401);
+    let caller = format!("Bearer {caller}");
+    for body in [
+        format!(r#"{{"key":"{presented}"}}"#),
+        format!(r#"{{"key":["{presented}"]}}"#),
+    ] {
+        crate::gateway::http(
+            http,
+            "POST",
+            "/v1/keys:validate",
+            &[("authorization", &caller)],
+            &body,
+        )
+        .await;
+    }
 }

@@ -7,8 +7,11 @@
 use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::{Parser, Subcommand};
+use http::HeaderName;
 use keyward::{
+    cidr::Cidr,
     exchange::OidcSettings,
+    gateway::GatewaySettings,
     rate_limit::{InvalidRateLimit, RateLimit},
     server::Settings,
     store::PoolSettings,
@@ -225,6 +228,31 @@ pub struct ServeArgs {
     /// forge identity tokens. Without it issuers must be https://.
     #[arg(long, env = "KEYWARD_OIDC_ALLOW_HTTP_ISSUERS")]
     pub oidc_allow_http_issuers: bool,
+
+    /// Address to serve HTTP on (TLS like gRPC when --tls-cert is set):
+    /// `GET /v1/forward-auth` for nginx `auth_request`, Traefik
+    /// `ForwardAuth` and Caddy `forward_auth`, and `POST /v1/keys:validate`
+    /// (Validate in JSON). Default: no HTTP listener.
+    #[arg(long, env = "KEYWARD_HTTP_LISTEN", value_name = "ADDR")]
+    pub http_listen: Option<SocketAddr>,
+
+    /// Gateways (Envoy ext_authz, forward-auth): a request header holding
+    /// the client's key as it is, e.g. x-api-key, looked at before
+    /// `authorization: Bearer <key>`. Default: only the latter.
+    #[arg(long, env = "KEYWARD_GATEWAY_KEY_HEADER", value_name = "NAME")]
+    pub gateway_key_header: Option<HeaderName>,
+
+    /// Forward-auth: proxies whose `x-forwarded-for` gives the client's
+    /// address, as CIDR ranges, comma-separated (e.g.
+    /// 127.0.0.1/32,10.0.0.0/8). From any other peer the client address is
+    /// the peer's own. Default: none.
+    #[arg(
+        long,
+        env = "KEYWARD_HTTP_TRUSTED_PROXIES",
+        value_name = "CIDRS",
+        value_delimiter = ','
+    )]
+    pub http_trusted_proxies: Vec<Cidr>,
 }
 
 fn parse_rate(text: &str) -> Result<RateLimit, InvalidRateLimit> {
@@ -368,6 +396,11 @@ impl From<ServeArgs> for Settings {
             oidc: OidcSettings {
                 allow_http_issuers: args.oidc_allow_http_issuers,
                 ..OidcSettings::default()
+            },
+            http_listen: args.http_listen,
+            gateway: GatewaySettings {
+                key_header: args.gateway_key_header,
+                trusted_proxies: args.http_trusted_proxies,
             },
         }
     }

@@ -360,6 +360,40 @@ mod tests {
     }
 
     #[test]
+    fn gateway_settings_come_from_the_file_as_from_flags() {
+        let file = config_file(
+            "http_listen = \"127.0.0.1:8080\"\n\
+             http_trusted_proxies = \"127.0.0.1/32,10.0.0.0/8\"\n\
+             gateway_key_header = \"X-Api-Key\"\n",
+        );
+        let path = file.path().to_str().unwrap();
+        let from_file = settings(&["keyward", "serve", "--config", path]).unwrap();
+        assert_eq!(from_file.http_listen, "127.0.0.1:8080".parse().ok());
+        assert_eq!(
+            from_file.gateway.trusted_proxies,
+            [
+                "127.0.0.1/32".parse().unwrap(),
+                "10.0.0.0/8".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            from_file
+                .gateway
+                .key_header
+                .as_ref()
+                .map(http::HeaderName::as_str),
+            Some("x-api-key")
+        );
+        let defaults = settings(&["keyward", "serve"]).unwrap();
+        assert!(defaults.http_listen.is_none() && defaults.gateway.trusted_proxies.is_empty());
+        let bad = config_file("http_trusted_proxies = \"10.0.0.0/33\"\n");
+        let error = settings(&["keyward", "serve", "--config", bad.path().to_str().unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("http_trusted_proxies"), "{error}");
+    }
+
+    #[test]
     fn the_example_config_parses() {
         let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/keyward.toml");
         let settings = settings(&["keyward", "serve", "--config", example]).unwrap();
