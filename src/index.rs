@@ -16,6 +16,7 @@ use crate::{
     permission::{Permission, RoleName},
     rate_limit::RateLimit,
     store::Snapshot,
+    store::feed::Changed,
     usage::UsageDelta,
 };
 
@@ -54,8 +55,9 @@ pub struct Prepared {
     profiles: Profiles,
 }
 
-/// Keys whose usage is carried over per read lock in [`Index::prepare`]:
-/// few enough that a writer waiting for the lock waits microseconds.
+/// Keys looked at per read lock in [`Index::prepare`] and
+/// [`Index::install`]: few enough that a writer waiting for the lock waits
+/// microseconds.
 const CARRY_OVER_CHUNK: usize = 4096;
 
 impl Index {
@@ -109,35 +111,71 @@ impl Index {
         prepared
     }
 
-    /// Makes the index hold `prepared`, then `changes` (what was written
-    /// since the snapshot was taken), in one step: a validation sees the
-    /// old contents or the new, never a mix. Usage counted for keys that
-    /// are gone waits for the next flush. Returns how many keys the index
-    /// holds.
-    pub fn install(&self, prepared: Prepared, changes: impl IntoIterator<Item = Change>) -> usize {
+    /// Makes the index hold `prepared`, then what was written since the
+    /// snapshot was taken, in one step: a validation sees the old contents
+    /// or the new, never a mix. `kept` names keys and roles this index
+    /// already holds as they are now (changes applied to it during the
+    /// load): their current entries are carried over as they are, with no
+    /// database read. `changes` are applied last. Usage counted for keys
+    /// that are gone waits for the next flush. Returns how many keys the
+    /// index holds.
+    pub fn install(
+        &self,
+        prepared: Prepared,
+        kept: &Changed,
+        changes: impl IntoIterator<Item = Change>,
+    ) -> usize {
         let (previous, len) = {
             let mut state = self.write();
-            let previous = std::mem::replace(&mut state.keys, prepared.keys);
-            state.roles = prepared.roles;
-            state.profiles = prepared.profiles;
+            let mut keys = prepared.keys;
+            let mut roles = prepared.roles;
+            for id in &kept.keys {
+                match state.keys.get(id) {
+                    Some(current) => keys.insert(*id, current.clone()),
+                    None => keys.remove(id),
+                };
+            }
+            for name in &kept.roles {
+                match state.roles.get(name) {
+                    Some(current) => roles.insert(name.clone(), current.clone()),
+                    None => roles.remove(name),
+                };
+            }
+            let previous = std::mem::replace(&mut state.keys, keys);
+            state.roles = roles;
+            let mut profiles = prepared.profiles;
+            // Carried-over entries keep their own profiles; keys alike
+            // applied later share them.
+            for id in &kept.keys {
+                if let Some(key) = state.keys.get(id) {
+                    profiles.intern_shared(&key.profile);
+                }
+            }
+            state.profiles = profiles;
             Self::apply_to(&mut state, changes);
             (previous, state.keys.len())
         };
         // Outside the write lock: finding the keys that left and freeing
         // the old entries takes time in proportion to the index.
-        let gone: Vec<UsageDelta> = {
+        // The read lock is taken a chunk at a time, so that a writer waiting
+        // for it (and the readers queued behind that writer) waits briefly.
+        let entries: Vec<(&KeyId, &Arc<IndexedKey>)> = previous.iter().collect();
+        let mut gone: Vec<UsageDelta> = Vec::new();
+        for chunk in entries.chunks(CARRY_OVER_CHUNK) {
             let state = self.read();
-            previous
-                .iter()
-                .filter(|(id, key)| {
-                    !state
-                        .keys
-                        .get(id)
-                        .is_some_and(|now| Arc::ptr_eq(&now.usage, &key.usage))
-                })
-                .filter_map(|(id, key)| key.usage.take(*id))
-                .collect()
-        };
+            gone.extend(
+                chunk
+                    .iter()
+                    .filter(|(id, key)| {
+                        !state
+                            .keys
+                            .get(id)
+                            .is_some_and(|now| Arc::ptr_eq(&now.usage, &key.usage))
+                    })
+                    .filter_map(|(id, key)| key.usage.take(**id)),
+            );
+        }
+        drop(entries);
         if !gone.is_empty() {
             self.write().retired_usage.extend(gone);
         }
@@ -447,7 +485,11 @@ pub(crate) mod tests {
             .usage
             .record(Timestamp::from_millis(7));
         // Revoked after the snapshot was taken: named by the feed.
-        let held = index.install(prepared, [Change::KeyRemoved(written_meanwhile.id)]);
+        let held = index.install(
+            prepared,
+            &Changed::default(),
+            [Change::KeyRemoved(written_meanwhile.id)],
+        );
 
         assert_eq!(held, 1);
         assert!(index.get(stays.id).is_some());

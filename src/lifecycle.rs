@@ -308,25 +308,28 @@ impl Lifecycle {
             .unwrap_or_else(|failed| std::panic::resume_unwind(failed.into_panic()))
     }
 
-    /// The second half of a resync, in the write turn: `written_since`
-    /// names every key and role written since the load began (a replica
-    /// asks its change feed, up to a round trip made now, so that a local
-    /// write that just committed is included); they are reloaded and applied
-    /// on top of the snapshot, and the whole goes in place in one step.
-    /// Returns how many keys the index now holds.
+    /// The second half of a resync, in the write turn. What was written
+    /// since the load began is put on top of the snapshot: `applied` names
+    /// what this index already applied meanwhile (a replica's feed), whose
+    /// entries are carried over as they are; `received` names the rest (a
+    /// replica asks its change feed, up to a round trip made now, so that a
+    /// local write that just committed is included), which is read from the
+    /// store. The whole goes in place in one step. Returns how many keys the
+    /// index now holds.
     ///
     /// # Errors
-    /// When `written_since` fails or the store cannot be read; the index is
-    /// then unchanged.
+    /// When `received` fails or the store cannot be read; the index is then
+    /// unchanged.
     pub async fn install_resync(
         &self,
         prepared: Prepared,
-        written_since: impl AsyncFnOnce() -> Result<Changed, StoreError>,
+        applied: &Changed,
+        received: impl AsyncFnOnce() -> Result<Changed, StoreError>,
     ) -> Result<usize, StoreError> {
         let _turn = self.writes.lock().await;
-        let written = written_since().await?;
+        let written = received().await?;
         let reloaded = self.store.changes_for(&written, self.clock.now()).await?;
-        Ok(self.index.install(prepared, reloaded))
+        Ok(self.index.install(prepared, applied, reloaded))
     }
 
     /// A whole resync in one write turn: simple, and right when nothing
@@ -338,7 +341,7 @@ impl Lifecycle {
         let _turn = self.writes.lock().await;
         let snapshot = self.store.load_snapshot(self.clock.now()).await?;
         let prepared = self.prepare(snapshot).await;
-        Ok(self.index.install(prepared, []))
+        Ok(self.index.install(prepared, &Changed::default(), []))
     }
 
     /// Applies what the change feed named, as the store holds it now, in one

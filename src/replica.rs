@@ -231,9 +231,10 @@ async fn listen(
 type Loading<'a> = Pin<Box<dyn Future<Output = Result<Prepared, StoreError>> + Send + 'a>>;
 
 /// Puts a resync's `prepared` contents in place ([`Lifecycle::install_resync`]),
-/// with what the feed applied during the load (`applied_during_load`) and
-/// everything it has delivered up to a round trip made now reloaded on top:
-/// every write committed after the snapshot was taken is among them. Returns
+/// with what the feed applied during the load (`applied_during_load`,
+/// carried over from the current index) and everything it has delivered up
+/// to a round trip made now (read from the store) on top: every write
+/// committed after the snapshot was taken is among them. Returns
 /// the moment the index is known current as of, and how many keys it holds.
 async fn install(
     subscription: &mut Subscription,
@@ -243,12 +244,12 @@ async fn install(
     settings: FeedSettings,
 ) -> Result<(Instant, usize), StoreError> {
     let mut as_of = Instant::now();
-    let installing = lifecycle.install_resync(prepared, async || {
+    let installing = lifecycle.install_resync(prepared, &applied_during_load, async || {
         as_of = Instant::now();
         subscription.ping(settings.heartbeat() * 2).await?;
-        let mut written = applied_during_load;
-        subscription.take_received(&mut written)?;
-        Ok(written)
+        let mut received = Changed::default();
+        subscription.take_received(&mut received)?;
+        Ok(received)
     });
     let keys = within(settings.max_staleness, installing).await?;
     Ok((as_of, keys))
