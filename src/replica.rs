@@ -75,39 +75,29 @@ impl FeedSettings {
 /// resyncs, applies changes, checks the connection; on any failure starts
 /// over. For PostgreSQL stores (SQLite has no feed, and needs none).
 /// Failures, resyncs and how long applying changes takes go to `metrics`.
+///
+/// `listening` is a subscription the server opened before it loaded its
+/// index at start, with the moment the load began: the index holds
+/// everything committed before then and the subscription everything after,
+/// so the first connection needs no resync (at a million keys, a second
+/// full load right after start).
 pub async fn follow(
     store: Arc<Store>,
     lifecycle: Arc<Lifecycle>,
     freshness: Arc<Freshness>,
     settings: FeedSettings,
     metrics: Arc<Metrics>,
+    mut listening: Option<(Subscription, Instant)>,
 ) {
     let mut backoff = RECONNECT_BACKOFF.0;
     let mut healthy = true;
     loop {
-        let connected = match store.subscribe(settings.connect_timeout).await {
-            Ok(mut subscription) => {
-                // Listening from here on: a resync now misses nothing.
-                let started = Instant::now();
-                let loaded = within(settings.load_timeout(), lifecycle.load_for_resync()).await;
-                match loaded {
-                    Ok(prepared) => install(
-                        &mut subscription,
-                        &lifecycle,
-                        prepared,
-                        Changed::default(),
-                        settings,
-                    )
-                    .await
-                    .map(|(as_of, keys)| (subscription, as_of, keys)),
-                    Err(error) => Err(error),
-                }
-                .inspect(|_| metrics.resynced(ResyncTrigger::Connect, true, started.elapsed()))
-                .inspect_err(|_| {
-                    metrics.resynced(ResyncTrigger::Connect, false, started.elapsed());
-                })
-            }
-            Err(error) => Err(error),
+        let connected = if let Some((subscription, as_of)) = listening.take() {
+            Ok((subscription, as_of, None))
+        } else {
+            connect_and_resync(&store, &lifecycle, settings, &metrics)
+                .await
+                .map(|(subscription, as_of, keys)| (subscription, as_of, Some(keys)))
         };
         let (mut subscription, as_of, keys) = match connected {
             Ok(connected) => connected,
@@ -126,7 +116,11 @@ pub async fn follow(
         };
         freshness.confirm(as_of);
         healthy = true;
-        tracing::info!(keys, "change feed: listening; index resynced");
+        if let Some(keys) = keys {
+            tracing::info!(keys, "change feed: listening; index resynced");
+        } else {
+            tracing::info!("change feed: listening since before the index was loaded");
+        }
         let error = listen(
             &mut subscription,
             &lifecycle,
@@ -146,6 +140,34 @@ pub async fn follow(
             backoff = RECONNECT_BACKOFF.0;
         }
     }
+}
+
+/// Subscribes to the feed, then resyncs: listening from before the load,
+/// the resync misses nothing. Returns the subscription, the moment the
+/// index is known current as of, and how many keys it holds.
+async fn connect_and_resync(
+    store: &Store,
+    lifecycle: &Lifecycle,
+    settings: FeedSettings,
+    metrics: &Metrics,
+) -> Result<(Subscription, Instant, usize), StoreError> {
+    let mut subscription = store.subscribe(settings.connect_timeout).await?;
+    let started = Instant::now();
+    let resynced = match within(settings.load_timeout(), lifecycle.load_for_resync()).await {
+        Ok(prepared) => {
+            install(
+                &mut subscription,
+                lifecycle,
+                prepared,
+                Changed::default(),
+                settings,
+            )
+            .await
+        }
+        Err(error) => Err(error),
+    };
+    metrics.resynced(ResyncTrigger::Connect, resynced.is_ok(), started.elapsed());
+    resynced.map(|(as_of, keys)| (subscription, as_of, keys))
 }
 
 /// Applies changes as they come, until the connection fails.

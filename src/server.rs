@@ -24,7 +24,7 @@ use crate::{
     rate_limit::RateLimit,
     replica::{self, FeedSettings},
     service::{AdminService, ExchangeService, KeyService, TrustService},
-    store::{PoolSettings, Store, StoreError, redacted_url},
+    store::{PoolSettings, Store, StoreError, feed::Subscription, redacted_url},
     telemetry::RpcSpanLayer,
     tls::{self, TlsConfig, TlsError, TlsFiles},
     validate::Validator,
@@ -282,6 +282,9 @@ pub struct Application {
     usage_flush_interval: Duration,
     /// Set on PostgreSQL, where the index follows the change feed.
     feed: Option<(Arc<Freshness>, FeedSettings)>,
+    /// The feed's subscription, opened before the index was loaded, and
+    /// when the load began (PostgreSQL).
+    listening: Option<(Subscription, tokio::time::Instant)>,
     limits: Limits,
     connection_limit: ConnectionLimit,
     tls: Option<Arc<TlsConfig>>,
@@ -363,6 +366,14 @@ impl Application {
                  move it to a secret store and delete the file"
             );
         }
+        // On PostgreSQL, listening before the load: what commits during or
+        // after it reaches the replica through the feed, so the feed needs
+        // no resync of its own once the server runs.
+        let listening = if store.has_change_feed() {
+            Some(store.subscribe(settings.pool.acquire_timeout).await?)
+        } else {
+            None
+        };
         // Confirmed current as of before the load, not after.
         let loaded_as_of = tokio::time::Instant::now();
         let index = Arc::new(Index::from_snapshot(
@@ -412,6 +423,7 @@ impl Application {
             clock,
             usage_flush_interval: settings.usage_flush_interval,
             feed,
+            listening: listening.map(|subscription| (subscription, loaded_as_of)),
             limits: Limits::from(&settings),
             connection_limit: ConnectionLimit::new(settings.max_connections),
             tls,
@@ -497,6 +509,7 @@ impl Application {
                 freshness.clone(),
                 feed,
                 self.metrics.clone(),
+                self.listening,
             )));
             background.push(tokio::spawn(report_freshness(
                 health.clone(),
