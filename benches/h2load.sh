@@ -2,6 +2,8 @@
 # Validate against grpc.health.v1.Health/Check on the same release server,
 # with the same load generator (h2load, Debian's nghttp2-client), in one run:
 # prints each side's requests/s per round, the medians, and their ratio.
+# With Python's xds-protos installed, Envoy's ext_authz Check of the same key
+# runs in the same rounds, against Validate.
 #
 # Every Validate does what a backend's would: the caller's key is
 # authenticated (keyward:validate), the validated key has a rate limit (high
@@ -21,7 +23,8 @@ CONNECTIONS="${CONNECTIONS:-8}"
 STREAMS="${STREAMS:-32}"
 
 command -v h2load >/dev/null || { echo "h2load is missing: apt-get install nghttp2-client" >&2; exit 1; }
-cargo build --release --quiet --bin keyward --bin keywardctl
+cargo build --release --quiet --bin keyward
+cargo build --release --quiet -p keywardctl
 target="${CARGO_TARGET_DIR:-target}/release"
 
 dir="$(mktemp -d)"
@@ -65,31 +68,57 @@ run() {
     -H 'content-type: application/grpc' -H 'te: trailers' \
     -H "authorization: Bearer $caller" -d "$2" "$url$1" 2>/dev/null |
     awk '/^finished in/ { gsub(",", "", $4); print $4 }
-         /^requests:/ && $8 != 0 { print "h2load: failed requests" > "/dev/stderr"; exit 1 }'
+         /^requests:/ && $10 != 0 { print "h2load: failed requests" > "/dev/stderr"; exit 1 }'
 }
 
-# One warm-up of each, not counted.
-run /grpc.health.v1.Health/Check "$dir/health.bin" >/dev/null
-run /keyward.v1.KeyService/Validate "$dir/validate.bin" >/dev/null
+# Envoy's Check of the same key, when Envoy's Python types are at hand.
+paths=(/grpc.health.v1.Health/Check /keyward.v1.KeyService/Validate)
+names=(Health/Check Validate)
+bodies=("$dir/health.bin" "$dir/validate.bin")
+if python3 - "$validated" "$dir/check.bin" <<'EOF' 2>/dev/null; then
+import struct, sys
+from envoy.config.core.v3 import address_pb2
+from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
+Context = attribute_context_pb2.AttributeContext
+request = external_auth_pb2.CheckRequest(attributes=Context(
+    source=Context.Peer(address=address_pb2.Address(
+        socket_address=address_pb2.SocketAddress(address="127.0.0.1", port_value=40000))),
+    request=Context.Request(http=Context.HttpRequest(
+        method="GET", path="/deploy", host="api.internal",
+        headers={"authorization": "Bearer " + sys.argv[1]})),
+    context_extensions={"keyward_permissions": "deploy:read"}))
+message = request.SerializeToString()
+open(sys.argv[2], "wb").write(b"\0" + struct.pack(">I", len(message)) + message)
+EOF
+  paths+=(/envoy.service.auth.v3.Authorization/Check)
+  names+=("ext_authz Check")
+  bodies+=("$dir/check.bin")
+else
+  echo "xds-protos is missing: ext_authz Check is left out (pip install xds-protos)"
+fi
 
-health=()
-validate=()
+# One warm-up of each, not counted.
+for i in "${!paths[@]}"; do run "${paths[$i]}" "${bodies[$i]}" >/dev/null; done
+
+declare -A results
 for round in $(seq "$ROUNDS"); do
-  # A B B A: neither side always runs first.
-  if (( round % 2 )); then
-    health+=("$(run /grpc.health.v1.Health/Check "$dir/health.bin")")
-    validate+=("$(run /keyward.v1.KeyService/Validate "$dir/validate.bin")")
-  else
-    validate+=("$(run /keyward.v1.KeyService/Validate "$dir/validate.bin")")
-    health+=("$(run /grpc.health.v1.Health/Check "$dir/health.bin")")
-  fi
-  echo "round $round: Health/Check ${health[-1]} req/s, Validate ${validate[-1]} req/s"
+  # Each round starts with another path, so none always runs first.
+  line="round $round:"
+  for step in "${!paths[@]}"; do
+    i=$(( (step + round) % ${#paths[@]} ))
+    rate="$(run "${paths[$i]}" "${bodies[$i]}")"
+    results[$i]+="$rate "
+    line+=" ${names[$i]} ${rate} req/s,"
+  done
+  echo "${line%,}"
 done
 
-python3 - "${health[*]}" "${validate[*]}" <<'EOF'
+python3 - "${results[0]}" "${results[1]}" "${results[2]:-}" <<'EOF'
 import statistics, sys
-health = [float(x) for x in sys.argv[1].split()]
-validate = [float(x) for x in sys.argv[2].split()]
+health, validate, check = ([float(x) for x in arg.split()] for arg in sys.argv[1:4])
 h, v = statistics.median(health), statistics.median(validate)
 print(f"median: Health/Check {h:.0f} req/s, Validate {v:.0f} req/s, Validate / Health = {v / h:.3f}")
+if check:
+    c = statistics.median(check)
+    print(f"median: ext_authz Check {c:.0f} req/s, Check / Validate = {c / v:.3f}")
 EOF

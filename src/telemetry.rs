@@ -12,14 +12,15 @@
 //! quote it when reporting a problem.
 
 use std::{
-    fmt::Write as _,
     future::Future,
     io::IsTerminal,
     pin::Pin,
+    sync::{
+        LazyLock,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
 };
-
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use tracing::Instrument;
 use tracing_subscriber::EnvFilter;
@@ -128,14 +129,36 @@ fn request_id(headers: &http::HeaderMap) -> http::HeaderValue {
     if let Some(value) = usable {
         value.clone()
     } else {
+        let number = new_request_number();
+        let mut hex = [0_u8; 16];
+        for (digit, nibble) in hex.iter_mut().zip((0..16).rev()) {
+            let value = (number >> (nibble * 4)) & 0xf;
+            *digit = b"0123456789abcdef"[usize::try_from(value).unwrap_or(0)];
+        }
+        http::HeaderValue::from_bytes(&hex).expect("hex is a valid header value")
+    }
+}
+
+/// A number for a new request id: unique within the process (a counter run
+/// through a bijection) and unlike other processes' (a random start), with
+/// no system call per request: ids are for finding a request's log lines,
+/// not secrets.
+fn new_request_number() -> u64 {
+    static START: LazyLock<u64> = LazyLock::new(|| {
         let mut random = [0_u8; 8];
         getrandom::fill(&mut random).expect("the operating system's random source");
-        let hex = random.iter().fold(String::new(), |mut hex, byte| {
-            let _ = write!(hex, "{byte:02x}");
-            hex
-        });
-        http::HeaderValue::try_from(hex).expect("hex is a valid header value")
-    }
+        u64::from_le_bytes(random)
+    });
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    // splitmix64's finaliser: a bijection, so distinct counters give
+    // distinct ids, and neighbours look unrelated.
+    let mut z = START.wrapping_add(
+        NEXT.fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15),
+    );
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// Wraps each RPC of a tonic server in its span (see the module docs).
