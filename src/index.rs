@@ -55,6 +55,12 @@ pub struct Prepared {
     profiles: Profiles,
 }
 
+/// The keys a resync replaced, until [`Index::retire`] has taken their
+/// usage and freed them.
+#[derive(Debug)]
+#[must_use = "usage of the keys replaced is lost unless they are retired"]
+pub struct Replaced(HashMap<KeyId, Arc<IndexedKey>>);
+
 /// Keys looked at per read lock in [`Index::prepare`] and
 /// [`Index::install`]: few enough that a writer waiting for the lock waits
 /// microseconds.
@@ -116,15 +122,14 @@ impl Index {
     /// or the new, never a mix. `kept` names keys and roles this index
     /// already holds as they are now (changes applied to it during the
     /// load): their current entries are carried over as they are, with no
-    /// database read. `changes` are applied last. Usage counted for keys
-    /// that are gone waits for the next flush. Returns how many keys the
-    /// index holds.
+    /// database read. `changes` are applied last. Returns how many keys the
+    /// index holds, and the contents replaced, for [`Index::retire`].
     pub fn install(
         &self,
         prepared: Prepared,
         kept: &Changed,
         changes: impl IntoIterator<Item = Change>,
-    ) -> usize {
+    ) -> (usize, Replaced) {
         let (previous, len) = {
             let mut state = self.write();
             let mut keys = prepared.keys;
@@ -155,10 +160,17 @@ impl Index {
             Self::apply_to(&mut state, changes);
             (previous, state.keys.len())
         };
-        // Outside the write lock: finding the keys that left and freeing
-        // the old entries takes time in proportion to the index.
-        // The read lock is taken a chunk at a time, so that a writer waiting
-        // for it (and the readers queued behind that writer) waits briefly.
+        (len, Replaced(previous))
+    }
+
+    /// Finishes a resync once `replaced` is no longer needed: usage counted
+    /// for keys that left waits for the next flush, and the old entries are
+    /// freed. Takes time in proportion to the index, so it runs after the
+    /// write turn, and takes the read lock a chunk at a time, so that a
+    /// writer waiting for it (and the readers queued behind that writer)
+    /// waits briefly.
+    pub fn retire(&self, replaced: Replaced) {
+        let previous = replaced.0;
         let entries: Vec<(&KeyId, &Arc<IndexedKey>)> = previous.iter().collect();
         let mut gone: Vec<UsageDelta> = Vec::new();
         for chunk in entries.chunks(CARRY_OVER_CHUNK) {
@@ -179,8 +191,6 @@ impl Index {
         if !gone.is_empty() {
             self.write().retired_usage.extend(gone);
         }
-        drop(previous);
-        len
     }
 
     /// Applies committed changes. This is the only way the index changes
@@ -485,11 +495,12 @@ pub(crate) mod tests {
             .usage
             .record(Timestamp::from_millis(7));
         // Revoked after the snapshot was taken: named by the feed.
-        let held = index.install(
+        let (held, replaced) = index.install(
             prepared,
             &Changed::default(),
             [Change::KeyRemoved(written_meanwhile.id)],
         );
+        index.retire(replaced);
 
         assert_eq!(held, 1);
         assert!(index.get(stays.id).is_some());

@@ -14,7 +14,7 @@ use crate::{
     cidr::Cidr,
     clock::{Clock, Timestamp},
     error::ServiceError,
-    index::{Index, Prepared},
+    index::{Index, Prepared, Replaced},
     key::{KeyId, MintedKey, PlaintextKey, Prefix},
     metrics::{DbOperation, Metrics},
     model::{
@@ -326,10 +326,23 @@ impl Lifecycle {
         applied: &Changed,
         received: impl AsyncFnOnce() -> Result<Changed, StoreError>,
     ) -> Result<usize, StoreError> {
-        let _turn = self.writes.lock().await;
-        let written = received().await?;
-        let reloaded = self.store.changes_for(&written, self.clock.now()).await?;
-        Ok(self.index.install(prepared, applied, reloaded))
+        let (held, replaced) = {
+            let _turn = self.writes.lock().await;
+            let written = received().await?;
+            let reloaded = self.store.changes_for(&written, self.clock.now()).await?;
+            self.index.install(prepared, applied, reloaded)
+        };
+        self.retire(replaced).await;
+        Ok(held)
+    }
+
+    /// [`Index::retire`], off the async workers and after the write turn:
+    /// freeing a million entries takes a while.
+    async fn retire(&self, replaced: Replaced) {
+        let index = self.index.clone();
+        tokio::task::spawn_blocking(move || index.retire(replaced))
+            .await
+            .unwrap_or_else(|failed| std::panic::resume_unwind(failed.into_panic()));
     }
 
     /// A whole resync in one write turn: simple, and right when nothing
@@ -341,7 +354,9 @@ impl Lifecycle {
         let _turn = self.writes.lock().await;
         let snapshot = self.store.load_snapshot(self.clock.now()).await?;
         let prepared = self.prepare(snapshot).await;
-        Ok(self.index.install(prepared, &Changed::default(), []))
+        let (held, replaced) = self.index.install(prepared, &Changed::default(), []);
+        self.retire(replaced).await;
+        Ok(held)
     }
 
     /// Applies what the change feed named, as the store holds it now, in one
