@@ -115,7 +115,7 @@ impl Store {
             .insert(
                 &mut tx,
                 "INSERT INTO key_roles (key_id, role) VALUES ",
-                details(|key| key.settings.roles.iter().map(ToString::to_string).collect()),
+                details(|key| texts(&key.settings.roles)),
                 pair,
             )
             .await?;
@@ -123,13 +123,7 @@ impl Store {
             .insert(
                 &mut tx,
                 "INSERT INTO key_permissions (key_id, permission) VALUES ",
-                details(|key| {
-                    key.settings
-                        .permissions
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect()
-                }),
+                details(|key| texts(&key.settings.permissions)),
                 pair,
             )
             .await?;
@@ -137,13 +131,7 @@ impl Store {
             .insert(
                 &mut tx,
                 "INSERT INTO key_cidrs (key_id, cidr) VALUES ",
-                details(|key| {
-                    key.settings
-                        .allowed_cidrs
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect()
-                }),
+                details(|key| texts(&key.settings.allowed_cidrs)),
                 pair,
             )
             .await?;
@@ -199,6 +187,11 @@ impl Store {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Each item as the column holds it.
+fn texts<T: ToString>(items: &[T]) -> Vec<String> {
+    items.iter().map(ToString::to_string).collect()
 }
 
 /// Multi-row `INSERT`s in the placeholder style the backend prepares fast.
