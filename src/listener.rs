@@ -69,6 +69,15 @@ impl ConnectionLimit {
     }
 }
 
+impl ConnectionLimit {
+    /// Completes once every connection accepted within this limit has
+    /// closed: with the listener closed, when a drain is over.
+    pub async fn all_closed(&self) {
+        let all = u32::try_from(self.max).unwrap_or(u32::MAX);
+        let _ = self.slots.acquire_many(all).await;
+    }
+}
+
 /// An accepted connection, holding its slot of the [`ConnectionLimit`]
 /// until it is dropped.
 #[derive(Debug)]

@@ -530,9 +530,12 @@ impl Application {
             self.metrics.clone(),
             self.gateway_settings.clone(),
         ));
+        // Drained with the gRPC port, not aborted: a proxy's subrequest in
+        // flight is answered.
+        let mut http_served = None;
         if let Some((listener, addr)) = self.http_listener {
             tracing::info!(%addr, tls = self.tls.is_some(), "HTTP served on /v1/forward-auth and /v1/keys:validate");
-            background.push(tokio::spawn(gateway::http::serve(
+            http_served = Some(tokio::spawn(gateway::http::serve(
                 listener,
                 self.tls.clone(),
                 gateway::http::router(gateway.clone()),
@@ -621,7 +624,15 @@ impl Application {
         let drain_timeout = self.drain_timeout;
         let mut drain_started = drain_started;
         let served = tokio::select! {
-            served = serve => served,
+            served = async {
+                let served = serve.await;
+                // Ok: the drain has begun (only it ends the gRPC port
+                // without an error), so the HTTP listener is draining too.
+                if let (Ok(()), Some(http)) = (&served, &mut http_served) {
+                    let _ = http.await;
+                }
+                served
+            } => served,
             () = async {
                 let _ = drain_started.wait_for(|draining| *draining).await;
                 tokio::time::sleep(drain_timeout).await;
@@ -633,7 +644,7 @@ impl Application {
                 Ok(())
             }
         };
-        for task in background {
+        for task in background.into_iter().chain(http_served) {
             task.abort();
         }
         // Usage counted up to the last request is kept.

@@ -28,7 +28,9 @@
 //! body in [`MAX_BODY_BYTES`], a whole request within `--request-timeout`,
 //! and at most [`MAX_CONNECTIONS`] connections are served at once.
 
-use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible, future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration,
+};
 
 use axum::{
     Router,
@@ -42,14 +44,21 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpListener,
-    sync::{Semaphore, watch},
+    sync::watch,
 };
 use tokio_stream::StreamExt as _;
 use tower_service::Service as _;
 
-use super::{Checked, Gateway, JSON, Refusal, Verdict, json};
+use super::{
+    Checked, Gateway, JSON, KEY_ID_HEADER, OWNER_HEADER, ROLES_HEADER, Refusal, Verdict, json,
+};
 use crate::{
-    auth::bearer, error::ServiceError, listener::ConnectionLimit, metrics::Front, tls::TlsConfig,
+    auth::bearer,
+    error::ServiceError,
+    listener::{self, ConnectionLimit},
+    metrics::Front,
+    service::WipedOnDrop,
+    tls::TlsConfig,
 };
 
 /// The header in which the proxy sends its own key on forward-auth
@@ -72,7 +81,7 @@ pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Most connections served at once; the next waits to be accepted.
-pub const MAX_CONNECTIONS: usize = 4096;
+pub const MAX_CONNECTIONS: u32 = 4096;
 
 /// The peer of the connection a request came on.
 #[derive(Debug, Clone, Copy)]
@@ -113,13 +122,21 @@ async fn forward_auth(
     {
         Ok(Verdict::Allow(allowed)) => {
             let mut response = StatusCode::OK.into_response();
+            let answer = response.headers_mut();
+            // Every upstream header is sent, empty when the key has no
+            // owner or roles: a proxy that copies named headers from this
+            // answer (Caddy's `copy_headers`, Traefik's
+            // `authResponseHeaders`) then sets each one, and never passes
+            // on a client's forged value or, as Caddy 2.6 does, its own
+            // unreplaced placeholder.
+            for name in [KEY_ID_HEADER, OWNER_HEADER, ROLES_HEADER] {
+                answer.insert(HeaderName::from_static(name), HeaderValue::from_static(""));
+            }
             for (name, value) in allowed.headers() {
                 // An owner that cannot be a header value (it can hold any
-                // printable text) is left out rather than mangled.
+                // printable text) is left empty rather than mangled.
                 if let Ok(value) = HeaderValue::from_str(&value) {
-                    response
-                        .headers_mut()
-                        .insert(HeaderName::from_static(name), value);
+                    answer.insert(HeaderName::from_static(name), value);
                 }
             }
             response
@@ -152,9 +169,10 @@ async fn validate(
         ));
     let answered = match json::parse_request(&body) {
         Ok(request) => {
+            let request = WipedOnDrop(request);
             gateway
                 .keys()
-                .answer(credential, Some(peer.ip()), &request)
+                .answer(credential, Some(peer.ip()), &request.0)
                 .await
         }
         Err(error) => Err(error),
@@ -249,12 +267,9 @@ impl IntoResponse for HttpError {
 }
 
 /// Serves `router` on `listener` (over TLS with `tls`), each request
-/// bounded by `request_timeout`, until the task running it is dropped or
-/// `draining` turns true (TLS) — the server aborts it once gRPC has
-/// stopped.
-///
-/// # Panics
-/// Never: the connection semaphore is never closed.
+/// bounded by `request_timeout`, until `draining` turns true; then the
+/// listener closes, every connection finishes the request it is serving
+/// and closes (an idle one at once), and this returns once all have.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<TlsConfig>>,
@@ -262,56 +277,56 @@ pub async fn serve(
     request_timeout: Duration,
     draining: watch::Receiver<bool>,
 ) {
-    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let serve_one = move |stream, peer, permit| {
-        let router = router.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            connection(stream, peer, router, request_timeout).await;
-        });
+    let limit = ConnectionLimit::new(MAX_CONNECTIONS);
+    let mut incoming: Incoming = match tls {
+        None => Box::pin(
+            listener::accept(listener, limit.clone(), draining.clone(), |socket, _| {
+                std::future::ready(Some(socket))
+            })
+            .filter_map(|accepted| {
+                let connection = accepted.ok()?;
+                let peer = connection.get_ref().peer_addr().ok()?;
+                Some((Box::new(connection) as Box<dyn Stream>, peer))
+            }),
+        ),
+        Some(tls) => Box::pin(
+            crate::tls::incoming_http1(listener, tls, limit.clone(), draining.clone()).filter_map(
+                |accepted| {
+                    let connection = accepted.ok()?;
+                    let peer = connection.get_ref().get_ref().0.peer_addr().ok()?;
+                    Some((Box::new(connection) as Box<dyn Stream>, peer))
+                },
+            ),
+        ),
     };
-    match tls {
-        None => loop {
-            let permit = connections
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("never closed");
-            match listener.accept().await {
-                Ok((socket, peer)) => {
-                    let _ = socket.set_nodelay(true);
-                    serve_one(Box::new(socket) as Box<dyn Stream>, peer, permit);
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "cannot accept an HTTP connection");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        },
-        Some(tls) => {
-            let limit = ConnectionLimit::new(u32::try_from(MAX_CONNECTIONS).unwrap_or(u32::MAX));
-            let mut incoming = crate::tls::incoming_http1(listener, tls, limit, draining);
-            while let Some(accepted) = incoming.next().await {
-                let Ok(stream) = accepted else { continue };
-                let Ok(peer) = stream.get_ref().get_ref().0.peer_addr() else {
-                    continue;
-                };
-                let permit = connections
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .expect("never closed");
-                serve_one(Box::new(stream) as Box<dyn Stream>, peer, permit);
-            }
-        }
+    while let Some((stream, peer)) = incoming.next().await {
+        tokio::spawn(connection(
+            stream,
+            peer,
+            router.clone(),
+            request_timeout,
+            draining.clone(),
+        ));
     }
+    limit.all_closed().await;
 }
+
+/// The accepted connections, each with its peer's address.
+type Incoming = Pin<Box<dyn tokio_stream::Stream<Item = (Box<dyn Stream>, SocketAddr)> + Send>>;
 
 /// A connection's byte stream, plaintext or TLS.
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
-async fn connection(stream: Box<dyn Stream>, peer: SocketAddr, router: Router, timeout: Duration) {
+/// Serves one connection until it closes; once `draining` turns true, it
+/// finishes the request in hand and closes.
+async fn connection(
+    stream: Box<dyn Stream>,
+    peer: SocketAddr,
+    router: Router,
+    timeout: Duration,
+    mut draining: watch::Receiver<bool>,
+) {
     let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
         request.extensions_mut().insert(Peer(peer));
         let mut router = router.clone();
@@ -324,9 +339,20 @@ async fn connection(stream: Box<dyn Stream>, peer: SocketAddr, router: Router, t
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_HEADER_BYTES)
-        .serve_connection(TokioIo::new(stream), service)
-        .await;
-    if let Err(error) = served {
+        .serve_connection(TokioIo::new(stream), service);
+    let mut served = std::pin::pin!(served);
+    let drained = async move {
+        // A sender gone (the server stopped) counts as draining too.
+        let _ = draining.wait_for(|draining| *draining).await;
+    };
+    let ended = tokio::select! {
+        ended = served.as_mut() => ended,
+        () = drained => {
+            served.as_mut().graceful_shutdown();
+            served.await
+        }
+    };
+    if let Err(error) = ended {
         tracing::debug!(%peer, %error, "HTTP connection ended with an error");
     }
 }

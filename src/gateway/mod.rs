@@ -22,8 +22,8 @@
 //! | header | value |
 //! | --- | --- |
 //! | `x-keyward-key-id` | the key's public id |
-//! | `x-keyward-owner` | the key's owner (absent when it has none) |
-//! | `x-keyward-roles` | the key's roles, comma-separated (absent when none) |
+//! | `x-keyward-owner` | the key's owner (none: absent from ext_authz, empty from forward-auth) |
+//! | `x-keyward-roles` | the key's roles, comma-separated (likewise) |
 //!
 //! Every other `x-keyward-*` header a client sent is removed, so a client
 //! cannot forge them.
@@ -46,7 +46,7 @@ use crate::{
     error::ServiceError,
     metrics::{Front, GatewayChecked, Metrics, Validated},
     pb,
-    service::KeyService,
+    service::{KeyService, WipedOnDrop},
 };
 
 /// The prefix of every header keyward sets for the upstream. A client's own
@@ -291,16 +291,16 @@ impl Gateway {
         checked: Checked<'_>,
     ) -> Result<Verdict, ServiceError> {
         let started = Instant::now();
-        let request = pb::ValidateRequest {
+        let request = WipedOnDrop(pb::ValidateRequest {
             key: checked.key.unwrap_or_default().to_owned(),
             required_permissions: split_permissions(checked.permissions),
             client_ip: checked
                 .client_ip
                 .map(|ip| ip.to_string())
                 .unwrap_or_default(),
-        };
-        let route = request.required_permissions.join(",");
-        let answered = self.keys.answer(credential, peer, &request).await;
+        });
+        let route = request.0.required_permissions.join(",");
+        let answered = self.keys.answer(credential, peer, &request.0).await;
         let (how, verdict) = match answered {
             Ok(answer) => {
                 let missing = checked.key.is_none();

@@ -149,8 +149,9 @@ impl pb::key_service_server::KeyService for KeyService {
 }
 
 /// A Validate request whose presented key is wiped when the call ends,
-/// answered or cancelled: the decoder's copy is the one keyward owns.
-struct WipedOnDrop(pb::ValidateRequest);
+/// answered or cancelled: the decoder's copy (or a gateway's, taken from
+/// the proxied request) is the one keyward owns.
+pub struct WipedOnDrop(pub pb::ValidateRequest);
 
 impl Drop for WipedOnDrop {
     fn drop(&mut self) {

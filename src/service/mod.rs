@@ -8,5 +8,5 @@ mod keys;
 mod trust;
 
 pub use admin::AdminService;
-pub use keys::{Answer, KeyService};
+pub use keys::{Answer, KeyService, WipedOnDrop};
 pub use trust::{ExchangeService, TrustService};

@@ -474,6 +474,13 @@ async fn forward_auth_allows_and_denies_like_ext_authz(backend: Backend) {
     assert_eq!(allowed.headers["x-keyward-key-id"], keys.client_id);
     assert_eq!(allowed.headers["x-keyward-owner"], "ci");
     assert_eq!(allowed.headers["x-keyward-roles"], "deployer");
+    // A key with no owner: the header is still there, empty, so a proxy
+    // copying it sets it rather than keeping a client's own.
+    let ownerless = mint_deployer(&app, pb::MintKeyRequest::default()).await;
+    let ownerless = forward(Some(ownerless), permission("deploy:write")).await;
+    assert_eq!(ownerless.status, 200, "{}", ownerless.body);
+    assert!(!ownerless.headers["x-keyward-key-id"].is_empty());
+    assert_eq!(ownerless.headers["x-keyward-owner"], "");
 
     let missing = forward(None, vec![]).await;
     assert_eq!(missing.status, 401);
@@ -780,4 +787,58 @@ async fn the_http_listener_serves_tls_with_the_grpc_certificates() {
     let mut raw = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut raw)).await;
     assert!(!String::from_utf8_lossy(&raw).contains("200 OK"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_listener_answers_a_request_in_flight_when_the_server_stops() {
+    let mut app = spawn(Backend::Sqlite, GatewaySettings::default()).await;
+    let addr = app.http_addr.unwrap();
+    let keys = keys(&app).await;
+    let body = format!(
+        r#"{{"key": "{}", "requiredPermissions": ["deploy:write"]}}"#,
+        keys.client
+    );
+    let (first, rest) = body.split_at(body.len() / 2);
+
+    // A request whose head, and half its body, have arrived.
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/keys:validate HTTP/1.1\r\nHost: {addr}\r\nauthorization: Bearer {}\r\n\
+         content-type: application/json\r\nContent-Length: {}\r\n\r\n{first}",
+        keys.gateway,
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // An idle connection, which the drain closes.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let stopping = tokio::spawn(async move { app.stop().await });
+    // The listener closes first: new connections are refused.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the HTTP listener stayed open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The server waits for the request (a process would exit, cutting it).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !stopping.is_finished(),
+        "the server stopped with a request in flight"
+    );
+
+    stream.write_all(rest.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""valid":true"#), "{answer}");
+    let mut nothing = Vec::new();
+    assert_eq!(idle.read_to_end(&mut nothing).await.unwrap(), 0);
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("the server stops once its connections closed")
+        .unwrap();
 }
