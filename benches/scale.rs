@@ -324,8 +324,10 @@ impl Server {
         }
         let after = resyncs(metrics).await;
         println!(
-            "  periodic resync: {:.2} s on average; {mints} mints meanwhile, the slowest {:.1} ms",
+            "  periodic resync: {:.2} s on average, holding the write turn {:.1} ms on average; \
+             {mints} mints meanwhile, the slowest {:.1} ms",
             (after.1 - before.1) / (after.0 - before.0),
+            (after.3 - before.3) / (after.2 - before.2) * 1e3,
             slowest.as_secs_f64() * 1e3
         );
     }
@@ -338,8 +340,9 @@ impl Drop for Server {
     }
 }
 
-/// Resyncs done so far and the seconds they took, from the server's metrics.
-async fn resyncs(metrics: SocketAddr) -> (f64, f64) {
+/// Resyncs done so far and the seconds they took, then the write turns they
+/// held and the seconds those took, from the server's metrics.
+async fn resyncs(metrics: SocketAddr) -> (f64, f64, f64, f64) {
     let mut stream = tokio::net::TcpStream::connect(metrics)
         .await
         .expect("metrics");
@@ -358,6 +361,8 @@ async fn resyncs(metrics: SocketAddr) -> (f64, f64) {
     (
         value("keyward_resync_duration_seconds_count "),
         value("keyward_resync_duration_seconds_sum "),
+        value("keyward_resync_write_turn_duration_seconds_count "),
+        value("keyward_resync_write_turn_duration_seconds_sum "),
     )
 }
 

@@ -328,9 +328,12 @@ impl Lifecycle {
     ) -> Result<usize, StoreError> {
         let (held, replaced) = {
             let _turn = self.writes.lock().await;
+            let turn_began = std::time::Instant::now();
             let written = received().await?;
             let reloaded = self.store.changes_for(&written, self.clock.now()).await?;
-            self.index.install(prepared, applied, reloaded)
+            let installed = self.index.install(prepared, applied, reloaded);
+            self.metrics.resync_turn_held(turn_began.elapsed());
+            installed
         };
         self.retire(replaced).await;
         Ok(held)

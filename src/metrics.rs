@@ -408,6 +408,7 @@ pub struct Metrics {
     feed_apply_seconds: Histogram,
     resyncs: Family<Resync, Counter>,
     resync_seconds: Histogram,
+    resync_turn_seconds: Histogram,
     exchanges: Family<ResultReason, Counter>,
     /// Indexed by [`Front`], then [`GatewayChecked::index`].
     gateway: [[Counter; GatewayChecked::COUNT]; Front::ALL.len()],
@@ -524,6 +525,13 @@ impl Metrics {
             "PostgreSQL replicas: time a full reload of the index took, failed ones included",
             resync_seconds.clone(),
         );
+        let resync_turn_seconds = Histogram::new(FEED_APPLY_BUCKETS);
+        registry.register(
+            "resync_write_turn_duration_seconds",
+            "PostgreSQL replicas: time a resync held the write turn to put its snapshot in place \
+             (local writes wait for it meanwhile; the load itself runs beside them)",
+            resync_turn_seconds.clone(),
+        );
 
         let exchanges = Family::<ResultReason, Counter>::default();
         for how in [Exchanged::Ok, Exchanged::Failed]
@@ -588,6 +596,7 @@ impl Metrics {
             feed_apply_seconds,
             resyncs,
             resync_seconds,
+            resync_turn_seconds,
             exchanges,
             gateway,
             gateway_seconds,
@@ -682,6 +691,11 @@ impl Metrics {
             })
             .inc();
         self.resync_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Records how long a resync held the write turn.
+    pub fn resync_turn_held(&self, took: Duration) {
+        self.resync_turn_seconds.observe(took.as_secs_f64());
     }
 
     /// Every metric, in the Prometheus text format ([`CONTENT_TYPE`]).

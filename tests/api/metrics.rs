@@ -321,6 +321,10 @@ async fn resyncs_are_counted(backend: Backend) {
         let scrape = Scrape::of(&app).await;
         assert_eq!(scrape.count(interval), 0);
         assert_eq!(scrape.count("keyward_resync_duration_seconds_count"), 0);
+        assert_eq!(
+            scrape.count("keyward_resync_write_turn_duration_seconds_count"),
+            0
+        );
         return;
     }
     let mut scrape = Scrape::of(&app).await;
@@ -334,6 +338,7 @@ async fn resyncs_are_counted(backend: Backend) {
     assert!(scrape.count(interval) >= 1, "{}", scrape.text);
     assert_eq!(scrape.count(connect), 0, "no second load at start");
     assert!(scrape.count("keyward_resync_duration_seconds_count") >= 1);
+    assert!(scrape.count("keyward_resync_write_turn_duration_seconds_count") >= 1);
 
     // A change from another replica arrives through the feed and is applied.
     let other = app.replica().await;
