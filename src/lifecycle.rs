@@ -297,6 +297,14 @@ impl Lifecycle {
     /// # Errors
     /// When the store cannot be read; the index is then unchanged.
     pub async fn load_for_resync(&self) -> Result<Prepared, StoreError> {
+        // Each resync also forgets what the change log no longer needs to
+        // keep; a failure there costs nothing but a bigger log until the
+        // next one.
+        if self.store.has_change_feed()
+            && let Err(error) = self.store.prune_change_log().await
+        {
+            tracing::warn!(%error, "cannot prune the change log");
+        }
         let snapshot = self.store.load_snapshot(self.clock.now()).await?;
         Ok(self.prepare(snapshot).await)
     }

@@ -272,6 +272,30 @@ impl DbOperation {
     }
 }
 
+/// How a replica's attempt to catch up from the change log after a
+/// reconnect ended: one series of `keyward_change_feed_catch_ups_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatchUp {
+    /// It read and applied what it missed.
+    Ok,
+    /// It missed more than the log is read for; it resyncs in full.
+    TooMuch,
+    /// The database failed; it resyncs in full (or retries).
+    Error,
+}
+
+impl CatchUp {
+    /// The `result` label.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::TooMuch => "too_much",
+            Self::Error => "error",
+        }
+    }
+}
+
 /// What started a full resync of a replica's index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResyncTrigger {
@@ -371,6 +395,11 @@ struct ResultReason {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct Reason {
     reason: &'static str,
 }
@@ -409,6 +438,7 @@ pub struct Metrics {
     resyncs: Family<Resync, Counter>,
     resync_seconds: Histogram,
     resync_turn_seconds: Histogram,
+    catch_ups: Family<ResultLabel, Counter>,
     exchanges: Family<ResultReason, Counter>,
     /// Indexed by [`Front`], then [`GatewayChecked::index`].
     gateway: [[Counter; GatewayChecked::COUNT]; Front::ALL.len()],
@@ -525,6 +555,19 @@ impl Metrics {
             "PostgreSQL replicas: time a full reload of the index took, failed ones included",
             resync_seconds.clone(),
         );
+        let catch_ups = Family::<ResultLabel, Counter>::default();
+        for result in [CatchUp::Ok, CatchUp::TooMuch, CatchUp::Error] {
+            catch_ups.get_or_create_owned(&ResultLabel {
+                result: result.as_str(),
+            });
+        }
+        registry.register(
+            "change_feed_catch_ups",
+            "PostgreSQL replicas: reconnects that read what the replica missed from the change \
+             log instead of reloading everything, by result (ok; too_much or error, after which \
+             it resyncs in full)",
+            catch_ups.clone(),
+        );
         let resync_turn_seconds = Histogram::new(FEED_APPLY_BUCKETS);
         registry.register(
             "resync_write_turn_duration_seconds",
@@ -597,6 +640,7 @@ impl Metrics {
             resyncs,
             resync_seconds,
             resync_turn_seconds,
+            catch_ups,
             exchanges,
             gateway,
             gateway_seconds,
@@ -691,6 +735,15 @@ impl Metrics {
             })
             .inc();
         self.resync_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Counts a reconnect's catch-up from the change log.
+    pub fn caught_up(&self, result: CatchUp) {
+        self.catch_ups
+            .get_or_create(&ResultLabel {
+                result: result.as_str(),
+            })
+            .inc();
     }
 
     /// Records how long a resync held the write turn.

@@ -3,9 +3,12 @@
 //!
 //! Each replica listens to the store's [change feed](crate::store::feed) and
 //! reloads what every notification names. Notifications sent while its
-//! connection was down are lost, so after every (re)connect the replica
-//! resyncs in full before it trusts its index again, and it resyncs on a
-//! timer as well, to repair anything missed some other way.
+//! connection was down are lost from the feed but kept in the change log:
+//! after a reconnect within [`CATCH_UP_WINDOW`] of its last heartbeat, the
+//! replica reads from the log what it missed and reloads just that; after a
+//! longer outage (or when the log cannot say) it resyncs in full before it
+//! trusts its index again. It resyncs on a timer as well, to repair anything
+//! missed some other way.
 //!
 //! **Resyncs do not stop the replica.** A resync loads the snapshot (seconds
 //! at a million keys) without the write turn and while the feed goes on being
@@ -30,12 +33,17 @@ use crate::{
     freshness::Freshness,
     index::Prepared,
     lifecycle::Lifecycle,
-    metrics::{DbOperation, Metrics, ResyncTrigger},
+    metrics::{CatchUp, DbOperation, Metrics, ResyncTrigger},
     store::{
         Store, StoreError,
-        feed::{Changed, Subscription},
+        feed::{Changed, Subscription, Watermark},
     },
 };
+
+/// How long a replica may have been without its feed and still catch up
+/// from the change log, rather than reload everything: well within
+/// [`CHANGE_LOG_RETENTION`](crate::store::feed::CHANGE_LOG_RETENTION).
+pub const CATCH_UP_WINDOW: Duration = Duration::from_mins(10);
 
 /// Reconnection waits double from the first to the last.
 const RECONNECT_BACKOFF: (Duration, Duration) =
@@ -91,15 +99,26 @@ pub async fn follow(
 ) {
     let mut backoff = RECONNECT_BACKOFF.0;
     let mut healthy = true;
+    // The watermark of the last heartbeat known to be heard in full, and
+    // when: where a reconnect catches up from.
+    let mut heard: Option<(Watermark, Instant)> = None;
     loop {
+        let caught_up = match heard {
+            Some((since, at)) if listening.is_none() && at.elapsed() < CATCH_UP_WINDOW => {
+                connect_and_catch_up(&store, &lifecycle, since, settings, &metrics).await
+            }
+            _ => None,
+        };
         let connected = if let Some((subscription, as_of)) = listening.take() {
-            Ok((subscription, as_of, None))
+            Ok((subscription, as_of, Reached::Listening))
+        } else if let Some((subscription, as_of, changes)) = caught_up {
+            Ok((subscription, as_of, Reached::CaughtUp(changes)))
         } else {
             connect_and_resync(&store, &lifecycle, settings, &metrics)
                 .await
-                .map(|(subscription, as_of, keys)| (subscription, as_of, Some(keys)))
+                .map(|(subscription, as_of, keys)| (subscription, as_of, Reached::Resynced(keys)))
         };
-        let (mut subscription, as_of, keys) = match connected {
+        let (mut subscription, as_of, reached) = match connected {
             Ok(connected) => connected,
             Err(error) => {
                 metrics.database_error(DbOperation::ChangeFeed);
@@ -116,10 +135,19 @@ pub async fn follow(
         };
         freshness.confirm(as_of);
         healthy = true;
-        if let Some(keys) = keys {
-            tracing::info!(keys, "change feed: listening; index resynced");
-        } else {
-            tracing::info!("change feed: listening since before the index was loaded");
+        match reached {
+            Reached::Listening => {
+                tracing::info!("change feed: listening since before the index was loaded");
+            }
+            Reached::CaughtUp(changes) => {
+                tracing::info!(
+                    changes,
+                    "change feed: listening; caught up from the change log"
+                );
+            }
+            Reached::Resynced(keys) => {
+                tracing::info!(keys, "change feed: listening; index resynced");
+            }
         }
         let error = listen(
             &mut subscription,
@@ -127,6 +155,7 @@ pub async fn follow(
             &freshness,
             settings,
             &metrics,
+            &mut heard,
         )
         .await;
         metrics.database_error(DbOperation::ChangeFeed);
@@ -140,6 +169,50 @@ pub async fn follow(
             backoff = RECONNECT_BACKOFF.0;
         }
     }
+}
+
+/// How a replica came to listen with a current index.
+enum Reached {
+    /// It subscribed before the server loaded its index at start.
+    Listening,
+    /// It read what it missed from the change log: this many changes.
+    CaughtUp(usize),
+    /// It reloaded everything: this many keys.
+    Resynced(usize),
+}
+
+/// Subscribes to the feed, then reads from the change log what was written
+/// since `since` and applies it: listening from before the read, it misses
+/// nothing. Returns what [`connect_and_resync`] does, with how many changes
+/// were applied; `None` when the replica must resync instead (the database
+/// failed, or it missed too much), counted either way.
+async fn connect_and_catch_up(
+    store: &Store,
+    lifecycle: &Lifecycle,
+    since: Watermark,
+    settings: FeedSettings,
+    metrics: &Metrics,
+) -> Option<(Subscription, Instant, usize)> {
+    let caught_up = async {
+        let subscription = store.subscribe(settings.connect_timeout).await?;
+        let as_of = Instant::now();
+        let Some(missed) = within(settings.max_staleness, store.changed_since(since)).await? else {
+            return Ok(None);
+        };
+        let applied = within(settings.max_staleness, lifecycle.reload(&missed)).await?;
+        Ok::<_, StoreError>(Some((subscription, as_of, applied)))
+    }
+    .await;
+    let outcome = match &caught_up {
+        Ok(Some(_)) => CatchUp::Ok,
+        Ok(None) => CatchUp::TooMuch,
+        Err(error) => {
+            tracing::debug!(%error, "change feed: cannot catch up from the change log");
+            CatchUp::Error
+        }
+    };
+    metrics.caught_up(outcome);
+    caught_up.ok().flatten()
 }
 
 /// Subscribes to the feed, then resyncs: listening from before the load,
@@ -177,8 +250,12 @@ async fn listen(
     freshness: &Freshness,
     settings: FeedSettings,
     metrics: &Metrics,
+    heard: &mut Option<(Watermark, Instant)>,
 ) -> StoreError {
     let heartbeat_every = settings.heartbeat();
+    // A heartbeat's watermark, until the next heartbeat shows that every
+    // change older than it was heard.
+    let mut pending: Option<Watermark> = None;
     let mut heartbeat = tokio::time::interval(heartbeat_every);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut resync_timer = tokio::time::interval_at(
@@ -206,13 +283,16 @@ async fn listen(
             _ = heartbeat.tick() => {
                 let as_of = Instant::now();
                 match subscription.ping(heartbeat_every * 2).await {
-                    Ok(()) => apply_received(subscription, lifecycle, Changed::default(), settings, metrics)
+                    Ok(watermark) => apply_received(subscription, lifecycle, Changed::default(), settings, metrics)
                         .await
                         .map(|applied| {
                             if is_loading {
                                 applied_during_load.merge(&applied);
                             }
                             freshness.confirm(as_of);
+                            if let Some(older) = pending.replace(watermark) {
+                                *heard = Some((older, as_of));
+                            }
                         }),
                     Err(error) => Err(error),
                 }

@@ -5,8 +5,15 @@
 //! A notification names what changed, never how: the replica reloads those
 //! rows ([`super::Store::changes_for`]), so a late or repeated notification
 //! can only ever bring the index to the database's current state.
-//! Notifications sent while a replica was disconnected are lost; the replica
-//! resyncs in full after every reconnect (see [`crate::replica`]).
+//! Notifications sent while a replica was disconnected are lost from the
+//! feed, but every one is also kept in the `change_log` table for
+//! [`CHANGE_LOG_RETENTION`], by the id of the transaction that wrote it. A
+//! heartbeat ([`Subscription::ping`]) answers with a [`Watermark`]: the
+//! oldest transaction still running then. Once the next heartbeat has come
+//! back, every transaction older than it has been heard; so a replica that
+//! reconnects reads the log from its last confirmed watermark
+//! ([`super::Store::changed_since`]) and catches up, rather than reloading
+//! everything (see [`crate::replica`]).
 //!
 //! LISTEN needs a session of its own: point replicas at PostgreSQL itself
 //! or at a pooler in session mode, never at transaction pooling (PgBouncer's
@@ -21,6 +28,17 @@ use crate::{key::KeyId, permission::RoleName};
 
 /// The PostgreSQL channel keyward's writes notify.
 pub const CHANNEL: &str = "keyward_changes";
+
+/// How long the change log keeps what the feed announced: far longer than
+/// a replica may catch up after ([`crate::replica`] reloads in full past a
+/// few minutes), so that no clock or pruning schedule makes it miss a row.
+pub const CHANGE_LOG_RETENTION: Duration = Duration::from_hours(1);
+
+/// The oldest transaction still running at a heartbeat: every change from
+/// an older one had committed (or rolled back) by then. Where a replica
+/// reads the change log from when it catches up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Watermark(pub(super) u64);
 
 /// Key ids per notification: a payload must stay under PostgreSQL's 8000
 /// bytes, and an id takes 12.
@@ -171,13 +189,24 @@ impl Subscription {
     /// A round trip on the listening connection itself, within `timeout`.
     /// When it succeeds, every change committed before it was sent has been
     /// received (PostgreSQL delivers notifications before the reply).
+    /// Returns the oldest transaction running as it was answered: once a
+    /// later ping has succeeded, every change older than that was received.
     ///
     /// # Errors
     /// When the connection is dead or too slow.
-    pub async fn ping(&mut self, timeout: Duration) -> Result<(), StoreError> {
-        let ping = sqlx::query("SELECT 1").execute(&mut self.listener);
+    pub async fn ping(&mut self, timeout: Duration) -> Result<Watermark, StoreError> {
+        let ping =
+            sqlx::query_scalar::<_, String>("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
+                .fetch_one(&mut self.listener);
         match tokio::time::timeout(timeout, ping).await {
-            Ok(result) => result.map(drop).map_err(StoreError::from),
+            Ok(Ok(xmin)) => xmin
+                .parse()
+                .map(Watermark)
+                .map_err(|_| StoreError::Corrupt {
+                    table: "pg_current_snapshot()",
+                    what: "transaction id",
+                }),
+            Ok(Err(error)) => Err(error.into()),
             Err(_) => Err(StoreError::Timeout(timeout)),
         }
     }

@@ -306,8 +306,10 @@ impl Store {
         if self.backend != Backend::Postgres {
             return Ok(());
         }
+        // Sent on commit, and kept in the change log for a replica that was
+        // not listening at that moment.
         for payload in topics.into_iter().flat_map(feed::Topic::payloads) {
-            sqlx::query("SELECT 1 FROM pg_notify($1, $2)")
+            sqlx::query("INSERT INTO change_log (payload) SELECT $2 FROM pg_notify($1, $2)")
                 .bind(feed::CHANNEL)
                 .bind(payload)
                 .execute(&mut *tx)

@@ -10,7 +10,7 @@ use tokio_stream::StreamExt;
 use super::{
     Store, StoreError,
     audit::append_audit,
-    feed::{self, Changed, Topic},
+    feed::{self, CHANGE_LOG_RETENTION, Changed, Topic, Watermark},
     keys::{NewKey, insert_key},
     roles::insert_role,
     rows::{fetch_for_ids, load_roles, with_details},
@@ -35,6 +35,10 @@ pub struct Snapshot {
     /// The profiles `keys` hold, one copy of each.
     pub profiles: Profiles,
 }
+
+/// Most notifications a replica catches up with from the change log; past
+/// that many (minutes of a heavy write load) it resyncs in full.
+pub const MAX_CATCH_UP: usize = 100_000;
 
 impl Store {
     /// Whether the built-in roles and first admin key exist.
@@ -151,6 +155,46 @@ impl Store {
     pub async fn subscribe(&self, timeout: Duration) -> Result<feed::Subscription, StoreError> {
         let url = self.postgres_url.as_deref().ok_or(StoreError::NoFeed)?;
         feed::Subscription::connect(url, timeout).await
+    }
+
+    /// Everything the change log holds from transactions no older than
+    /// `since`, or `None` when that is more than [`MAX_CATCH_UP`] notifications
+    /// (a full resync is then the cheaper way back).
+    ///
+    /// # Errors
+    /// On a database failure or a payload this version does not read.
+    pub async fn changed_since(&self, since: Watermark) -> Result<Option<Changed>, StoreError> {
+        let payloads: Vec<String> = sqlx::query_scalar(
+            "SELECT payload FROM change_log WHERE xid >= $1::text::xid8 ORDER BY id LIMIT $2",
+        )
+        .bind(since.0.to_string())
+        .bind(i64::try_from(MAX_CATCH_UP + 1).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        if payloads.len() > MAX_CATCH_UP {
+            return Ok(None);
+        }
+        let mut changed = Changed::default();
+        for payload in payloads {
+            changed.add(payload.parse()?);
+        }
+        Ok(Some(changed))
+    }
+
+    /// Forgets what the change log holds past [`CHANGE_LOG_RETENTION`].
+    /// Returns how many notifications it forgot.
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub async fn prune_change_log(&self) -> Result<u64, StoreError> {
+        let retention = i64::try_from(CHANGE_LOG_RETENTION.as_millis()).unwrap_or(i64::MAX);
+        let pruned = sqlx::query(
+            "DELETE FROM change_log WHERE at < (extract(epoch FROM now()) * 1000)::BIGINT - $1",
+        )
+        .bind(retention)
+        .execute(&self.pool)
+        .await?;
+        Ok(pruned.rows_affected())
     }
 
     /// What the index must do to reflect `changed` as the database holds

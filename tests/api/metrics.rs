@@ -23,13 +23,13 @@ pub(crate) async fn http_get(
 }
 
 /// One scrape: every sample by its series (name and labels, as written).
-struct Scrape {
-    text: String,
+pub(crate) struct Scrape {
+    pub(crate) text: String,
     samples: HashMap<String, String>,
 }
 
 impl Scrape {
-    async fn of(app: &TestApp) -> Self {
+    pub(crate) async fn of(app: &TestApp) -> Self {
         let addr = app.metrics_addr.expect("a metrics listener");
         let (status, headers, text) = http_get(addr, "/metrics").await;
         assert!(status.starts_with("HTTP/1.1 200"), "{status}");
@@ -53,7 +53,7 @@ impl Scrape {
     }
 
     /// A counter's (or a count's) value, a whole number.
-    fn count(&self, series: &str) -> u64 {
+    pub(crate) fn count(&self, series: &str) -> u64 {
         self.raw(series)
             .unwrap_or_else(|| panic!("no series {series} in:\n{}", self.text))
             .parse()

@@ -15,7 +15,7 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use crate::proxy::CuttableProxy;
+use crate::{metrics::Scrape, proxy::CuttableProxy};
 
 /// Longest a change may take to reach another replica in these tests: the
 /// product promises under a second; this leaves room for a loaded machine.
@@ -230,6 +230,46 @@ async fn a_replica_cut_off_resyncs_and_refuses_keys_revoked_meanwhile() {
         !b.validate(&key, &[]).await.valid
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_replica_cut_off_for_a_moment_catches_up_from_the_change_log_without_a_resync() {
+    // Heartbeats every 500 ms, so the watermark B reconnects from is recent.
+    let settings = Settings {
+        metrics_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+        ..quick_to_give_up(Duration::from_secs(2))
+    };
+    let Some((a, b, proxy)) = replica_behind_a_proxy(settings).await else {
+        return;
+    };
+    let (id, key) = minted_on_a_seen_by_b(&a, &b, &[]).await;
+    // Two heartbeats, the second confirming the first's watermark.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    proxy.cut();
+    a.revoke(&id, "leaked").await.unwrap();
+    let (_, minted_meanwhile) = a.mint_with_roles(&[]).await;
+    proxy.restore();
+    eventually(
+        "revocation and new key seen by B after reconnecting",
+        || async {
+            !b.validate(&key, &[]).await.valid && b.validate(&minted_meanwhile, &[]).await.valid
+        },
+    )
+    .await;
+
+    let scrape = Scrape::of(&b).await;
+    assert_eq!(
+        scrape.count(r#"keyward_change_feed_catch_ups_total{result="ok"}"#),
+        1,
+        "{}",
+        scrape.text
+    );
+    assert_eq!(
+        scrape.count(r#"keyward_resyncs_total{trigger="connect",result="ok"}"#),
+        0,
+        "caught up, not reloaded"
+    );
 }
 
 #[tokio::test]

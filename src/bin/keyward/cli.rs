@@ -126,7 +126,8 @@ pub struct ServeArgs {
     pub max_staleness: Interval,
 
     /// PostgreSQL only: how often the index is reloaded in full, besides
-    /// after every reconnect of the change feed, e.g. 5m.
+    /// after a reconnect of the change feed that cannot catch up from the
+    /// change log, e.g. 5m.
     #[arg(long, env = "KEYWARD_RESYNC_INTERVAL", value_name = "DURATION", default_value_t = Interval(Settings::default().resync_interval))]
     pub resync_interval: Interval,
 
