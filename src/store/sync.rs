@@ -396,6 +396,39 @@ mod tests {
         );
     }
 
+    /// The change log holds what the feed announced, from a heartbeat's
+    /// watermark on, and forgets only what is past its retention.
+    #[tokio::test]
+    async fn the_change_log_holds_what_was_written_since_a_watermark() {
+        let Some((store, _database)) = open_postgres().await else {
+            return;
+        };
+        let mut subscription = store.subscribe(Duration::from_secs(5)).await.unwrap();
+        let watermark = subscription.ping(Duration::from_secs(5)).await.unwrap();
+        let now = Timestamp::from_millis(1_000_000);
+        let key = NewKey {
+            id: KeyId::from_u64(7),
+            digest: KeyDigest::from_bytes([7; 32]),
+            settings: KeySettings::default(),
+            created_by: None,
+        };
+        store.insert_key(key, Actor::Local, now).await.unwrap();
+        let missed = store.changed_since(watermark).await.unwrap().unwrap();
+        assert!(missed.keys.contains(&KeyId::from_u64(7)), "{missed:?}");
+        // A later heartbeat's watermark is no older.
+        let later = subscription.ping(Duration::from_secs(5)).await.unwrap();
+        assert!(later >= watermark);
+
+        // An entry an hour and more old goes; the recent one stays.
+        sqlx::query("INSERT INTO change_log (payload, at) VALUES ('role:ancient', 0)")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(store.prune_change_log().await.unwrap(), 1);
+        let missed = store.changed_since(watermark).await.unwrap().unwrap();
+        assert!(missed.keys.contains(&KeyId::from_u64(7)), "{missed:?}");
+    }
+
     #[tokio::test]
     async fn sqlite_has_no_change_feed() {
         let (store, _dir) = open_temporary().await;
