@@ -25,6 +25,9 @@
 //! and a short JSON body. A refused gateway credential is a gRPC error, as
 //! for Validate: Envoy then answers with its `status_on_error`, and its
 //! logs say the authorization service failed rather than the client.
+//!
+//! The messages are keyward's own ([`wire`]): Envoy's on the wire, holding
+//! only what keyward reads and writes.
 
 pub mod wire;
 
