@@ -27,5 +27,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .codec_path("crate::codec::Codec")
         .compile_fds(descriptors)?;
+
+    // `gateway::ext_authz`: Envoy's `envoy.service.auth.v3.Authorization`
+    // server, the same on the wire as envoy-types' generated one, but over
+    // messages that hold only what keyward reads from a `CheckRequest` and
+    // writes into a `CheckResponse` (`gateway/ext_authz/wire.rs`), through
+    // keyward's codec.
+    let check = tonic_prost_build::manual::Method::builder()
+        .name("check")
+        .route_name("Check")
+        .input_type("crate::gateway::ext_authz::wire::CheckRequest")
+        .output_type("crate::gateway::ext_authz::wire::CheckResponse")
+        .codec_path("crate::codec::Codec")
+        .build();
+    let authorization = tonic_prost_build::manual::Service::builder()
+        .name("Authorization")
+        .package("envoy.service.auth.v3")
+        .method(check)
+        .build();
+    tonic_prost_build::manual::Builder::new()
+        .build_client(false)
+        .compile(&[authorization]);
     Ok(())
 }

@@ -115,6 +115,17 @@ impl Sender for pb::ExchangeRequest {
     }
 }
 
+/// Envoy's ext_authz `Check` ([`crate::gateway::ext_authz::wire`]): its
+/// headers may hold a client's key, wiped when the request is dropped (see
+/// `wire::Entry`); the answer holds none.
+impl Sender for crate::gateway::ext_authz::wire::CheckRequest {
+    const CLIENT: bool = true;
+}
+
+impl Sender for crate::gateway::ext_authz::wire::CheckResponse {
+    const CLIENT: bool = false;
+}
+
 /// The status for a message of type `U` that did not decode.
 #[must_use]
 pub fn decode_error<U: Sender>(error: &prost::DecodeError) -> Status {

@@ -12,7 +12,7 @@ use std::{
 use crate::{
     clock::Timestamp,
     key::KeyId,
-    model::{Change, IndexedKey, Profiles, Role},
+    model::{CachedEntitlements, Change, IndexedKey, Profiles, Role},
     permission::{Permission, RoleName},
     rate_limit::RateLimit,
     store::Snapshot,
@@ -20,7 +20,7 @@ use crate::{
     usage::UsageDelta,
 };
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     keys: HashMap<KeyId, Arc<IndexedKey>>,
     roles: HashMap<RoleName, Role>,
@@ -28,13 +28,37 @@ struct State {
     profiles: Profiles,
     /// Usage counted for keys since removed, waiting for the next flush.
     retired_usage: Vec<UsageDelta>,
+    /// Changes whenever `roles` does: profiles' cached entitlements are for
+    /// one generation ([`Index::entitlements`]). Taken from a process-wide
+    /// counter, so two indexes (tests, a resync's) never share a value.
+    role_generation: u64,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            keys: HashMap::default(),
+            roles: HashMap::default(),
+            profiles: Profiles::default(),
+            retired_usage: Vec::new(),
+            role_generation: next_role_generation(),
+        }
+    }
+}
+
+/// The next role generation of any index in the process.
+fn next_role_generation() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// What a key's roles give it, read in one go.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Entitlements {
-    /// The key's own permissions plus its roles', sorted, without duplicates.
-    pub permissions: Vec<Permission>,
+    /// The key's own permissions plus its roles', sorted, without duplicates;
+    /// shared with every validation of keys of the same profile until a role
+    /// changes.
+    pub permissions: Arc<[Permission]>,
     /// The strictest default rate limit among its roles.
     pub role_rate_limit: Option<RateLimit>,
 }
@@ -81,6 +105,7 @@ impl Index {
                 roles,
                 profiles,
                 retired_usage: Vec::new(),
+                role_generation: next_role_generation(),
             }),
         }
     }
@@ -148,6 +173,7 @@ impl Index {
             }
             let previous = std::mem::replace(&mut state.keys, keys);
             state.roles = roles;
+            state.role_generation = next_role_generation();
             let mut profiles = prepared.profiles;
             // Carried-over entries keep their own profiles; keys alike
             // applied later share them.
@@ -232,9 +258,11 @@ impl Index {
                 }
                 Change::RoleUpserted(role) => {
                     state.roles.insert(role.name.clone(), role);
+                    state.role_generation = next_role_generation();
                 }
                 Change::RoleRemoved(name) => {
                     state.roles.remove(&name);
+                    state.role_generation = next_role_generation();
                 }
             }
         }
@@ -246,10 +274,32 @@ impl Index {
     }
 
     /// The key's effective permissions (its own plus the union of its
-    /// roles') and its roles' rate limit, read at call time so a role change
-    /// applies to the very next validation.
+    /// roles') and its roles' rate limit, as the roles are now, so a role
+    /// change applies to the very next validation. Computed once per profile
+    /// and version of the roles, and shared: every validation needs them,
+    /// and keys minted alike share a profile.
     pub fn entitlements(&self, key: &IndexedKey) -> Entitlements {
         let state = self.read();
+        // Under the read lock, roles cannot change: what is cached for this
+        // generation is what would be computed now.
+        let generation = state.role_generation;
+        let cache = &key.profile.entitlements;
+        let cached = cache.get(generation).unwrap_or_else(|| {
+            let computed = Arc::new(Self::compute_entitlements(&state, key, generation));
+            cache.set(computed.clone());
+            computed
+        });
+        Entitlements {
+            permissions: cached.permissions.clone(),
+            role_rate_limit: cached.role_rate_limit,
+        }
+    }
+
+    fn compute_entitlements(
+        state: &State,
+        key: &IndexedKey,
+        generation: u64,
+    ) -> CachedEntitlements {
         let roles = || {
             key.profile
                 .roles
@@ -266,8 +316,9 @@ impl Index {
         let role_rate_limit = roles()
             .filter_map(|role| role.rate_limit)
             .min_by(|a, b| a.per_second().total_cmp(&b.per_second()));
-        Entitlements {
-            permissions,
+        CachedEntitlements {
+            generation,
+            permissions: permissions.into(),
             role_rate_limit,
         }
     }
@@ -409,8 +460,8 @@ pub(crate) mod tests {
         ]);
         let key = index.get(minted.id).unwrap();
         assert_eq!(
-            index.entitlements(&key).permissions,
-            vec!["deploy:*".parse().unwrap()]
+            *index.entitlements(&key).permissions,
+            ["deploy:*".parse().unwrap()]
         );
 
         index.apply([Change::RoleUpserted(role(
@@ -418,8 +469,8 @@ pub(crate) mod tests {
             &["build:read", "build:read"],
         ))]);
         assert_eq!(
-            index.entitlements(&key).permissions,
-            vec!["build:read".parse().unwrap()]
+            *index.entitlements(&key).permissions,
+            ["build:read".parse().unwrap()]
         );
 
         index.apply([

@@ -152,6 +152,22 @@ impl KeyId {
     fn to_chars(self) -> [u8; WORD_CHARS] {
         encode_word(self.0)
     }
+
+    /// The id as text, as `Display` writes it, without going through the
+    /// formatting machinery: every Validate response carries one.
+    ///
+    /// # Panics
+    /// Never: the alphabet is ASCII.
+    #[must_use]
+    pub fn text(self) -> String {
+        String::from_utf8(self.to_chars().to_vec()).expect("the alphabet is ASCII")
+    }
+
+    /// The id's text as ASCII bytes, for writers that need no `String`.
+    #[must_use]
+    pub fn ascii(self) -> [u8; WORD_CHARS] {
+        self.to_chars()
+    }
 }
 
 impl FromStr for KeyId {
@@ -229,9 +245,21 @@ impl KeyDigest {
 
     /// Constant-time equality: the time taken does not depend on how many
     /// leading bytes match, so a caller cannot guess a digest byte by byte.
+    ///
+    /// # Panics
+    /// Never: a digest is four 8-byte words.
     #[must_use]
     pub fn ct_eq(&self, other: &Self) -> bool {
-        self.0.ct_eq(&other.0).into()
+        // Compared as four words rather than 32 bytes: subtle's slice
+        // comparison is as constant-time either way (every element is
+        // compared, the results combined without branching), with an
+        // eighth of the work; every Validate compares two digests.
+        let words = |digest: &Self| -> [u64; 4] {
+            std::array::from_fn(|i| {
+                u64::from_ne_bytes(digest.0[i * 8..(i + 1) * 8].try_into().expect("8 bytes"))
+            })
+        };
+        words(self)[..].ct_eq(&words(other)[..]).into()
     }
 }
 
@@ -318,7 +346,15 @@ impl<'a> ParsedKey<'a> {
     /// # Errors
     /// A [`FormatError`] naming what is wrong; it never contains the input.
     pub fn parse(key: &'a str) -> Result<Self, FormatError> {
-        let (prefix, body) = key.split_once('_').ok_or(FormatError::MissingSeparator)?;
+        // The separator is within the first 17 bytes of any key: looked
+        // for there first, byte by byte (cheaper than a general search).
+        let separator = key
+            .bytes()
+            .take(MAX_PREFIX_CHARS + 1)
+            .position(|b| b == b'_')
+            .or_else(|| key.find('_'))
+            .ok_or(FormatError::MissingSeparator)?;
+        let (prefix, body) = (&key[..separator], &key[separator + 1..]);
         if !Prefix::is_valid(prefix) {
             return Err(FormatError::BadPrefix);
         }
@@ -372,12 +408,28 @@ impl fmt::Debug for ParsedKey<'_> {
 
 /// Binds prefix and id into the digest, so a stored digest verifies only the
 /// exact key it was made for (a right secret under a wrong prefix fails).
+///
+/// Every Validate computes two of these (the caller's key and the presented
+/// one), so the work that does not depend on the key is done once: the
+/// context key that `derive_key` mode derives from [`DIGEST_CONTEXT`] is
+/// computed at first use (`blake3::hazmat`, same result as
+/// `Hasher::new_derive_key`), and the input, at most 49 bytes, goes in with
+/// one `update` from a buffer that is wiped afterwards.
 fn digest(prefix: &str, id: KeyId, secret: &Secret) -> KeyDigest {
-    let mut hasher = blake3::Hasher::new_derive_key(DIGEST_CONTEXT);
-    hasher.update(prefix.as_bytes());
-    hasher.update(&[0]);
-    hasher.update(&id.0.to_be_bytes());
-    hasher.update(&secret.0);
+    use blake3::hazmat::HasherExt as _;
+    static CONTEXT_KEY: std::sync::LazyLock<blake3::hazmat::ContextKey> =
+        std::sync::LazyLock::new(|| blake3::hazmat::hash_derive_key_context(DIGEST_CONTEXT));
+    const MAX_INPUT: usize = MAX_PREFIX_CHARS + 1 + 8 + SECRET_BYTES;
+    let mut input = zeroize::Zeroizing::new([0_u8; MAX_INPUT]);
+    let prefix = prefix.as_bytes();
+    let id_at = prefix.len() + 1;
+    let secret_at = id_at + 8;
+    let end = secret_at + SECRET_BYTES;
+    input[..prefix.len()].copy_from_slice(prefix);
+    input[id_at..secret_at].copy_from_slice(&id.0.to_be_bytes());
+    input[secret_at..end].copy_from_slice(&secret.0);
+    let mut hasher = blake3::Hasher::new_from_context_key(&CONTEXT_KEY);
+    hasher.update(&input[..end]);
     KeyDigest(*hasher.finalize().as_bytes())
 }
 
@@ -402,14 +454,28 @@ fn encode_checksum(value: u32) -> [u8; CHECKSUM_CHARS] {
         .expect("slice of CHECKSUM_CHARS")
 }
 
+/// The value of each base62 character, `NOT_BASE62` for any other byte: a
+/// table, because every Validate decodes 61 characters (two keys' ids,
+/// secrets and checksums) and a lookup is cheaper than three range tests.
+const DIGITS: [u8; 256] = {
+    let mut table = [NOT_BASE62; 256];
+    let mut i = 0;
+    while i < ALPHABET.len() {
+        #[allow(clippy::cast_possible_truncation)] // i < 62
+        {
+            table[ALPHABET[i] as usize] = i as u8;
+        }
+        i += 1;
+    }
+    table
+};
+const NOT_BASE62: u8 = 0xff;
+
 fn digit(c: u8) -> Option<u64> {
-    let d = match c {
-        b'0'..=b'9' => c - b'0',
-        b'A'..=b'Z' => c - b'A' + 10,
-        b'a'..=b'z' => c - b'a' + 36,
-        _ => return None,
-    };
-    Some(u64::from(d))
+    match DIGITS[usize::from(c)] {
+        NOT_BASE62 => None,
+        d => Some(u64::from(d)),
+    }
 }
 
 /// Decodes fixed-width base62; `None` on a bad character, a wrong length or
@@ -418,9 +484,12 @@ fn decode_word(chars: &[u8]) -> Option<u64> {
     if chars.len() != WORD_CHARS {
         return None;
     }
-    chars
+    // Ten digits never overflow (62^10 < 2^64); only the last can.
+    let (head, last) = chars.split_at(WORD_CHARS - 1);
+    let head = head
         .iter()
-        .try_fold(0u64, |acc, &c| acc.checked_mul(62)?.checked_add(digit(c)?))
+        .try_fold(0u64, |acc, &c| Some(acc * 62 + digit(c)?))?;
+    head.checked_mul(62)?.checked_add(digit(last[0])?)
 }
 
 fn decode_checksum(chars: &[u8]) -> Option<u32> {
@@ -529,6 +598,39 @@ mod tests {
         let parsed = ParsedKey::parse(&forged).unwrap();
         assert_eq!(parsed.id(), minted.id);
         assert!(!parsed.digest().ct_eq(&minted.digest));
+    }
+
+    /// Stored digests must keep verifying: the precomputed context key and
+    /// the single update give exactly BLAKE3's `derive_key` of prefix, a
+    /// zero byte, the id (big-endian) and the secret, for prefixes of every
+    /// length.
+    #[test]
+    fn digest_is_blake3_derive_key_of_prefix_id_and_secret() {
+        for prefix in ["k", "kw", "abcdefghijklmnop"] {
+            let secret = Secret(std::array::from_fn(|i| u8::try_from(i * 7).unwrap()));
+            let id = KeyId(0x0123_4567_89ab_cdef);
+            let mut input = prefix.as_bytes().to_vec();
+            input.push(0);
+            input.extend_from_slice(&id.0.to_be_bytes());
+            input.extend_from_slice(&secret.0);
+            let expected = blake3::derive_key(DIGEST_CONTEXT, &input);
+            assert_eq!(
+                digest(prefix, id, &secret).as_bytes(),
+                &expected,
+                "{prefix}"
+            );
+        }
+    }
+
+    #[test]
+    fn base62_digits_are_the_alphabet_and_nothing_else() {
+        for byte in 0..=u8::MAX {
+            let expected = ALPHABET
+                .iter()
+                .position(|&c| c == byte)
+                .map(|i| u64::try_from(i).unwrap());
+            assert_eq!(digit(byte), expected, "{byte}");
+        }
     }
 
     #[test]

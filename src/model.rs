@@ -322,6 +322,74 @@ pub struct KeyProfile {
     pub rate_limit: Option<RateLimit>,
     /// A capped key's validations each cost a durable decrement.
     pub capped: bool,
+    /// What the roles give keys with this profile, as computed by
+    /// [`crate::index::Index::entitlements`] for the roles as they are now:
+    /// shared by every validation until a role changes. Not part of the
+    /// profile's identity (ignored by `==` and `Hash`).
+    pub entitlements: EntitlementsCache,
+}
+
+/// A profile's entitlements, computed once per version of the roles
+/// ([`crate::index::Index::entitlements`] fills and checks it): a validation
+/// then clones one `Arc` instead of building, sorting and freeing a list of
+/// permissions. Compares equal to any other, hashes to nothing, and starts
+/// empty when cloned, so interning and copies of a profile ignore it.
+#[derive(Default)]
+pub struct EntitlementsCache(std::sync::Mutex<Option<Arc<CachedEntitlements>>>);
+
+/// Entitlements computed for one version of the roles.
+#[derive(Debug)]
+pub struct CachedEntitlements {
+    /// The index's role generation they were computed for.
+    pub generation: u64,
+    /// The key's own permissions plus its roles', sorted, without duplicates.
+    pub permissions: Arc<[Permission]>,
+    /// The strictest default rate limit among its roles.
+    pub role_rate_limit: Option<RateLimit>,
+}
+
+impl EntitlementsCache {
+    /// The entitlements stored for `generation`, if those are the ones held.
+    pub fn get(&self, generation: u64) -> Option<Arc<CachedEntitlements>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .filter(|cached| cached.generation == generation)
+            .cloned()
+    }
+
+    /// Keeps `cached` for later validations.
+    pub fn set(&self, cached: Arc<CachedEntitlements>) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(cached);
+    }
+}
+
+impl Clone for EntitlementsCache {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for EntitlementsCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for EntitlementsCache {}
+
+impl std::hash::Hash for EntitlementsCache {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
+}
+
+impl fmt::Debug for EntitlementsCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EntitlementsCache")
+    }
 }
 
 impl KeyProfile {
@@ -337,6 +405,7 @@ impl KeyProfile {
             owner: settings.owner.as_str().into(),
             rate_limit: settings.rate_limit,
             capped: settings.max_uses.is_some(),
+            entitlements: EntitlementsCache::default(),
         }
     }
 }

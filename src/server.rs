@@ -6,7 +6,6 @@
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, pin::Pin, sync::Arc, time::Duration};
 
-use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::Server;
 
@@ -15,7 +14,10 @@ use crate::{
     clock::{Clock, SystemClock},
     exchange::{Exchanger, OidcSettings},
     freshness::Freshness,
-    gateway::{self, Gateway, GatewaySettings, ext_authz::ExtAuthz},
+    gateway::{
+        self, Gateway, GatewaySettings,
+        ext_authz::{AuthorizationServer, ExtAuthz},
+    },
     index::Index,
     lifecycle::Lifecycle,
     listener::{self, ConnectionLimit},

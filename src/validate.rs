@@ -99,12 +99,16 @@ impl fmt::Display for Denied {
 pub struct Grant {
     /// The key as the index holds it (id, owner, labels, roles).
     pub key: Arc<IndexedKey>,
-    /// The key's own permissions and its roles', sorted.
-    pub permissions: Vec<Permission>,
+    /// The key's own permissions and its roles', sorted; shared with other
+    /// validations of keys alike (see [`Index::entitlements`]).
+    pub permissions: Arc<[Permission]>,
     /// The limit applied and the burst left after this call.
     pub rate_limit: Option<(RateLimit, u32)>,
     /// For a capped key that passed: the uses left after this one.
     pub remaining_uses: Option<u64>,
+    /// When the key's state was checked: also when its use is recorded, so
+    /// the clock is read once per key.
+    pub checked_at: Timestamp,
 }
 
 /// Why a key is invalid: for logs and metrics, never for the caller.
@@ -248,6 +252,7 @@ impl Validator {
             key,
             rate_limit: None,
             remaining_uses: None,
+            checked_at: now,
         };
         // The allow-list comes before the rate limit: a leaked key used from
         // outside it must not be able to spend (and so throttle) the owner's quota.
@@ -289,7 +294,7 @@ impl Validator {
                 Outcome::Invalid(InvalidReason::CappedCredential(grant.key.id))
             }
             Outcome::Valid(grant) => {
-                grant.key.usage.record(self.clock.now());
+                grant.key.usage.record(grant.checked_at);
                 outcome
             }
             _ => outcome,
@@ -312,7 +317,10 @@ impl Validator {
             if grant.key.profile.capped {
                 let id = grant.key.id;
                 let remaining = match &self.store {
-                    Some(store) => store.consume_use(id).await?,
+                    // Boxed: only capped keys wait for the store, and its
+                    // future is large; unboxed, every validation's future
+                    // would carry (and move) room for it.
+                    Some(store) => Box::pin(store.consume_use(id)).await?,
                     None => None,
                 };
                 if let Some(left) = remaining {
@@ -328,7 +336,7 @@ impl Validator {
                     return Ok(Outcome::Invalid(InvalidReason::UsesExhausted(id)));
                 }
             } else {
-                grant.key.usage.record(self.clock.now());
+                grant.key.usage.record(grant.checked_at);
             }
         }
         Ok(outcome)
@@ -471,7 +479,7 @@ mod tests {
             panic!("live key with a granted permission must be valid");
         };
         assert_eq!(grant.key.id, live.id);
-        assert_eq!(grant.permissions, perms(&["build:read", "deploy:*"]));
+        assert_eq!(*grant.permissions, perms(&["build:read", "deploy:*"]));
 
         let Outcome::Forbidden { denied, .. } = fx
             .validator

@@ -25,33 +25,31 @@
 //! and a short JSON body. A refused gateway credential is a gRPC error, as
 //! for Validate: Envoy then answers with its `status_on_error`, and its
 //! logs say the authorization service failed rather than the client.
+//!
+//! The messages are keyward's own ([`wire`]): Envoy's on the wire, holding
+//! only what keyward reads and writes.
+
+pub mod wire;
 
 use std::{net::IpAddr, sync::Arc};
 
-use envoy_types::pb::{
-    envoy::{
-        config::core::v3::{
-            HeaderValue, HeaderValueOption, address, header_value_option::HeaderAppendAction,
-        },
-        service::auth::v3::{
-            CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
-            attribute_context::HttpRequest,
-            authorization_server::{Authorization, AuthorizationServer},
-            check_response::HttpResponse,
-        },
-        r#type::v3::HttpStatus,
-    },
-    google::{
-        protobuf::{Struct, Value, value::Kind},
-        rpc,
-    },
-};
 use tonic::{Request, Response, Status};
 
-use super::{
-    Allowed, Checked, Gateway, HEADER_PREFIX, JSON, PERMISSIONS_EXTENSION, Refusal, Verdict,
-};
+use super::{Checked, Gateway, PERMISSIONS_EXTENSION, Verdict};
 use crate::{auth::bearer_token, metrics::Front};
+use wire::{CheckRequest, CheckResponse, HttpRequest, is_keyward_header, lookup};
+
+/// The generated server of `envoy.service.auth.v3.Authorization`, over the
+/// messages of [`wire`] (see `build.rs`).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod server {
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/envoy.service.auth.v3.Authorization.rs"
+    ));
+}
+
+pub use server::authorization_server::{Authorization, AuthorizationServer};
 
 /// The ext_authz service; see the module docs.
 pub struct ExtAuthz {
@@ -59,8 +57,8 @@ pub struct ExtAuthz {
 }
 
 impl ExtAuthz {
-    /// The generated gRPC server around a service answering through
-    /// `gateway`, refusing requests over `max_message_size` bytes.
+    /// The gRPC server around a service answering through `gateway`,
+    /// refusing requests over `max_message_size` bytes.
     #[must_use]
     pub fn server(gateway: Arc<Gateway>, max_message_size: usize) -> AuthorizationServer<Self> {
         AuthorizationServer::new(Self { gateway }).max_decoding_message_size(max_message_size)
@@ -82,8 +80,8 @@ impl Authorization for ExtAuthz {
         let checked = Checked {
             key: self.gateway.presented_key(|name| headers.get(name)),
             permissions: attributes
-                .and_then(|a| a.context_extensions.get(PERMISSIONS_EXTENSION))
-                .map_or("", String::as_str),
+                .and_then(|a| lookup(&a.context_extensions, PERMISSIONS_EXTENSION))
+                .unwrap_or_default(),
             client_ip: source_ip(request.get_ref()),
         };
         let verdict = self
@@ -96,8 +94,22 @@ impl Authorization for ExtAuthz {
             )
             .await?;
         Ok(Response::new(match verdict {
-            Verdict::Allow(allowed) => allow(&allowed, &headers),
-            Verdict::Deny(refusal) => deny(refusal),
+            Verdict::Allow(allowed) => {
+                // Envoy removes after it sets: only the client's
+                // `x-keyward-*` headers that keyward does not set itself
+                // are listed, each once.
+                let mut remove: Vec<String> = Vec::new();
+                for name in headers.names() {
+                    if is_keyward_header(name)
+                        && !allowed.sets(name)
+                        && !remove.iter().any(|listed| listed == name)
+                    {
+                        remove.push(name.to_owned());
+                    }
+                }
+                CheckResponse::Allow { allowed, remove }
+            }
+            Verdict::Deny(refusal) => CheckResponse::Deny(refusal),
         }))
     }
 }
@@ -110,7 +122,7 @@ struct Headers<'a>(Option<&'a HttpRequest>);
 impl<'a> Headers<'a> {
     fn get(&self, name: &str) -> Option<&'a str> {
         let http = self.0?;
-        if let Some(value) = http.headers.get(name) {
+        if let Some(value) = lookup(&http.headers, name) {
             return Some(value);
         }
         let raw = http
@@ -130,7 +142,7 @@ impl<'a> Headers<'a> {
         let http = self.0;
         let plain = http
             .into_iter()
-            .flat_map(|h| h.headers.keys().map(String::as_str));
+            .flat_map(|h| h.headers.iter().map(|entry| entry.key.as_str()));
         let raw = http
             .and_then(|h| h.header_map.as_ref())
             .into_iter()
@@ -142,97 +154,16 @@ impl<'a> Headers<'a> {
 /// The client's address: `attributes.source.address`, when it is an IP
 /// socket address (not a pipe).
 fn source_ip(request: &CheckRequest) -> Option<IpAddr> {
-    let address = request
+    request
         .attributes
         .as_ref()?
         .source
         .as_ref()?
         .address
         .as_ref()?
+        .socket_address
+        .as_ref()?
         .address
-        .as_ref()?;
-    match address {
-        address::Address::SocketAddress(socket) => socket.address.parse().ok(),
-        _ => None,
-    }
-}
-
-fn header(key: &str, value: String) -> HeaderValueOption {
-    HeaderValueOption {
-        header: Some(HeaderValue {
-            key: key.to_owned(),
-            value,
-            ..Default::default()
-        }),
-        // Replaces whatever the client sent under the same name.
-        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd.into(),
-        ..Default::default()
-    }
-}
-
-fn string(text: String) -> Value {
-    Value {
-        kind: Some(Kind::StringValue(text)),
-    }
-}
-
-fn allow(allowed: &Allowed, incoming: &Headers<'_>) -> CheckResponse {
-    let set = allowed.headers();
-    // Envoy removes after it sets: only the client's `x-keyward-*` headers
-    // that keyward does not set itself are listed.
-    let headers_to_remove = incoming
-        .names()
-        .filter(|name| {
-            name.as_bytes()
-                .get(..HEADER_PREFIX.len())
-                .is_some_and(|start| start.eq_ignore_ascii_case(HEADER_PREFIX.as_bytes()))
-                && !set.iter().any(|(ours, _)| name.eq_ignore_ascii_case(ours))
-        })
-        .map(str::to_owned)
-        .collect();
-    let metadata = Struct {
-        fields: [
-            ("key_id".to_owned(), string(allowed.key_id.clone())),
-            ("owner".to_owned(), string(allowed.owner.clone())),
-            ("roles".to_owned(), string(allowed.roles.join(","))),
-        ]
-        .into(),
-    };
-    CheckResponse {
-        status: Some(rpc::Status::default()),
-        dynamic_metadata: Some(metadata),
-        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-            headers: set
-                .into_iter()
-                .map(|(name, value)| header(name, value))
-                .collect(),
-            headers_to_remove,
-            ..Default::default()
-        })),
-    }
-}
-
-fn deny(refusal: Refusal) -> CheckResponse {
-    let mut headers = vec![header("content-type", JSON.to_owned())];
-    headers.extend(
-        refusal
-            .headers()
-            .into_iter()
-            .map(|(name, value)| header(name, value)),
-    );
-    CheckResponse {
-        status: Some(rpc::Status {
-            code: refusal.rpc_code().into(),
-            message: refusal.name().to_owned(),
-            details: Vec::new(),
-        }),
-        dynamic_metadata: None,
-        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
-            status: Some(HttpStatus {
-                code: i32::from(refusal.http_status()),
-            }),
-            headers,
-            body: refusal.body(),
-        })),
-    }
+        .parse()
+        .ok()
 }

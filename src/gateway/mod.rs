@@ -33,8 +33,9 @@ pub mod http;
 pub mod json;
 
 use std::{
+    collections::HashMap,
     net::{IpAddr, SocketAddr},
-    sync::Arc,
+    sync::{Arc, RwLock},
     time::Instant,
 };
 
@@ -44,9 +45,12 @@ use crate::{
     auth::bearer,
     cidr::Cidr,
     error::ServiceError,
+    key::KeyId,
     metrics::{Front, GatewayChecked, Metrics, Validated},
-    pb,
-    service::{KeyService, WipedOnDrop},
+    model::IndexedKey,
+    permission::{Permission, RoleName},
+    service::{KeyService, keys::required_permissions},
+    validate::{Checks, Outcome},
 };
 
 /// The prefix of every header keyward sets for the upstream. A client's own
@@ -100,27 +104,62 @@ pub enum Verdict {
     Deny(Refusal),
 }
 
-/// The facts about an allowed key that the upstream receives.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The facts about an allowed key that the upstream receives, read from
+/// the key's index entry when a front writes them (no copies made first).
+#[derive(Debug, Clone)]
 pub struct Allowed {
-    /// The key's public id.
-    pub key_id: String,
-    /// The key's owner; may be empty.
-    pub owner: String,
-    /// The key's roles.
-    pub roles: Vec<String>,
+    key: Arc<IndexedKey>,
 }
 
 impl Allowed {
+    /// The key's public id.
+    #[must_use]
+    pub fn key_id(&self) -> KeyId {
+        self.key.id
+    }
+
+    /// The key's owner; may be empty.
+    #[must_use]
+    pub fn owner(&self) -> &str {
+        &self.key.profile.owner
+    }
+
+    /// The key's roles.
+    #[must_use]
+    pub fn roles(&self) -> &[RoleName] {
+        &self.key.profile.roles
+    }
+
+    /// The roles as one header value: comma-separated.
+    #[must_use]
+    pub fn roles_text(&self) -> String {
+        let mut text = String::new();
+        for (i, role) in self.roles().iter().enumerate() {
+            if i > 0 {
+                text.push(',');
+            }
+            text.push_str(role.as_str());
+        }
+        text
+    }
+
+    /// Whether [`Allowed::headers`] sets `name` (any case).
+    #[must_use]
+    pub fn sets(&self, name: &str) -> bool {
+        name.eq_ignore_ascii_case(KEY_ID_HEADER)
+            || (!self.owner().is_empty() && name.eq_ignore_ascii_case(OWNER_HEADER))
+            || (!self.roles().is_empty() && name.eq_ignore_ascii_case(ROLES_HEADER))
+    }
+
     /// The upstream headers: `(name, value)`, leaving out empty values.
     #[must_use]
     pub fn headers(&self) -> Vec<(&'static str, String)> {
-        let mut headers = vec![(KEY_ID_HEADER, self.key_id.clone())];
-        if !self.owner.is_empty() {
-            headers.push((OWNER_HEADER, self.owner.clone()));
+        let mut headers = vec![(KEY_ID_HEADER, self.key_id().text())];
+        if !self.owner().is_empty() {
+            headers.push((OWNER_HEADER, self.owner().to_owned()));
         }
-        if !self.roles.is_empty() {
-            headers.push((ROLES_HEADER, self.roles.join(",")));
+        if !self.roles().is_empty() {
+            headers.push((ROLES_HEADER, self.roles_text()));
         }
         headers
     }
@@ -228,6 +267,8 @@ pub struct Gateway {
     keys: Arc<KeyService>,
     metrics: Arc<Metrics>,
     settings: GatewaySettings,
+    /// Each route's permissions, parsed; by their text as the proxy sends it.
+    routes: RwLock<HashMap<Box<str>, Arc<Route>>>,
 }
 
 impl Gateway {
@@ -238,6 +279,7 @@ impl Gateway {
             keys,
             metrics,
             settings,
+            routes: RwLock::default(),
         }
     }
 
@@ -291,53 +333,115 @@ impl Gateway {
         checked: Checked<'_>,
     ) -> Result<Verdict, ServiceError> {
         let started = Instant::now();
-        let request = WipedOnDrop(pb::ValidateRequest {
-            key: checked.key.unwrap_or_default().to_owned(),
-            required_permissions: split_permissions(checked.permissions),
-            client_ip: checked
-                .client_ip
-                .map(|ip| ip.to_string())
-                .unwrap_or_default(),
-        });
-        let route = request.0.required_permissions.join(",");
-        let answered = self.keys.answer(credential, peer, &request.0).await;
-        let (how, verdict) = match answered {
-            Ok(answer) => {
-                let missing = checked.key.is_none();
-                let verdict = verdict(answer.response, answer.retry_after, missing);
+        let caller = match self.keys.authenticate(credential, peer, started) {
+            Ok(caller) => caller,
+            // The replica cannot vouch for any key: the client hears 503
+            // (not the proxy's error status), so it retries.
+            Err(ServiceError::Unavailable(_)) => {
+                self.metrics.gateway_checked(
+                    front,
+                    GatewayChecked::Decided(Validated::Stale),
+                    &split_permissions(checked.permissions).join(","),
+                    started,
+                );
+                return Ok(Verdict::Deny(Refusal::Unavailable));
+            }
+            // The gateway's own credential: counted as a caller refusal.
+            Err(error) => return Err(error),
+        };
+        let route = match self.route(checked.permissions) {
+            Ok(route) => route,
+            Err(error) => {
+                self.metrics.validated(Validated::InvalidArgument, started);
+                self.metrics.gateway_checked(
+                    front,
+                    GatewayChecked::Decided(Validated::InvalidArgument),
+                    "invalid",
+                    started,
+                );
+                return Err(error);
+            }
+        };
+        let checks = Checks {
+            required: &route.permissions,
+            client_ip: checked.client_ip,
+            skip_rate_limit: false,
+        };
+        let decided = self
+            .keys
+            .decide(started, caller, checked.key.unwrap_or_default(), checks)
+            .await;
+        let (how, verdict) = match decided {
+            Ok(decision) => {
+                let retry_after = decision.retry_after();
+                let verdict = match decision.outcome {
+                    Outcome::Valid(grant) => Verdict::Allow(Allowed { key: grant.key }),
+                    Outcome::RateLimited { .. } => Verdict::Deny(Refusal::RateLimited {
+                        retry_after: retry_after.unwrap_or(1),
+                    }),
+                    Outcome::Forbidden { .. } => Verdict::Deny(Refusal::Forbidden),
+                    Outcome::Invalid(_) => Verdict::Deny(Refusal::InvalidKey {
+                        missing: checked.key.is_none(),
+                    }),
+                };
                 let how = match verdict {
                     Verdict::Deny(Refusal::InvalidKey { missing: true }) => {
                         GatewayChecked::MissingKey
                     }
-                    _ => GatewayChecked::Decided(answer.how),
+                    _ => GatewayChecked::Decided(decision.how),
                 };
-                (how, Ok(verdict))
+                (how, verdict)
             }
-            // The replica cannot vouch for any key: the client hears 503
-            // (not the proxy's error status), so it retries.
-            Err(ServiceError::Unavailable(_)) => (
-                GatewayChecked::Decided(Validated::Stale),
-                Ok(Verdict::Deny(Refusal::Unavailable)),
-            ),
-            Err(ServiceError::Database(_)) => (
+            // Spending a capped key's use failed: this replica cannot vouch
+            // for the key now, and the client hears 503 (not the proxy's
+            // error status), so it retries.
+            Err(_) => (
                 GatewayChecked::Decided(Validated::DatabaseError),
-                Ok(Verdict::Deny(Refusal::Unavailable)),
+                Verdict::Deny(Refusal::Unavailable),
             ),
-            Err(error @ ServiceError::InvalidArgument { .. }) => (
-                GatewayChecked::Decided(Validated::InvalidArgument),
-                Err(error),
-            ),
-            // The gateway's own credential: counted as a caller refusal.
-            Err(error) => return Err(error),
         };
-        self.metrics.gateway_checked(
-            front,
-            how,
-            if verdict.is_err() { "invalid" } else { &route },
-            started,
-        );
-        verdict
+        self.metrics
+            .gateway_checked(front, how, &route.label, started);
+        Ok(verdict)
     }
+
+    /// The route whose `keyward_permissions` are `text`, parsed once and
+    /// kept (routes are few and fixed by the proxy's configuration; past
+    /// [`MAX_ROUTES`] different ones, the others are parsed on each check).
+    fn route(&self, text: &str) -> Result<Arc<Route>, ServiceError> {
+        if let Some(route) = self
+            .routes
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(text)
+        {
+            return Ok(route.clone());
+        }
+        let named = split_permissions(text);
+        let route = Arc::new(Route {
+            permissions: required_permissions(&named)?,
+            label: named.join(",").into(),
+        });
+        let mut routes = self
+            .routes
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if routes.len() < MAX_ROUTES {
+            routes.insert(text.into(), route.clone());
+        }
+        Ok(route)
+    }
+}
+
+/// Most distinct `keyward_permissions` values whose parsed form is kept.
+const MAX_ROUTES: usize = 1024;
+
+/// What a route requires, parsed, and its name in the metrics.
+#[derive(Debug)]
+struct Route {
+    permissions: Vec<Permission>,
+    /// The permissions, comma-separated without blanks.
+    label: Box<str>,
 }
 
 /// See [`Gateway::client_ip`].
@@ -370,25 +474,6 @@ fn split_permissions(text: &str) -> Vec<String> {
         .filter(|p| !p.is_empty())
         .map(str::to_owned)
         .collect()
-}
-
-/// What Validate's answer means for the proxied request; `missing`: the
-/// request carried no key.
-fn verdict(response: pb::ValidateResponse, retry_after: Option<u64>, missing: bool) -> Verdict {
-    match response.denial() {
-        pb::Denial::Unspecified if response.valid => Verdict::Allow(Allowed {
-            key_id: response.key_id,
-            owner: response.owner,
-            roles: response.roles,
-        }),
-        pb::Denial::RateLimited => Verdict::Deny(Refusal::RateLimited {
-            retry_after: retry_after.unwrap_or(1),
-        }),
-        pb::Denial::Forbidden => Verdict::Deny(Refusal::Forbidden),
-        pb::Denial::Unspecified | pb::Denial::Invalid => {
-            Verdict::Deny(Refusal::InvalidKey { missing })
-        }
-    }
 }
 
 #[cfg(test)]

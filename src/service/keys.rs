@@ -11,8 +11,9 @@ use zeroize::Zeroize;
 
 use super::convert;
 use crate::{
-    auth::{authenticate_credential, bearer_token, client_ip},
+    auth::{authenticate_caller_id, bearer_token, client_ip},
     error::ServiceError,
+    key::KeyId,
     metrics::{DbOperation, Metrics, Validated},
     pb,
     permission::{self, Permission},
@@ -53,29 +54,18 @@ impl KeyService {
         }
     }
 
-    /// Checks the request and decides on its key: everything after the
-    /// caller's authentication.
-    async fn decide(&self, request: &pb::ValidateRequest) -> Result<Outcome, ServiceError> {
-        let required = required_permissions(&request.required_permissions)?;
-        let checks = Checks {
-            required: &required,
-            client_ip: client_ip(&request.client_ip)?,
-            skip_rate_limit: false,
-        };
-        Ok(self.validator.validate(&request.key, checks).await?)
-    }
-}
-
-impl KeyService {
     /// Validate, whatever carried it: authenticates the caller's
     /// credential (`presented`, from `peer`), decides on the request's key
-    /// and counts the call. The gRPC handler, the JSON endpoint (`POST
-    /// /v1/keys:validate`) and the gateways all answer through it.
+    /// and counts the call. The gRPC handler and the JSON endpoint (`POST
+    /// /v1/keys:validate`) answer through it, the gateways through its two
+    /// halves ([`KeyService::authenticate`], [`KeyService::decide`]).
     ///
     /// # Errors
     /// The caller's refusal (see [`authenticate_credential`]), a stale
     /// replica, `INVALID_ARGUMENT` for a malformed request, and a database
     /// failure when a capped key's use cannot be spent.
+    ///
+    /// [`authenticate_credential`]: crate::auth::authenticate_credential
     pub async fn answer(
         &self,
         presented: Result<&str, ServiceError>,
@@ -83,6 +73,44 @@ impl KeyService {
         request: &pb::ValidateRequest,
     ) -> Result<Answer, ServiceError> {
         let started = Instant::now();
+        let caller = self.authenticate(presented, peer, started)?;
+        // Read after the caller is known: a stranger learns nothing, not even
+        // that its request is malformed.
+        let parsed = required_permissions(&request.required_permissions)
+            .and_then(|required| Ok((required, client_ip(&request.client_ip)?)));
+        let (required, client_ip) = match parsed {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                self.metrics.validated(Validated::InvalidArgument, started);
+                return Err(error);
+            }
+        };
+        let checks = Checks {
+            required: &required,
+            client_ip,
+            skip_rate_limit: false,
+        };
+        let decision = self.decide(started, caller, &request.key, checks).await?;
+        Ok(Answer {
+            retry_after: decision.retry_after(),
+            how: decision.how,
+            response: response(decision.outcome),
+        })
+    }
+
+    /// The first half of Validate: the replica must be fresh, and the
+    /// caller's credential (`presented`, from `peer`) a live key holding
+    /// `keyward:validate`. `started` is when the call began, for the
+    /// metrics of a stale replica's refusal.
+    ///
+    /// # Errors
+    /// See [`KeyService::answer`].
+    pub fn authenticate(
+        &self,
+        presented: Result<&str, ServiceError>,
+        peer: Option<IpAddr>,
+        started: Instant,
+    ) -> Result<KeyId, ServiceError> {
         // Checked here too (authentication checks it first thing), so that a
         // stale replica's refusals are counted as Validate's, not the caller's.
         if let Err(stale) = self.validator.ensure_fresh() {
@@ -90,35 +118,60 @@ impl KeyService {
             return Err(ServiceError::from(stale));
         }
         // Refusals of the caller's own key are counted by `authenticate`.
-        let caller = authenticate_credential(
+        authenticate_caller_id(
             presented,
             peer,
             &self.validator,
             Some(&self.validate_permission),
             &self.metrics,
-        )?
-        .id;
-        let decided = self.decide(request).await;
-        let how = match &decided {
-            Ok(outcome) => Validated::of(outcome),
-            Err(ServiceError::InvalidArgument { .. }) => Validated::InvalidArgument,
-            // The only other failure: spending a capped key's use.
-            Err(_) => {
-                self.metrics.database_error(DbOperation::Validate);
-                Validated::DatabaseError
-            }
+        )
+    }
+
+    /// The second half of Validate, for an authenticated `caller`: decides
+    /// on `key` with `checks`, logs the reason of a refusal (never the key)
+    /// and counts the call, begun at `started`.
+    ///
+    /// # Errors
+    /// A database failure when a capped key's use cannot be spent.
+    pub async fn decide(
+        &self,
+        started: Instant,
+        caller: KeyId,
+        key: &str,
+        checks: Checks<'_>,
+    ) -> Result<Decision, ServiceError> {
+        let decided = self.validator.validate(key, checks).await;
+        // The only failure: spending a capped key's use.
+        let how = if let Ok(outcome) = &decided {
+            Validated::of(outcome)
+        } else {
+            self.metrics.database_error(DbOperation::Validate);
+            Validated::DatabaseError
         };
         self.metrics.validated(how, started);
         let outcome = decided?;
-        let retry_after = match &outcome {
+        log_outcome(&outcome, caller);
+        Ok(Decision { outcome, how })
+    }
+}
+
+/// What [`KeyService::decide`] decided, and how it was counted.
+#[derive(Debug)]
+pub struct Decision {
+    /// The validation's outcome.
+    pub outcome: Outcome,
+    /// How `keyward_validate_total` counted it.
+    pub how: Validated,
+}
+
+impl Decision {
+    /// For `RATE_LIMITED`: the whole seconds to send as `retry-after`.
+    #[must_use]
+    pub fn retry_after(&self) -> Option<u64> {
+        match &self.outcome {
             Outcome::RateLimited { retry_after, .. } => Some(retry_after_seconds(*retry_after)),
             _ => None,
-        };
-        Ok(Answer {
-            response: response(outcome, caller),
-            retry_after,
-            how,
-        })
+        }
     }
 }
 
@@ -165,7 +218,11 @@ fn retry_after_seconds(wait: Duration) -> u64 {
     (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
-fn required_permissions(raw: &[String]) -> Result<Vec<Permission>, ServiceError> {
+/// The required permissions of a Validate request, parsed.
+///
+/// # Errors
+/// `INVALID_ARGUMENT` for too many, or one that is malformed.
+pub fn required_permissions(raw: &[String]) -> Result<Vec<Permission>, ServiceError> {
     if raw.len() > MAX_REQUIRED_PERMISSIONS {
         return Err(ServiceError::invalid(
             "required_permissions",
@@ -185,21 +242,33 @@ fn required_permissions(raw: &[String]) -> Result<Vec<Permission>, ServiceError>
         .collect()
 }
 
-/// Builds the response. Every invalid key gets the same answer; the reason
-/// goes to the log with the key id, never the key.
-fn response(outcome: Outcome, caller: crate::key::KeyId) -> pb::ValidateResponse {
-    let (grant, denial, retry_after) = match outcome {
-        Outcome::Valid(grant) => (grant, pb::Denial::Unspecified, None),
+/// Logs why a key was refused, with its id and the caller's, never the key:
+/// the caller learns only the denial.
+fn log_outcome(outcome: &Outcome, caller: KeyId) {
+    match outcome {
+        Outcome::Valid(_) => {}
         Outcome::RateLimited { grant, retry_after } => {
             tracing::debug!(key_id = %grant.key.id, %caller, ?retry_after, "validate: rate limited");
-            (grant, pb::Denial::RateLimited, Some(retry_after))
         }
         Outcome::Forbidden { grant, denied } => {
             tracing::info!(key_id = %grant.key.id, %caller, %denied, "validate: forbidden");
-            (grant, pb::Denial::Forbidden, None)
         }
         Outcome::Invalid(reason) => {
             tracing::info!(key_id = ?reason.key_id(), %caller, %reason, "validate: invalid");
+        }
+    }
+}
+
+/// Builds the response. Every invalid key gets the same answer; the reason
+/// went to the log ([`log_outcome`]).
+fn response(outcome: Outcome) -> pb::ValidateResponse {
+    let (grant, denial, retry_after) = match outcome {
+        Outcome::Valid(grant) => (grant, pb::Denial::Unspecified, None),
+        Outcome::RateLimited { grant, retry_after } => {
+            (grant, pb::Denial::RateLimited, Some(retry_after))
+        }
+        Outcome::Forbidden { grant, .. } => (grant, pb::Denial::Forbidden, None),
+        Outcome::Invalid(_) => {
             return pb::ValidateResponse {
                 denial: pb::Denial::Invalid.into(),
                 ..Default::default()
@@ -209,13 +278,28 @@ fn response(outcome: Outcome, caller: crate::key::KeyId) -> pb::ValidateResponse
     let key = &grant.key;
     pb::ValidateResponse {
         valid: denial == pb::Denial::Unspecified,
-        key_id: key.id.to_string(),
+        key_id: key.id.text(),
         denial: denial.into(),
-        roles: key.profile.roles.iter().map(ToString::to_string).collect(),
-        permissions: grant.permissions.iter().map(ToString::to_string).collect(),
-        labels: key.profile.labels.as_map().clone().into_iter().collect(),
+        roles: key
+            .profile
+            .roles
+            .iter()
+            .map(|role| role.as_str().to_owned())
+            .collect(),
+        permissions: grant
+            .permissions
+            .iter()
+            .map(|permission| permission.as_str().to_owned())
+            .collect(),
+        labels: key
+            .profile
+            .labels
+            .as_map()
+            .iter()
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect(),
         expires_at: key.expires_at.map(convert::timestamp),
-        owner: key.profile.owner.to_string(),
+        owner: key.profile.owner.as_ref().to_owned(),
         rate_limit: grant
             .rate_limit
             .map(|(limit, remaining_burst)| pb::RateLimitState {

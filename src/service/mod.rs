@@ -4,9 +4,9 @@
 
 mod admin;
 mod convert;
-mod keys;
+pub(crate) mod keys;
 mod trust;
 
 pub use admin::AdminService;
-pub use keys::{Answer, KeyService, WipedOnDrop};
+pub use keys::{Answer, Decision, KeyService, WipedOnDrop};
 pub use trust::{ExchangeService, TrustService};

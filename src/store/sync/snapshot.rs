@@ -19,7 +19,7 @@ use crate::{
     cidr::Cidr,
     clock::Timestamp,
     key::{KeyDigest, KeyId},
-    model::{IndexedKey, KeyProfile, Labels, Profiles},
+    model::{EntitlementsCache, IndexedKey, KeyProfile, Labels, Profiles},
     permission::{Permission, RoleName},
     rate_limit::RateLimit,
 };
@@ -335,6 +335,7 @@ impl Loading {
                 .checked_sub(1)
                 .map(|number| self.rate_limits.values[number as usize]),
             capped: traits.capped,
+            entitlements: EntitlementsCache::default(),
         })
     }
 }
