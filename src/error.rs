@@ -117,6 +117,7 @@ fn is_outage(error: &StoreError) -> bool {
     match error {
         StoreError::Database(cause) => is_connection_failure(cause),
         StoreError::FeedClosed | StoreError::Timeout(_) => true,
+        StoreError::Shared(shared) => is_outage(shared),
         _ => false,
     }
 }

@@ -3,7 +3,9 @@
 //!
 //! Each operation checks its input against the current state, makes one
 //! store transaction (the change and its audit record), then applies the
-//! resulting [`Change`]s to the index, so the next Validate sees it.
+//! resulting [`Change`]s to the index, so the next Validate sees it. Mints
+//! that queue up behind another write share one transaction (a group commit,
+//! `group.rs`), each still with its own audit record.
 
 use std::{collections::BTreeMap, fmt, sync::Arc, time::Duration};
 
@@ -24,7 +26,7 @@ use crate::{
     },
     permission::{Permission, RoleName},
     rate_limit::{Admission, RateLimit, RateLimiters},
-    store::{NewKey, Revocation, Rotation, Snapshot, Store, StoreError, feed::Changed},
+    store::{Revocation, Rotation, Snapshot, Store, StoreError, feed::Changed},
 };
 
 /// When a new key stops working.
@@ -123,6 +125,8 @@ pub struct Lifecycle {
     /// How many keys a caller short of `keyward:admin` may mint; `None`: no
     /// limit ([`Lifecycle::with_mint_quota`]).
     mint_quota: Option<(RateLimit, RateLimiters)>,
+    /// Mints waiting for `writes`, committed together when it comes.
+    mints: group::MintQueue,
 }
 
 impl Lifecycle {
@@ -134,11 +138,18 @@ impl Lifecycle {
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let writes = Arc::default();
         Self {
+            mints: group::MintQueue::new(
+                store.clone(),
+                index.clone(),
+                clock.clone(),
+                Arc::clone(&writes),
+            ),
             store,
             index,
             clock,
-            writes: Arc::default(),
+            writes,
             bulk: Arc::default(),
             metrics,
             mint_quota: None,
@@ -255,31 +266,10 @@ impl Lifecycle {
             async move {
                 let _turn = writes.lock_owned().await;
                 let now = clock.now();
-                let current = index.get(caller).filter(|key| {
-                    key.revoked_at.is_none() && key.expires_at.is_none_or(|at| at > now)
-                });
-                // With replicas, the caller's key may have been revoked on
-                // another one a moment ago: ask the database, the only authority.
-                let live = current.is_some()
-                    && (!store.has_change_feed() || store.key_is_live(caller, now).await?);
-                let Some(current) = current.filter(|_| live) else {
-                    return Err(ServiceError::Unauthenticated(
-                        "the caller's key was revoked or expired",
-                    ));
-                };
-                // A role of the caller's may have lost a permission while
-                // this write waited: it runs only with what the caller still
-                // holds, which must cover what it was authorized with.
-                let now_held = index.entitlements(&current).permissions;
-                if let Some(lost) = held
-                    .iter()
-                    .find(|permission| !now_held.iter().any(|p| p.grants(permission)))
-                {
-                    return Err(ServiceError::PermissionDenied(format!(
-                        "the caller's key no longer holds {lost} (its roles changed while this \
-                         write waited); nothing was changed"
-                    )));
-                }
+                let current = live_caller(&store, &index, caller, now)
+                    .await?
+                    .ok_or_else(caller_gone)?;
+                check_still_holds(&index, &current, &held)?;
                 write(store, index, now).await
             }
             // The write's log lines stay in the RPC's span.
@@ -465,37 +455,7 @@ impl Lifecycle {
                 max_uses: request.max_uses,
             };
             self.spend_mint_quota(caller)?;
-            let actor = caller.actor();
-            let creator = caller.id;
-            self.commit(caller, move |store, index, now| async move {
-                for _ in 0..MINT_ATTEMPTS {
-                    let minted = generate(&settings.prefix)?;
-                    let new_key = NewKey {
-                        id: minted.id,
-                        digest: minted.digest,
-                        settings: settings.clone(),
-                        created_by: Some(creator),
-                    };
-                    match store.insert_key(new_key, actor, now).await {
-                        Ok(key) => {
-                            index.apply([upserted(&key, &minted)]);
-                            tracing::info!(action = AuditAction::Mint.as_str(), actor = %creator, target = %key.id, outcome = "ok", "key minted");
-                            return Ok(Minted {
-                                key,
-                                plaintext: minted.plaintext,
-                            });
-                        }
-                        Err(StoreError::IdCollision(id)) => {
-                            tracing::warn!(key_id = %id, "random key id taken; drawing again");
-                        }
-                        Err(other) => return Err(other.into()),
-                    }
-                }
-                Err(ServiceError::Internal(
-                    "could not draw an unused key id".to_owned(),
-                ))
-            })
-            .await
+            self.mints.mint(caller, settings).await
         })
         .await
     }
@@ -885,6 +845,50 @@ fn refuse_global_wildcard(permissions: &[Permission]) -> Result<(), ServiceError
     Ok(())
 }
 
+/// The caller's key as the index holds it, if it is live at `now`. With
+/// replicas it may have been revoked on another one a moment ago, so the
+/// database, the only authority, is asked too.
+async fn live_caller(
+    store: &Store,
+    index: &Index,
+    caller: KeyId,
+    now: Timestamp,
+) -> Result<Option<Arc<IndexedKey>>, StoreError> {
+    let current = index
+        .get(caller)
+        .filter(|key| key.revoked_at.is_none() && key.expires_at.is_none_or(|at| at > now));
+    let live =
+        current.is_some() && (!store.has_change_feed() || store.key_is_live(caller, now).await?);
+    Ok(current.filter(|_| live))
+}
+
+/// The refusal of a write whose caller's key is no longer live.
+fn caller_gone() -> ServiceError {
+    ServiceError::Unauthenticated("the caller's key was revoked or expired")
+}
+
+/// Refuses a write whose caller (`current`) no longer holds everything in
+/// `held`, what it was authorized with: a role of the caller's may have lost
+/// a permission while the write waited, and it runs only with what the
+/// caller still holds.
+fn check_still_holds(
+    index: &Index,
+    current: &IndexedKey,
+    held: &[Permission],
+) -> Result<(), ServiceError> {
+    let now_held = index.entitlements(current).permissions;
+    match held
+        .iter()
+        .find(|permission| !now_held.iter().any(|p| p.grants(permission)))
+    {
+        Some(lost) => Err(ServiceError::PermissionDenied(format!(
+            "the caller's key no longer holds {lost} (its roles changed while this write \
+             waited); nothing was changed"
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn generate(prefix: &Prefix) -> Result<MintedKey, ServiceError> {
     MintedKey::generate(prefix)
         .map_err(|error| ServiceError::Internal(format!("OS random source failed: {error}")))
@@ -894,6 +898,7 @@ fn upserted(key: &KeyRecord, minted: &MintedKey) -> Change {
     Change::KeyUpserted(Arc::new(IndexedKey::new(key, minted.digest)))
 }
 
+mod group;
 mod trust;
 
 pub use trust::ExchangeFailure;

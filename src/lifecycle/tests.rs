@@ -1,5 +1,8 @@
 use super::*;
-use crate::{clock::SystemClock, model::Actor, permission, scope::Scope, testing::ScratchDatabase};
+use crate::{
+    clock::SystemClock, model::Actor, permission, scope::Scope, store::NewKey,
+    testing::ScratchDatabase,
+};
 
 /// On PostgreSQL the database, not this replica's index, decides whether
 /// the caller may still write: its key may have been revoked on another
@@ -511,4 +514,217 @@ async fn a_resync_loses_no_write_made_during_its_load() {
     assert_eq!(held, 1);
     assert!(index.get(revoked).is_none(), "the snapshot brought it back");
     assert!(index.get(minted).is_some(), "minted during the load");
+}
+
+crate::store::on_both_stores!(
+    multi_thread: mints_queued_behind_a_write_commit_in_one_transaction_each_with_its_record,
+    a_caller_revoked_while_queued_is_refused_and_the_rest_of_its_group_commits,
+    a_queued_mint_whose_caller_went_away_lands_in_store_and_index
+);
+
+/// A lifecycle over `store` holding two root admin keys (ids 1 and 2), the
+/// callers of the group-commit tests.
+async fn two_callers(store: Arc<Store>) -> (Arc<Lifecycle>, [Caller; 2]) {
+    let now = SystemClock.now();
+    let caller = |n: u64| Caller {
+        id: KeyId::from_u64(n),
+        permissions: vec!["keyward:*".parse().unwrap()],
+        is_root: true,
+        scope: Scope::Unrestricted,
+    };
+    let callers = [caller(1), caller(2)];
+    let keys = callers
+        .iter()
+        .map(|caller| NewKey {
+            id: caller.id,
+            digest: crate::key::KeyDigest::from_bytes([0; 32]),
+            settings: KeySettings {
+                permissions: caller.permissions.clone(),
+                ..KeySettings::default()
+            },
+            created_by: None,
+        })
+        .collect();
+    store.insert_keys(keys, Actor::Local, now).await.unwrap();
+    let index = Arc::new(Index::from_snapshot(
+        store.load_snapshot(now).await.unwrap(),
+    ));
+    let metrics = Arc::new(Metrics::new(index.clone(), None));
+    let lifecycle = Lifecycle::new(store, index, Arc::new(SystemClock), metrics);
+    (Arc::new(lifecycle), callers)
+}
+
+fn labelled_mint(n: usize) -> MintRequest {
+    MintRequest {
+        prefix: Prefix::default(),
+        roles: Vec::new(),
+        permissions: vec!["deploy:read".parse().unwrap()],
+        allowed_cidrs: Vec::new(),
+        labels: Labels::new([("n".to_owned(), n.to_string())].into()).unwrap(),
+        owner: String::new(),
+        description: String::new(),
+        expiry: Expiry::Never,
+        rate_limit: None,
+        max_uses: None,
+    }
+}
+
+/// Starts `count` mints, alternately by each of `callers`, and returns
+/// once all of them wait in the queue (the write turn is held).
+async fn queue_mints(
+    lifecycle: &Arc<Lifecycle>,
+    callers: &[Caller],
+    count: usize,
+) -> Vec<tokio::task::JoinHandle<Result<Minted, ServiceError>>> {
+    let mints = (0..count)
+        .map(|n| {
+            let (lifecycle, caller) = (lifecycle.clone(), callers[n % callers.len()].clone());
+            tokio::spawn(async move { lifecycle.mint(&caller, labelled_mint(n)).await })
+        })
+        .collect();
+    let queued = async {
+        while lifecycle.mints.len() < count {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), queued)
+        .await
+        .expect("the mints queue for the write turn");
+    mints
+}
+
+/// What a group's transaction costs in store operations: the insert, and
+/// on PostgreSQL one liveness check per distinct caller.
+fn group_operations(store: &Store, callers: u64) -> u64 {
+    1 + if store.has_change_feed() { callers } else { 0 }
+}
+
+/// Forty mints queued behind a write in progress are written in one
+/// transaction when it ends; each key has its own audit record, naming its
+/// caller, and validates from the index with its own plaintext.
+async fn mints_queued_behind_a_write_commit_in_one_transaction_each_with_its_record(
+    store: Arc<Store>,
+) {
+    let _serial = one_at_a_time().await;
+    let (lifecycle, callers) = two_callers(store.clone()).await;
+    let turn = lifecycle.writes.lock().await;
+    let mints = queue_mints(&lifecycle, &callers, 40).await;
+    let before = store.operations();
+    drop(turn);
+    let mut minted = Vec::new();
+    for mint in mints {
+        minted.push(mint.await.unwrap().unwrap());
+    }
+    assert_eq!(
+        store.operations() - before,
+        group_operations(&store, 2),
+        "one transaction for the group"
+    );
+
+    let audit = store
+        .list_audit(&AuditQuery {
+            action: Some(crate::model::AuditAction::Mint.as_str().to_owned()),
+            limit: 1_000,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    let mut ids = std::collections::HashSet::new();
+    for (n, mint) in minted.iter().enumerate() {
+        let id = mint.key.id;
+        assert!(ids.insert(id), "ids are distinct");
+        assert_eq!(mint.key.settings.labels, labelled_mint(n).labels);
+        let records: Vec<_> = audit
+            .records
+            .iter()
+            .filter(|record| record.target.as_deref() == Some(&id.to_string()))
+            .collect();
+        assert_eq!(records.len(), 1, "one audit record for {id}");
+        assert_eq!(records[0].actor, Some(callers[n % 2].id));
+        let presented = crate::key::ParsedKey::parse(mint.plaintext.expose()).unwrap();
+        let indexed = lifecycle.index.get(id).expect("in the index");
+        assert!(indexed.digest.ct_eq(&presented.digest()));
+        assert_eq!(
+            store.get_key(id).await.unwrap().settings.labels,
+            mint.key.settings.labels
+        );
+    }
+}
+
+/// A caller revoked while its mints wait (here, on another replica: the
+/// index hears of it, and on PostgreSQL the database says so) is refused
+/// them; the other caller's mints in the same group commit.
+async fn a_caller_revoked_while_queued_is_refused_and_the_rest_of_its_group_commits(
+    store: Arc<Store>,
+) {
+    let _serial = one_at_a_time().await;
+    let (lifecycle, [revoked, other]) = two_callers(store.clone()).await;
+    let keys_before = store
+        .load_snapshot(SystemClock.now())
+        .await
+        .unwrap()
+        .keys
+        .len();
+    let turn = lifecycle.writes.lock().await;
+    let mints = queue_mints(&lifecycle, &[revoked.clone(), other.clone()], 6).await;
+    store
+        .revoke_key(revoked.id, "leaked", Actor::Local, SystemClock.now())
+        .await
+        .unwrap();
+    lifecycle.index.apply([Change::KeyRemoved(revoked.id)]);
+    let before = store.operations();
+    drop(turn);
+
+    for (n, mint) in mints.into_iter().enumerate() {
+        let outcome = mint.await.unwrap();
+        if n % 2 == 0 {
+            let refused = outcome.unwrap_err();
+            assert!(
+                matches!(refused, ServiceError::Unauthenticated(_)),
+                "{refused}"
+            );
+        } else {
+            let minted = outcome.unwrap();
+            assert_eq!(minted.key.created_by, Some(other.id));
+            assert!(lifecycle.index.get(minted.key.id).is_some());
+        }
+    }
+    // The index already refuses the revoked caller: only the other one's
+    // key is asked about on PostgreSQL.
+    assert_eq!(store.operations() - before, group_operations(&store, 1));
+    let keys_after = store
+        .load_snapshot(SystemClock.now())
+        .await
+        .unwrap()
+        .keys
+        .len();
+    // The revoked caller is no longer live; the other's three keys are.
+    assert_eq!(keys_after, keys_before - 1 + 3);
+}
+
+/// A mint whose RPC is cancelled once queued (a client deadline, a dropped
+/// connection) still commits, to the store and to the index alike: its
+/// group is written by a task of its own.
+async fn a_queued_mint_whose_caller_went_away_lands_in_store_and_index(store: Arc<Store>) {
+    let _serial = one_at_a_time().await;
+    let (lifecycle, callers) = two_callers(store.clone()).await;
+    let turn = lifecycle.writes.lock().await;
+    let mut mints = queue_mints(&lifecycle, &callers[..1], 1).await;
+    let cancelled = mints.pop().unwrap();
+    cancelled.abort();
+    assert!(cancelled.await.unwrap_err().is_cancelled());
+    drop(turn);
+    // The group's task has the turn once the queue is drained; the turn is
+    // ours again once it has committed.
+    while lifecycle.mints.len() > 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let _turn = lifecycle.writes.lock().await;
+
+    let snapshot = store.load_snapshot(SystemClock.now()).await.unwrap();
+    assert_eq!(snapshot.keys.len(), 3, "the two callers and the new key");
+    assert_eq!(lifecycle.index.len(), 3);
+    for id in snapshot.keys.keys() {
+        assert!(lifecycle.index.get(*id).is_some());
+    }
 }

@@ -1,7 +1,7 @@
 //! What can go wrong in the store. Every message names the file or server
 //! and the key or role concerned, never a password or a secret.
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use crate::{key::KeyId, permission::RoleName};
 
@@ -120,6 +120,11 @@ pub enum StoreError {
     /// missed, so the replica reconnects and resyncs.
     #[error(transparent)]
     FeedPayload(#[from] feed::UnknownPayload),
+    /// One failure met by several writes committed together (a group
+    /// commit of mints), handed to each of them: it reads, and answers, as
+    /// the failure itself.
+    #[error(transparent)]
+    Shared(Arc<StoreError>),
     /// A row keyward could not have written (a value that does not parse, a
     /// number out of range): reported, never guessed at (`INTERNAL`).
     #[error("corrupt row in {table}: {what}")]

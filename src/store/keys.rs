@@ -10,7 +10,7 @@ use std::{
 use sqlx::{AnyConnection, Row};
 
 use super::{
-    Store, StoreError,
+    Grouped, Store, StoreError,
     audit::append_audit,
     feed::Topic,
     rows::{
@@ -64,7 +64,8 @@ pub struct Revocation {
 }
 
 impl Store {
-    /// Writes a new key and its audit record.
+    /// Writes a new key and its audit record: a group of one
+    /// ([`Store::insert_keys_grouped`]).
     ///
     /// # Errors
     /// [`StoreError::IdCollision`] when the random id is taken (mint again).
@@ -74,12 +75,12 @@ impl Store {
         actor: Actor,
         now: Timestamp,
     ) -> Result<KeyRecord, StoreError> {
-        self.count();
-        let mut tx = self.begin_write().await?;
-        let record = insert_minted(&mut tx, key, actor, now).await?;
-        self.notify(&mut tx, [Topic::Keys(vec![record.id])]).await?;
-        tx.commit().await?;
-        Ok(record)
+        let mut outcomes = self.insert_keys_grouped(vec![(key, actor)], now).await?;
+        match outcomes.pop() {
+            Some(Grouped::Written(record)) => Ok(record),
+            Some(Grouped::IdTaken(taken)) => Err(StoreError::IdCollision(taken.id)),
+            None => unreachable!("one key in, one outcome out"),
+        }
     }
 
     /// Whether key `id` exists, unrevoked and unexpired at `now`.
@@ -423,16 +424,11 @@ impl Store {
         actor: Actor,
         now: Timestamp,
     ) -> Result<Vec<KeyRecord>, StoreError> {
-        self.count();
-        let mut tx = self.begin_write().await?;
-        let mut records = Vec::with_capacity(keys.len());
-        for key in keys {
-            records.push(insert_minted(&mut tx, key, actor, now).await?);
-        }
-        let ids = records.iter().map(|record| record.id).collect();
-        self.notify(&mut tx, [Topic::Keys(ids)]).await?;
-        tx.commit().await?;
-        Ok(records)
+        self.import_keys(&keys, actor, now).await?;
+        Ok(keys
+            .into_iter()
+            .map(|key| KeyRecord::new(key.id, key.settings, now, key.created_by))
+            .collect())
     }
 
     /// Spends one use of capped key `id`, durably, with a conditional update
@@ -660,26 +656,6 @@ async fn fetch_key(conn: &mut AnyConnection, id: KeyId) -> Result<KeyRecord, Sto
         .ok_or(StoreError::KeyNotFound(id))?;
     let mut records = with_details(conn, vec![row], false).await?;
     Ok(records.pop().expect("one row in, one record out").0)
-}
-
-/// A new key and its `Mint` audit record, in `tx`.
-async fn insert_minted(
-    tx: &mut AnyConnection,
-    key: NewKey,
-    actor: Actor,
-    now: Timestamp,
-) -> Result<KeyRecord, StoreError> {
-    let record = insert_key(tx, key, None, now).await?;
-    append_audit(
-        tx,
-        now,
-        actor,
-        AuditAction::Mint,
-        Some(&record.id.to_string()),
-        None,
-    )
-    .await?;
-    Ok(record)
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@
 //! | --- | --- |
 //! | `mod.rs` | the [`Store`]: opening, the pool, write transactions, notifying the feed |
 //! | `keys.rs` | keys: mint, read, list, rotate, revoke, uses |
+//! | `import.rs` | many keys per transaction: imports, and the group commit of queued mints |
 //! | `roles.rs` | roles: create, update, delete |
 //! | `trust.rs` | trust policies, and keys minted by an OIDC exchange with the token's replay record |
 //! | `audit.rs` | the audit log: appending, reading pages |
@@ -40,10 +41,10 @@
 #[cfg(test)]
 macro_rules! on_both_stores {
     (multi_thread: $($test:ident),+ $(,)?) => {
-        $(on_both_stores!(@one $test, #[tokio::test(flavor = "multi_thread", worker_threads = 2)]);)+
+        $($crate::store::on_both_stores!(@one $test, #[tokio::test(flavor = "multi_thread", worker_threads = 2)]);)+
     };
     ($($test:ident),+ $(,)?) => {
-        $(on_both_stores!(@one $test, #[tokio::test]);)+
+        $($crate::store::on_both_stores!(@one $test, #[tokio::test]);)+
     };
     (@one $test:ident, #[$runtime:meta]) => {
         mod $test {
@@ -62,6 +63,10 @@ macro_rules! on_both_stores {
         }
     };
 }
+
+/// For tests of other layers over a real store (the lifecycle's).
+#[cfg(test)]
+pub(crate) use on_both_stores;
 
 mod audit;
 mod error;
@@ -89,6 +94,7 @@ use crate::key::KeyId;
 
 pub use self::{
     error::StoreError,
+    import::Grouped,
     keys::{NewKey, Revocation, Rotation},
     location::redacted_url,
     sync::Snapshot,

@@ -510,4 +510,66 @@ on_both_stores!(
     state_survives_a_restart,
 );
 
-on_both_stores!(multi_thread: a_cancelled_revoke_still_takes_effect);
+on_both_stores!(
+    multi_thread: a_cancelled_revoke_still_takes_effect,
+    concurrent_mints_each_get_their_own_key_and_audit_record
+);
+
+/// Dozens of mints at once (committed in groups, as they queue up for the
+/// write turn) each get a distinct key that validates with what it was
+/// minted with, and one audit record naming it.
+async fn concurrent_mints_each_get_their_own_key_and_audit_record(backend: Backend) {
+    const MINTS: usize = 48;
+    let app = spawn_app(backend).await;
+    let client = app.admin_client().await;
+    let mints: Vec<_> = (0..MINTS)
+        .map(|n| {
+            let (mut client, admin) = (client.clone(), app.admin_key.clone());
+            tokio::spawn(async move {
+                let request = pb::MintKeyRequest {
+                    permissions: vec![format!("job:{n}")],
+                    ..Default::default()
+                };
+                let minted = client
+                    .mint_key(authed(&admin, request))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                (n, minted.key.unwrap().id, minted.plaintext)
+            })
+        })
+        .collect();
+    let mut minted = Vec::new();
+    for mint in mints {
+        minted.push(mint.await.unwrap());
+    }
+
+    let ids: std::collections::HashSet<_> = minted.iter().map(|(_, id, _)| id).collect();
+    assert_eq!(ids.len(), MINTS, "distinct ids");
+    for (n, id, plaintext) in &minted {
+        let mine = format!("job:{n}");
+        let response = app.validate(plaintext, &[&mine]).await;
+        assert!(response.valid, "{id}: {response:?}");
+        assert_eq!(&response.key_id, id);
+        let other = format!("job:{}", n + 1);
+        assert_eq!(
+            denial(&app.validate(plaintext, &[&other]).await),
+            Denial::Forbidden,
+            "each key holds only its own permission"
+        );
+        let request = pb::ListAuditRecordsRequest {
+            key_id: id.clone(),
+            action: "key.mint".into(),
+            ..Default::default()
+        };
+        let records = app
+            .admin_client()
+            .await
+            .list_audit_records(authed(&app.admin_key, request))
+            .await
+            .unwrap()
+            .into_inner()
+            .records;
+        assert_eq!(records.len(), 1, "one audit record for {id}");
+    }
+}
