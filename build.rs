@@ -45,8 +45,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .package("envoy.service.auth.v3")
         .method(check)
         .build();
+
+    // `service::keys::wire`: the server of `keyward.v1.KeyService`, which
+    // answers Validate with a response written straight from the decision
+    // rather than the generated `ValidateResponse` (same bytes on the wire;
+    // clients, keywardctl's included, keep the generated stubs above).
+    let validate = tonic_prost_build::manual::Method::builder()
+        .name("validate")
+        .route_name("Validate")
+        .input_type("crate::pb::ValidateRequest")
+        .output_type("crate::service::keys::wire::ValidateAnswer")
+        .codec_path("crate::codec::Codec")
+        .build();
+    let key_service = tonic_prost_build::manual::Service::builder()
+        .name("KeyService")
+        .package("keyward.v1")
+        .method(validate)
+        .build();
     tonic_prost_build::manual::Builder::new()
         .build_client(false)
-        .compile(&[authorization]);
+        .compile(&[authorization, key_service]);
     Ok(())
 }

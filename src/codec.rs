@@ -34,6 +34,8 @@ use zeroize::Zeroize;
 
 use crate::pb;
 
+pub mod write;
+
 /// Which side of a call sends a message type, so that a decode failure is
 /// blamed on the right one, and what of it must not outlive its sending.
 pub trait Sender {
@@ -123,6 +125,11 @@ impl Sender for crate::gateway::ext_authz::wire::CheckRequest {
 }
 
 impl Sender for crate::gateway::ext_authz::wire::CheckResponse {
+    const CLIENT: bool = false;
+}
+
+/// Validate's answer as the server writes it (`service::keys::wire`).
+impl Sender for crate::service::keys::wire::ValidateAnswer {
     const CLIENT: bool = false;
 }
 

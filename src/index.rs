@@ -11,7 +11,7 @@ use std::{
 
 use crate::{
     clock::Timestamp,
-    key::KeyId,
+    key::{KeyId, KeyMap},
     model::{CachedEntitlements, Change, IndexedKey, Profiles, Role},
     permission::{Permission, RoleName},
     rate_limit::RateLimit,
@@ -22,7 +22,7 @@ use crate::{
 
 #[derive(Debug)]
 struct State {
-    keys: HashMap<KeyId, Arc<IndexedKey>>,
+    keys: KeyMap<Arc<IndexedKey>>,
     roles: HashMap<RoleName, Role>,
     /// One copy of each profile the keys hold.
     profiles: Profiles,
@@ -37,7 +37,7 @@ struct State {
 impl Default for State {
     fn default() -> Self {
         Self {
-            keys: HashMap::default(),
+            keys: KeyMap::default(),
             roles: HashMap::default(),
             profiles: Profiles::default(),
             retired_usage: Vec::new(),
@@ -74,7 +74,7 @@ pub struct Index {
 /// validations and writes go on, then put in place by [`Index::install`].
 #[derive(Debug)]
 pub struct Prepared {
-    keys: HashMap<KeyId, Arc<IndexedKey>>,
+    keys: KeyMap<Arc<IndexedKey>>,
     roles: HashMap<RoleName, Role>,
     profiles: Profiles,
 }
@@ -83,7 +83,7 @@ pub struct Prepared {
 /// usage and freed them.
 #[derive(Debug)]
 #[must_use = "usage of the keys replaced is lost unless they are retired"]
-pub struct Replaced(HashMap<KeyId, Arc<IndexedKey>>);
+pub struct Replaced(KeyMap<Arc<IndexedKey>>);
 
 /// Keys looked at per read lock in [`Index::prepare`] and
 /// [`Index::install`]: few enough that a writer waiting for the lock waits

@@ -134,6 +134,17 @@ pub struct InvalidKeyId;
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyId(u64);
 
+/// A map keyed by key id, hashed with foldhash rather than std's default
+/// hasher: every Validate looks ids up in the index and in the rate limiter,
+/// and hashing a `u64` the default way cost more than the lookup itself.
+/// Still seeded at random per process, so the ids a client presents cannot
+/// be picked to collide.
+pub type KeyMap<V> = std::collections::HashMap<KeyId, V, IdHasher>;
+
+/// The hasher of [`KeyMap`] and of the rate limiters' maps (by limit, then
+/// by key id): all on the path of every Validate.
+pub type IdHasher = foldhash::fast::RandomState;
+
 impl KeyId {
     /// A fresh random id from the OS CSPRNG.
     ///

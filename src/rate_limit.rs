@@ -24,7 +24,10 @@ use governor::{
     state::keyed::DashMapStateStore,
 };
 
-use crate::{clock::Clock, key::KeyId};
+use crate::{
+    clock::Clock,
+    key::{IdHasher, KeyId},
+};
 
 /// Longest window a rate limit may have.
 pub const MAX_PERIOD: Duration = Duration::from_hours(24);
@@ -171,14 +174,14 @@ impl governor::clock::Clock for MonotonicClock {
 
 type KeyedLimiter = governor::RateLimiter<
     KeyId,
-    DashMapStateStore<KeyId>,
+    DashMapStateStore<KeyId, IdHasher>,
     MonotonicClock,
     StateInformationMiddleware,
 >;
 
 /// One keyed limiter per distinct limit.
 pub struct RateLimiters {
-    limiters: RwLock<HashMap<RateLimit, KeyedLimiter>>,
+    limiters: RwLock<HashMap<RateLimit, KeyedLimiter, IdHasher>>,
     clock: MonotonicClock,
 }
 
@@ -211,7 +214,7 @@ impl RateLimiters {
         let limiter = limiters.entry(*limit).or_insert_with(|| {
             governor::RateLimiter::<KeyId, _, _, NoOpMiddleware<Duration>>::new(
                 limit.quota(),
-                DashMapStateStore::default(),
+                DashMapStateStore::with_hasher(IdHasher::default()),
                 self.clock.clone(),
             )
             .with_middleware::<StateInformationMiddleware>()

@@ -25,7 +25,7 @@ use crate::{
     pb,
     rate_limit::RateLimit,
     replica::{self, FeedSettings},
-    service::{AdminService, ExchangeService, KeyService, TrustService},
+    service::{AdminService, ExchangeService, KeyService, KeyServiceServer, TrustService},
     store::{PoolSettings, Store, StoreError, feed::Subscription, redacted_url},
     telemetry::RpcSpanLayer,
     tls::{self, TlsConfig, TlsError, TlsFiles},
@@ -473,9 +473,7 @@ impl Application {
     ) -> Result<(), StartupError> {
         let limits = self.limits;
         let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_serving::<pb::key_service_server::KeyServiceServer<KeyService>>()
-            .await;
+        health.set_serving::<KeyServiceServer>().await;
         health
             .set_serving::<pb::admin_service_server::AdminServiceServer<AdminService>>()
             .await;
@@ -561,8 +559,7 @@ impl Application {
             .add_service(health_service.max_decoding_message_size(limits.max_message_size))
             .add_service(reflection)
             .add_service(
-                pb::key_service_server::KeyServiceServer::from_arc(keys)
-                    .max_decoding_message_size(limits.max_message_size),
+                KeyServiceServer::from_arc(keys).max_decoding_message_size(limits.max_message_size),
             )
             .add_service(ExtAuthz::server(gateway, limits.max_message_size))
             .add_service(metrics::grpc::CountAdminRpcs::new(
@@ -707,9 +704,7 @@ impl Limits {
 /// the server as a whole (the empty service name), turns `NOT_SERVING`.
 async fn report_draining(health: &tonic_health::server::HealthReporter) {
     use tonic_health::ServingStatus::NotServing;
-    health
-        .set_not_serving::<pb::key_service_server::KeyServiceServer<KeyService>>()
-        .await;
+    health.set_not_serving::<KeyServiceServer>().await;
     health
         .set_not_serving::<pb::admin_service_server::AdminServiceServer<AdminService>>()
         .await;
@@ -726,7 +721,7 @@ async fn report_freshness(
     freshness: Arc<Freshness>,
     every: Duration,
 ) {
-    type Keys = pb::key_service_server::KeyServiceServer<KeyService>;
+    type Keys = KeyServiceServer;
     let mut serving = true;
     let mut ticks = tokio::time::interval(every);
     loop {

@@ -181,7 +181,7 @@ async fn validate(
         Ok(answer) => {
             let mut response = (
                 [(header::CONTENT_TYPE, JSON)],
-                json::response(&answer.response).to_string(),
+                json::response(&answer.response.to_pb()).to_string(),
             )
                 .into_response();
             if let Some(seconds) = answer.retry_after {

@@ -9,7 +9,8 @@ use std::{
 use tonic::{Request, Response, Status};
 use zeroize::Zeroize;
 
-use super::convert;
+pub mod wire;
+
 use crate::{
     auth::{authenticate_caller_id, bearer_token, client_ip},
     error::ServiceError,
@@ -19,6 +20,7 @@ use crate::{
     permission::{self, Permission},
     validate::{Checks, Outcome, Validator},
 };
+use wire::ValidateAnswer;
 
 /// Most permissions one Validate request may require.
 pub const MAX_REQUIRED_PERMISSIONS: usize = 64;
@@ -27,7 +29,7 @@ pub const MAX_REQUIRED_PERMISSIONS: usize = 64;
 #[derive(Debug)]
 pub struct Answer {
     /// The answer itself.
-    pub response: pb::ValidateResponse,
+    pub response: ValidateAnswer,
     /// For `RATE_LIMITED`: the whole seconds to send as `retry-after`.
     pub retry_after: Option<u64>,
     /// How the call ended, as `keyward_validate_total` counted it.
@@ -94,7 +96,7 @@ impl KeyService {
         Ok(Answer {
             retry_after: decision.retry_after(),
             how: decision.how,
-            response: response(decision.outcome),
+            response: ValidateAnswer::of(decision.outcome),
         })
     }
 
@@ -176,11 +178,11 @@ impl Decision {
 }
 
 #[tonic::async_trait]
-impl pb::key_service_server::KeyService for KeyService {
+impl wire::server::key_service_server::KeyService for KeyService {
     async fn validate(
         &self,
         request: Request<pb::ValidateRequest>,
-    ) -> Result<Response<pb::ValidateResponse>, Status> {
+    ) -> Result<Response<ValidateAnswer>, Status> {
         let peer = request.remote_addr().map(|addr| addr.ip());
         let (metadata, _, message) = request.into_parts();
         let message = WipedOnDrop(message);
@@ -256,58 +258,6 @@ fn log_outcome(outcome: &Outcome, caller: KeyId) {
         Outcome::Invalid(reason) => {
             tracing::info!(key_id = ?reason.key_id(), %caller, %reason, "validate: invalid");
         }
-    }
-}
-
-/// Builds the response. Every invalid key gets the same answer; the reason
-/// went to the log ([`log_outcome`]).
-fn response(outcome: Outcome) -> pb::ValidateResponse {
-    let (grant, denial, retry_after) = match outcome {
-        Outcome::Valid(grant) => (grant, pb::Denial::Unspecified, None),
-        Outcome::RateLimited { grant, retry_after } => {
-            (grant, pb::Denial::RateLimited, Some(retry_after))
-        }
-        Outcome::Forbidden { grant, .. } => (grant, pb::Denial::Forbidden, None),
-        Outcome::Invalid(_) => {
-            return pb::ValidateResponse {
-                denial: pb::Denial::Invalid.into(),
-                ..Default::default()
-            };
-        }
-    };
-    let key = &grant.key;
-    pb::ValidateResponse {
-        valid: denial == pb::Denial::Unspecified,
-        key_id: key.id.text(),
-        denial: denial.into(),
-        roles: key
-            .profile
-            .roles
-            .iter()
-            .map(|role| role.as_str().to_owned())
-            .collect(),
-        permissions: grant
-            .permissions
-            .iter()
-            .map(|permission| permission.as_str().to_owned())
-            .collect(),
-        labels: key
-            .profile
-            .labels
-            .as_map()
-            .iter()
-            .map(|(name, value)| (name.clone(), value.clone()))
-            .collect(),
-        expires_at: key.expires_at.map(convert::timestamp),
-        owner: key.profile.owner.as_ref().to_owned(),
-        rate_limit: grant
-            .rate_limit
-            .map(|(limit, remaining_burst)| pb::RateLimitState {
-                limit: Some(convert::rate_limit_to_pb(&limit)),
-                remaining_burst,
-            }),
-        retry_after: retry_after.and_then(|wait| wait.try_into().ok()),
-        remaining_uses: grant.remaining_uses,
     }
 }
 

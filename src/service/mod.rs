@@ -9,4 +9,6 @@ mod trust;
 
 pub use admin::AdminService;
 pub use keys::{Answer, Decision, KeyService, WipedOnDrop};
+/// The gRPC server of [`KeyService`] (`keyward.v1.KeyService`).
+pub type KeyServiceServer = keys::wire::server::key_service_server::KeyServiceServer<KeyService>;
 pub use trust::{ExchangeService, TrustService};

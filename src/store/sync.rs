@@ -19,7 +19,7 @@ use super::{
 mod snapshot;
 use crate::{
     clock::Timestamp,
-    key::{KeyDigest, KeyId},
+    key::{KeyDigest, KeyMap},
     model::{Actor, AuditAction, Change, IndexedKey, KeyRecord, KeyState, Profiles, Role},
     permission::RoleName,
 };
@@ -28,7 +28,7 @@ use crate::{
 #[derive(Debug, Default)]
 pub struct Snapshot {
     /// Keys that can still validate (not revoked, expired or spent), by id.
-    pub keys: HashMap<KeyId, Arc<IndexedKey>>,
+    pub keys: KeyMap<Arc<IndexedKey>>,
     /// All of them, built-in ones included: validation resolves a key's
     /// roles through the index.
     pub roles: Vec<Role>,
@@ -223,7 +223,7 @@ impl Store {
                 &texts,
             )
             .await?;
-            let mut live: HashMap<KeyId, Arc<IndexedKey>> = with_digests(&mut conn, rows)
+            let mut live: KeyMap<Arc<IndexedKey>> = with_digests(&mut conn, rows)
                 .await?
                 .into_iter()
                 .filter(|(record, _)| record.state(now) == KeyState::Active)
@@ -266,6 +266,7 @@ async fn with_digests(
 mod tests {
     use super::*;
     use crate::{
+        key::KeyId,
         model::{KeyProfile, KeySettings, Labels},
         store::{open_postgres, open_temporary},
     };

@@ -19,12 +19,15 @@
 use prost::{
     Message,
     bytes::{Buf, BufMut},
-    encoding::{self, DecodeContext, WireType, encode_key, encode_varint, encoded_len_varint},
+    encoding::{self, DecodeContext, WireType},
 };
 use zeroize::Zeroize;
 
 use super::super::{
     Allowed, HEADER_PREFIX, JSON, KEY_ID_HEADER, OWNER_HEADER, ROLES_HEADER, Refusal,
+};
+use crate::codec::write::{
+    MAP_KEY, MAP_VALUE, delimited_len, put_delimited, put_str, put_varint, str_len, varint_len,
 };
 
 /// `envoy.service.auth.v3.CheckRequest`: only `attributes`.
@@ -210,49 +213,7 @@ const OPTION_APPEND_ACTION: u32 = 3;
 const HEADER_KEY: u32 = 1;
 const HEADER_VALUE: u32 = 2;
 const STRUCT_FIELDS: u32 = 1;
-const MAP_KEY: u32 = 1;
-const MAP_VALUE: u32 = 2;
 const VALUE_STRING: u32 = 3;
-
-/// Bytes of a length-delimited field whose contents take `len` bytes.
-fn delimited_len(tag: u32, len: usize) -> usize {
-    encoding::key_len(tag) + encoded_len_varint(len as u64) + len
-}
-
-fn put_delimited(tag: u32, len: usize, buf: &mut impl BufMut) {
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(len as u64, buf);
-}
-
-fn str_len(tag: u32, text: &[u8]) -> usize {
-    if text.is_empty() {
-        0
-    } else {
-        delimited_len(tag, text.len())
-    }
-}
-
-fn put_str(tag: u32, text: &[u8], buf: &mut impl BufMut) {
-    if !text.is_empty() {
-        put_delimited(tag, text.len(), buf);
-        buf.put_slice(text);
-    }
-}
-
-fn varint_len(tag: u32, value: u64) -> usize {
-    if value == 0 {
-        0
-    } else {
-        encoding::key_len(tag) + encoded_len_varint(value)
-    }
-}
-
-fn put_varint(tag: u32, value: u64, buf: &mut impl BufMut) {
-    if value != 0 {
-        encode_key(tag, WireType::Varint, buf);
-        encode_varint(value, buf);
-    }
-}
 
 /// A `HeaderValueOption { header { key, value }, append_action }`: its
 /// contents' length.

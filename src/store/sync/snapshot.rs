@@ -18,7 +18,7 @@ use super::super::StoreError;
 use crate::{
     cidr::Cidr,
     clock::Timestamp,
-    key::{KeyDigest, KeyId},
+    key::{IdHasher, KeyDigest, KeyId, KeyMap},
     model::{EntitlementsCache, IndexedKey, KeyProfile, Labels, Profiles},
     permission::{Permission, RoleName},
     rate_limit::RateLimit,
@@ -158,7 +158,7 @@ pub(super) struct Loading {
     /// [`Loading::finish`].
     keys: Vec<Arc<IndexedKey>>,
     traits: Vec<Traits>,
-    positions: HashMap<KeyId, u32>,
+    positions: KeyMap<u32>,
     owners: Items<Box<str>>,
     rate_limits: Items<RateLimit>,
     roles: Items<RoleName>,
@@ -255,9 +255,7 @@ impl Loading {
     }
 
     /// The index's entries by id, each with its profile, interned.
-    pub(super) fn finish(
-        mut self,
-    ) -> Result<(HashMap<KeyId, Arc<IndexedKey>>, Profiles), StoreError> {
+    pub(super) fn finish(mut self) -> Result<(KeyMap<Arc<IndexedKey>>, Profiles), StoreError> {
         drop(std::mem::take(&mut self.positions));
         for links in &mut self.links {
             links.sort_unstable();
@@ -297,7 +295,7 @@ impl Loading {
                 .expect("entries are not shared while loading")
                 .profile = profile;
         }
-        let mut by_id = HashMap::with_capacity(keys.len());
+        let mut by_id = KeyMap::with_capacity_and_hasher(keys.len(), IdHasher::default());
         by_id.extend(keys.into_iter().map(|key| (key.id, key)));
         Ok((by_id, profiles))
     }
