@@ -9,13 +9,52 @@ use tonic::{Request, metadata::MetadataMap};
 use crate::{
     error::ServiceError,
     key::KeyId,
+    listener::Peer,
     metrics::{CallerRefused, Metrics},
     model::Actor,
     permission::{self, Permission},
     scope::Scope,
     telemetry::LogBudget,
-    validate::{Denied, Grant, Outcome, Validator},
+    validate::{Denied, Grant, Outcome, ProvenCredential, Validator},
 };
+
+/// Where a caller's credential came from: the address of the connection it
+/// came on and, on connections keyward accepted, the credential the
+/// connection last proved (see [`ProvenCredential`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Origin<'a> {
+    /// The connection's remote address, checked against the caller key's
+    /// allow-list.
+    pub ip: Option<IpAddr>,
+    /// The connection's proven credential.
+    pub proven: Option<&'a ProvenCredential>,
+}
+
+impl<'a> Origin<'a> {
+    /// The origin of a request on a connection from `peer`.
+    #[must_use]
+    pub fn from_peer(peer: &'a Peer) -> Self {
+        Self {
+            ip: Some(peer.addr.ip()),
+            proven: Some(&peer.proven),
+        }
+    }
+
+    /// The origin of a gRPC request, from the [`Peer`] its connection
+    /// attached; none for a request built in-process.
+    #[must_use]
+    pub fn of<T>(request: &'a Request<T>) -> Self {
+        Self::of_extensions(request.extensions())
+    }
+
+    /// [`Origin::of`] a request taken apart.
+    #[must_use]
+    pub fn of_extensions(extensions: &'a tonic::Extensions) -> Self {
+        extensions
+            .get::<Peer>()
+            .map_or_else(Self::default, Self::from_peer)
+    }
+}
 
 /// An authenticated caller and what it holds.
 #[derive(Debug, Clone)]
@@ -84,7 +123,7 @@ pub fn authenticate<T>(
 ) -> Result<Caller, ServiceError> {
     authenticate_credential(
         bearer_token(request.metadata()),
-        request.remote_addr().map(|addr| addr.ip()),
+        Origin::of(request),
         validator,
         Some(needed),
         metrics,
@@ -103,7 +142,7 @@ pub fn authenticate_key<T>(
 ) -> Result<Caller, ServiceError> {
     authenticate_credential(
         bearer_token(request.metadata()),
-        request.remote_addr().map(|addr| addr.ip()),
+        Origin::of(request),
         validator,
         None,
         metrics,
@@ -111,20 +150,20 @@ pub fn authenticate_key<T>(
 }
 
 /// [`authenticate`] for a credential found elsewhere than gRPC metadata (an
-/// HTTP header of the gateway listener), presented from `peer`. `presented`
-/// is the credential, or the error to answer when there is none; `needed`,
-/// the permission the call requires, if any.
+/// HTTP header of the gateway listener), presented from `origin`.
+/// `presented` is the credential, or the error to answer when there is
+/// none; `needed`, the permission the call requires, if any.
 ///
 /// # Errors
 /// As [`authenticate`].
 pub fn authenticate_credential(
     presented: Result<&str, ServiceError>,
-    peer: Option<IpAddr>,
+    origin: Origin<'_>,
     validator: &Validator,
     needed: Option<&Permission>,
     metrics: &Metrics,
 ) -> Result<Caller, ServiceError> {
-    let (grant, is_root) = authenticated(presented, peer, validator, needed, metrics)?;
+    let (grant, is_root) = authenticated(presented, origin, validator, needed, metrics)?;
     Ok(Caller {
         id: grant.key.id,
         scope: Scope::of(&grant.key, is_root),
@@ -142,18 +181,18 @@ pub fn authenticate_credential(
 /// As [`authenticate`].
 pub fn authenticate_caller_id(
     presented: Result<&str, ServiceError>,
-    peer: Option<IpAddr>,
+    origin: Origin<'_>,
     validator: &Validator,
     needed: Option<&Permission>,
     metrics: &Metrics,
 ) -> Result<KeyId, ServiceError> {
-    authenticated(presented, peer, validator, needed, metrics).map(|(grant, _)| grant.key.id)
+    authenticated(presented, origin, validator, needed, metrics).map(|(grant, _)| grant.key.id)
 }
 
 /// The caller's grant, and whether it holds `keyward:admin`.
 fn authenticated(
     presented: Result<&str, ServiceError>,
-    peer: Option<IpAddr>,
+    origin: Origin<'_>,
     validator: &Validator,
     needed: Option<&Permission>,
     metrics: &Metrics,
@@ -165,7 +204,7 @@ fn authenticated(
     validator.ensure_fresh()?;
     let token =
         presented.inspect_err(|_| metrics.caller_refused(CallerRefused::MissingCredential))?;
-    let outcome = validator.check_credential(token, peer);
+    let outcome = validator.check_credential(token, origin.ip, origin.proven);
     let grant = match outcome {
         Outcome::Valid(grant) => grant,
         Outcome::RateLimited { grant, retry_after } => {
@@ -253,10 +292,16 @@ pub(crate) fn bearer_token(metadata: &MetadataMap) -> Result<&str, ServiceError>
 /// in any case), trimmed; `None` for another scheme or no token.
 #[must_use]
 pub fn bearer(value: &str) -> Option<&str> {
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    // The scheme is what comes before the first space: `bearer` only when
+    // that space is the seventh byte (a test of six bytes, on every RPC,
+    // rather than a search).
+    let scheme = value.get(..BEARER.len())?;
+    let token = value[BEARER.len()..].strip_prefix(' ')?.trim();
+    (scheme.eq_ignore_ascii_case(BEARER) && !token.is_empty()).then_some(token)
 }
+
+/// The scheme of an `authorization` value that holds a key.
+const BEARER: &str = "bearer";
 
 #[cfg(test)]
 mod tests {

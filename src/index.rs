@@ -273,6 +273,17 @@ impl Index {
         self.read().keys.get(&id).cloned()
     }
 
+    /// Whether `key` is still the index's entry for its id: not removed
+    /// (revoked, expired, used up) nor replaced (rotated, updated, resynced)
+    /// since it was read.
+    #[must_use]
+    pub fn holds(&self, key: &Arc<IndexedKey>) -> bool {
+        self.read()
+            .keys
+            .get(&key.id)
+            .is_some_and(|held| Arc::ptr_eq(held, key))
+    }
+
     /// The key's effective permissions (its own plus the union of its
     /// roles') and its roles' rate limit, as the roles are now, so a role
     /// change applies to the very next validation. Computed once per profile

@@ -37,6 +37,8 @@ const SECRET_BYTES: usize = SECRET_WORDS * 8;
 const CHECKSUM_CHARS: usize = 6;
 const ID_END: usize = WORD_CHARS;
 const SECRET_END: usize = ID_END + SECRET_WORDS * WORD_CHARS;
+/// Length of a key id as text.
+pub const KEY_ID_CHARS: usize = WORD_CHARS;
 /// Length of the body after `<prefix>_`.
 pub const BODY_CHARS: usize = SECRET_END + CHECKSUM_CHARS;
 const MAX_PREFIX_CHARS: usize = 16;
@@ -176,7 +178,7 @@ impl KeyId {
 
     /// The id's text as ASCII bytes, for writers that need no `String`.
     #[must_use]
-    pub fn ascii(self) -> [u8; WORD_CHARS] {
+    pub fn ascii(self) -> [u8; KEY_ID_CHARS] {
         self.to_chars()
     }
 }

@@ -30,6 +30,8 @@ use tokio::{
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
+use crate::validate::ProvenCredential;
+
 /// How long the accept loop pauses after `accept` fails (out of file
 /// descriptors, typically), rather than spinning.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
@@ -83,6 +85,7 @@ impl ConnectionLimit {
 #[derive(Debug)]
 pub struct Connection<IO> {
     io: IO,
+    peer: Peer,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -91,13 +94,34 @@ impl<IO> Connection<IO> {
     pub fn get_ref(&self) -> &IO {
         &self.io
     }
+
+    /// Who is at the other end.
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
 }
 
-impl<IO: Connected> Connected for Connection<IO> {
-    type ConnectInfo = IO::ConnectInfo;
+/// Who is at the other end of a connection: its address, and the caller
+/// credential it last proved ([`ProvenCredential`]), which lives as long as
+/// the connection. Every request of the connection carries it: gRPC ones
+/// as their connect info (read with [`crate::auth::Origin::of`]), HTTP/1.1
+/// ones as an extension.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The client's address, or its proxy's.
+    pub addr: SocketAddr,
+    /// The connection's proven caller credential.
+    pub proven: Arc<ProvenCredential>,
+}
+
+/// For tonic, which attaches it to every request of the connection (in
+/// place of its own `TcpConnectInfo`, so `Request::remote_addr` is `None`:
+/// keyward reads the address from here).
+impl<IO> Connected for Connection<IO> {
+    type ConnectInfo = Peer;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
+        self.peer.clone()
     }
 }
 
@@ -166,7 +190,7 @@ where
                 () = ready.closed() => break,
                 () = started(&mut draining) => break,
             };
-            let (socket, peer) = tokio::select! {
+            let (socket, addr) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(error) => {
@@ -179,11 +203,21 @@ where
                 () = started(&mut draining) => break,
             };
             let _ = socket.set_nodelay(true);
-            let established = establish(socket, peer);
+            let established = establish(socket, addr);
             let ready = ready.clone();
             tokio::spawn(async move {
                 if let Some(io) = established.await {
-                    let _ = ready.send(Ok(Connection { io, _slot: slot })).await;
+                    let peer = Peer {
+                        addr,
+                        proven: Arc::default(),
+                    };
+                    let _ = ready
+                        .send(Ok(Connection {
+                            io,
+                            peer,
+                            _slot: slot,
+                        }))
+                        .await;
                 }
             });
         }

@@ -21,6 +21,8 @@
 //! The caller of the service learns only "invalid" for every failure of
 //! stages 1 to 4; [`InvalidReason`] carries the detail for the server log.
 
+mod proven;
+
 use std::{fmt, net::IpAddr, sync::Arc, time::Duration};
 
 use crate::{
@@ -33,6 +35,7 @@ use crate::{
     rate_limit::{Admission, RateLimit, RateLimiters},
     store::{Store, StoreError},
 };
+pub use proven::ProvenCredential;
 
 /// What validation decided.
 #[derive(Debug)]
@@ -238,6 +241,11 @@ impl Validator {
             Ok(key) => key,
             Err(reason) => return Outcome::Invalid(reason),
         };
+        self.check_proven(key, now, checks)
+    }
+
+    /// Stages 4–7, for a key proven to be the one presented, at `now`.
+    fn check_proven(&self, key: Arc<IndexedKey>, now: Timestamp, checks: Checks<'_>) -> Outcome {
         if let Err(reason) = check_state(&key, now) {
             return Outcome::Invalid(reason);
         }
@@ -281,20 +289,38 @@ impl Validator {
 
     /// For a caller's own credential (the `authorization` key of an RPC):
     /// stages 1–7 without spending rate quota, and never a capped key — a
-    /// credential presented on every RPC would spend its uses.
-    pub fn check_credential(&self, presented: &str, client_ip: Option<IpAddr>) -> Outcome {
+    /// credential presented on every RPC would spend its uses. With the
+    /// connection's `proven` credential, stages 1–3 are skipped when
+    /// `presented` is the one it remembers and the index still holds the
+    /// entry it was proven against (see [`ProvenCredential`]).
+    pub fn check_credential(
+        &self,
+        presented: &str,
+        client_ip: Option<IpAddr>,
+        proven: Option<&ProvenCredential>,
+    ) -> Outcome {
         let checks = Checks {
             required: &[],
             client_ip,
             skip_rate_limit: true,
         };
-        let outcome = self.check(presented, checks);
+        let recalled = proven
+            .and_then(|proven| proven.recall(presented))
+            .filter(|key| self.index.holds(key));
+        let remembered = recalled.is_some();
+        let outcome = match recalled {
+            Some(key) => self.check_proven(key, self.clock.now(), checks),
+            None => self.check(presented, checks),
+        };
         match &outcome {
             Outcome::Valid(grant) if grant.key.profile.capped => {
                 Outcome::Invalid(InvalidReason::CappedCredential(grant.key.id))
             }
             Outcome::Valid(grant) => {
                 grant.key.usage.record(grant.checked_at);
+                if let Some(proven) = proven.filter(|_| !remembered) {
+                    proven.remember(presented, &grant.key);
+                }
                 outcome
             }
             _ => outcome,
@@ -504,6 +530,110 @@ mod tests {
             ),
             InvalidReason::UnknownKey(stranger.id)
         );
+    }
+
+    #[test]
+    fn a_proven_credential_skips_only_the_proof() {
+        let fx = Fixture::new();
+        let now = fx.clock.now();
+        let caller =
+            fx.add(|r| r.settings.expires_at = Some(now.saturating_add(Duration::from_mins(1))));
+        let text = caller.plaintext.expose();
+        let proven = ProvenCredential::default();
+        assert!(proven.recall(text).is_none());
+        assert!(matches!(
+            fx.validator.check_credential(text, None, Some(&proven)),
+            Outcome::Valid(_)
+        ));
+        let remembered = proven
+            .recall(text)
+            .expect("a valid credential is remembered");
+        assert_eq!(remembered.id, caller.id);
+        assert!(
+            !format!("{proven:?}").contains(text),
+            "the text never shows"
+        );
+
+        // What is skipped is the proof: text remembered for an entry the
+        // index still holds is not parsed again...
+        proven.remember("kw_not_a_key", &remembered);
+        assert!(matches!(
+            fx.validator.check_credential("kw_not_a_key", None, Some(&proven)),
+            Outcome::Valid(grant) if grant.key.id == caller.id
+        ));
+        // ...and nothing else: the entry's expiry still applies.
+        fx.clock.advance(Duration::from_mins(1));
+        assert_eq!(
+            reason(
+                fx.validator
+                    .check_credential("kw_not_a_key", None, Some(&proven))
+            ),
+            InvalidReason::Expired(caller.id)
+        );
+    }
+
+    #[test]
+    fn a_proven_credential_replaced_or_removed_in_the_index_is_proven_again() {
+        let fx = Fixture::new();
+        let caller = fx.add(|_| {});
+        let text = caller.plaintext.expose();
+        let proven = ProvenCredential::default();
+        assert!(matches!(
+            fx.validator.check_credential(text, None, Some(&proven)),
+            Outcome::Valid(_)
+        ));
+
+        // An update replaces the entry (here: the role taken away): the
+        // next call sees the new one, and remembers it.
+        let first = proven.recall(text).unwrap();
+        let updated = IndexedKey::new(&record(&caller, &[]), caller.digest);
+        fx.index.apply([Change::KeyUpserted(Arc::new(updated))]);
+        let Outcome::Valid(grant) = fx.validator.check_credential(text, None, Some(&proven)) else {
+            panic!("the updated key is still valid");
+        };
+        assert!(grant.permissions.is_empty(), "{grant:?}");
+        let now_remembered = proven.recall(text).unwrap();
+        assert!(Arc::ptr_eq(&now_remembered, &grant.key));
+        assert!(!Arc::ptr_eq(&now_remembered, &first));
+
+        // Revoking removes it: refused, though remembered.
+        fx.index.apply([Change::KeyRemoved(caller.id)]);
+        assert_eq!(
+            reason(fx.validator.check_credential(text, None, Some(&proven))),
+            InvalidReason::UnknownKey(caller.id)
+        );
+    }
+
+    #[test]
+    fn another_credential_on_the_connection_is_proven_from_scratch() {
+        let fx = Fixture::new();
+        let caller = fx.add(|_| {});
+        let other = fx.add(|_| {});
+        let proven = ProvenCredential::default();
+        let text = caller.plaintext.expose();
+        assert!(matches!(
+            fx.validator.check_credential(text, None, Some(&proven)),
+            Outcome::Valid(_)
+        ));
+
+        // The caller's id with another secret is not the text remembered.
+        let forged = crate::key::forge(caller.id, other.plaintext.expose());
+        assert_eq!(
+            reason(fx.validator.check_credential(&forged, None, Some(&proven))),
+            InvalidReason::WrongSecret(caller.id)
+        );
+        assert!(proven.recall(&forged).is_none());
+        assert!(proven.recall(text).is_some(), "a refusal forgets nothing");
+
+        // Another valid key takes its place.
+        let other_text = other.plaintext.expose();
+        assert!(matches!(
+            fx.validator
+                .check_credential(other_text, None, Some(&proven)),
+            Outcome::Valid(_)
+        ));
+        assert_eq!(proven.recall(other_text).unwrap().id, other.id);
+        assert!(proven.recall(text).is_none());
     }
 
     #[test]

@@ -36,7 +36,10 @@ use std::{net::IpAddr, sync::Arc};
 use tonic::{Request, Response, Status};
 
 use super::{Checked, Gateway, PERMISSIONS_EXTENSION, Verdict};
-use crate::{auth::bearer_token, metrics::Front};
+use crate::{
+    auth::{Origin, bearer_token},
+    metrics::Front,
+};
 use wire::{CheckRequest, CheckResponse, HttpRequest, is_keyward_header, lookup};
 
 /// The generated server of `envoy.service.auth.v3.Authorization`, over the
@@ -89,7 +92,7 @@ impl Authorization for ExtAuthz {
             .check(
                 Front::ExtAuthz,
                 bearer_token(request.metadata()),
-                request.remote_addr().map(|addr| addr.ip()),
+                Origin::of(&request),
                 checked,
             )
             .await?;

@@ -28,9 +28,7 @@
 //! body in [`MAX_BODY_BYTES`], a whole request within `--request-timeout`,
 //! and at most [`MAX_CONNECTIONS`] connections are served at once.
 
-use std::{
-    convert::Infallible, future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration,
-};
+use std::{convert::Infallible, future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use axum::{
     Router,
@@ -53,9 +51,9 @@ use super::{
     Checked, Gateway, JSON, KEY_ID_HEADER, OWNER_HEADER, ROLES_HEADER, Refusal, Verdict, json,
 };
 use crate::{
-    auth::bearer,
+    auth::{Origin, bearer},
     error::ServiceError,
-    listener::{self, ConnectionLimit},
+    listener::{self, ConnectionLimit, Peer},
     metrics::Front,
     service::WipedOnDrop,
     tls::TlsConfig,
@@ -83,10 +81,6 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Most connections served at once; the next waits to be accepted.
 pub const MAX_CONNECTIONS: u32 = 4096;
 
-/// The peer of the connection a request came on.
-#[derive(Debug, Clone, Copy)]
-struct Peer(SocketAddr);
-
 /// The routes, answering through `gateway`.
 pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
@@ -99,7 +93,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
 
 async fn forward_auth(
     State(gateway): State<Arc<Gateway>>,
-    Extension(Peer(peer)): Extension<Peer>,
+    Extension(peer): Extension<Peer>,
     headers: HeaderMap,
 ) -> Response {
     let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
@@ -114,10 +108,15 @@ async fn forward_auth(
     let checked = Checked {
         key: gateway.presented_key(header),
         permissions: &permissions,
-        client_ip: gateway.client_ip(peer, forwarded.iter().copied()),
+        client_ip: gateway.client_ip(peer.addr, forwarded.iter().copied()),
     };
     match gateway
-        .check(Front::ForwardAuth, credential, Some(peer.ip()), checked)
+        .check(
+            Front::ForwardAuth,
+            credential,
+            Origin::from_peer(&peer),
+            checked,
+        )
         .await
     {
         Ok(Verdict::Allow(allowed)) => {
@@ -156,7 +155,7 @@ fn values<'h>(headers: &'h HeaderMap, name: &str) -> Vec<&'h str> {
 
 async fn validate(
     State(gateway): State<Arc<Gateway>>,
-    Extension(Peer(peer)): Extension<Peer>,
+    Extension(peer): Extension<Peer>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -172,7 +171,7 @@ async fn validate(
             let request = WipedOnDrop(request);
             gateway
                 .keys()
-                .answer(credential, Some(peer.ip()), &request.0)
+                .answer(credential, Origin::from_peer(&peer), &request.0)
                 .await
         }
         Err(error) => Err(error),
@@ -285,7 +284,7 @@ pub async fn serve(
             })
             .filter_map(|accepted| {
                 let connection = accepted.ok()?;
-                let peer = connection.get_ref().peer_addr().ok()?;
+                let peer = connection.peer().clone();
                 Some((Box::new(connection) as Box<dyn Stream>, peer))
             }),
         ),
@@ -293,7 +292,7 @@ pub async fn serve(
             crate::tls::incoming_http1(listener, tls, limit.clone(), draining.clone()).filter_map(
                 |accepted| {
                     let connection = accepted.ok()?;
-                    let peer = connection.get_ref().get_ref().0.peer_addr().ok()?;
+                    let peer = connection.peer().clone();
                     Some((Box::new(connection) as Box<dyn Stream>, peer))
                 },
             ),
@@ -312,7 +311,7 @@ pub async fn serve(
 }
 
 /// The accepted connections, each with its peer's address.
-type Incoming = Pin<Box<dyn tokio_stream::Stream<Item = (Box<dyn Stream>, SocketAddr)> + Send>>;
+type Incoming = Pin<Box<dyn tokio_stream::Stream<Item = (Box<dyn Stream>, Peer)> + Send>>;
 
 /// A connection's byte stream, plaintext or TLS.
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -322,13 +321,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 /// finishes the request in hand and closes.
 async fn connection(
     stream: Box<dyn Stream>,
-    peer: SocketAddr,
+    peer: Peer,
     router: Router,
     timeout: Duration,
     mut draining: watch::Receiver<bool>,
 ) {
+    let addr = peer.addr;
     let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
-        request.extensions_mut().insert(Peer(peer));
+        request.extensions_mut().insert(peer.clone());
         let mut router = router.clone();
         bounded(timeout, async move {
             let request = request.map(Body::new);
@@ -353,7 +353,7 @@ async fn connection(
         }
     };
     if let Err(error) = ended {
-        tracing::debug!(%peer, %error, "HTTP connection ended with an error");
+        tracing::debug!(peer = %addr, %error, "HTTP connection ended with an error");
     }
 }
 

@@ -42,7 +42,7 @@ use std::{
 use ::http::HeaderName;
 
 use crate::{
-    auth::bearer,
+    auth::{Origin, bearer},
     cidr::Cidr,
     error::ServiceError,
     key::KeyId,
@@ -318,7 +318,7 @@ impl Gateway {
     }
 
     /// Decides on a proxied request. `credential` is the gateway's own key
-    /// (or why it has none), presented from `peer`.
+    /// (or why it has none), presented from `origin`.
     ///
     /// # Errors
     /// The gateway's own refusal, as for a Validate caller (its key missing,
@@ -329,11 +329,11 @@ impl Gateway {
         &self,
         front: Front,
         credential: Result<&str, ServiceError>,
-        peer: Option<IpAddr>,
+        origin: Origin<'_>,
         checked: Checked<'_>,
     ) -> Result<Verdict, ServiceError> {
         let started = Instant::now();
-        let caller = match self.keys.authenticate(credential, peer, started) {
+        let caller = match self.keys.authenticate(credential, origin, started) {
             Ok(caller) => caller,
             // The replica cannot vouch for any key: the client hears 503
             // (not the proxy's error status), so it retries.

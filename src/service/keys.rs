@@ -1,7 +1,6 @@
 //! `keyward.v1.KeyService`: the data plane.
 
 use std::{
-    net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -12,7 +11,7 @@ use zeroize::Zeroize;
 pub mod wire;
 
 use crate::{
-    auth::{authenticate_caller_id, bearer_token, client_ip},
+    auth::{Origin, authenticate_caller_id, bearer_token, client_ip},
     error::ServiceError,
     key::KeyId,
     metrics::{DbOperation, Metrics, Validated},
@@ -57,7 +56,7 @@ impl KeyService {
     }
 
     /// Validate, whatever carried it: authenticates the caller's
-    /// credential (`presented`, from `peer`), decides on the request's key
+    /// credential (`presented`, from `origin`), decides on the request's key
     /// and counts the call. The gRPC handler and the JSON endpoint (`POST
     /// /v1/keys:validate`) answer through it, the gateways through its two
     /// halves ([`KeyService::authenticate`], [`KeyService::decide`]).
@@ -71,11 +70,11 @@ impl KeyService {
     pub async fn answer(
         &self,
         presented: Result<&str, ServiceError>,
-        peer: Option<IpAddr>,
+        origin: Origin<'_>,
         request: &pb::ValidateRequest,
     ) -> Result<Answer, ServiceError> {
         let started = Instant::now();
-        let caller = self.authenticate(presented, peer, started)?;
+        let caller = self.authenticate(presented, origin, started)?;
         // Read after the caller is known: a stranger learns nothing, not even
         // that its request is malformed.
         let parsed = required_permissions(&request.required_permissions)
@@ -101,7 +100,7 @@ impl KeyService {
     }
 
     /// The first half of Validate: the replica must be fresh, and the
-    /// caller's credential (`presented`, from `peer`) a live key holding
+    /// caller's credential (`presented`, from `origin`) a live key holding
     /// `keyward:validate`. `started` is when the call began, for the
     /// metrics of a stale replica's refusal.
     ///
@@ -110,7 +109,7 @@ impl KeyService {
     pub fn authenticate(
         &self,
         presented: Result<&str, ServiceError>,
-        peer: Option<IpAddr>,
+        origin: Origin<'_>,
         started: Instant,
     ) -> Result<KeyId, ServiceError> {
         // Checked here too (authentication checks it first thing), so that a
@@ -122,7 +121,7 @@ impl KeyService {
         // Refusals of the caller's own key are counted by `authenticate`.
         authenticate_caller_id(
             presented,
-            peer,
+            origin,
             &self.validator,
             Some(&self.validate_permission),
             &self.metrics,
@@ -183,11 +182,14 @@ impl wire::server::key_service_server::KeyService for KeyService {
         &self,
         request: Request<pb::ValidateRequest>,
     ) -> Result<Response<ValidateAnswer>, Status> {
-        let peer = request.remote_addr().map(|addr| addr.ip());
-        let (metadata, _, message) = request.into_parts();
+        let (metadata, extensions, message) = request.into_parts();
         let message = WipedOnDrop(message);
         let answer = self
-            .answer(bearer_token(&metadata), peer, &message.0)
+            .answer(
+                bearer_token(&metadata),
+                Origin::of_extensions(&extensions),
+                &message.0,
+            )
             .await?;
         let mut response = Response::new(answer.response);
         if let Some(seconds) = answer.retry_after {

@@ -288,6 +288,68 @@ on_both_stores!(
     health_and_reflection_are_served,
 );
 
+/// A connection remembers the caller credential it proved, so later calls
+/// on it skip parsing and hashing that key: a change to the caller's key or
+/// role in the middle of the connection applies to its very next call all
+/// the same.
+#[tokio::test]
+async fn a_caller_changed_mid_connection_is_judged_anew() {
+    let app = spawn_app(Backend::Sqlite).await;
+    app.create_role("checker", &["keyward:validate"], None)
+        .await
+        .unwrap();
+    let (caller_id, caller) = app.mint_with_roles(&["checker"]).await;
+    let (_, key) = app.mint_with_roles(&[]).await;
+    let request = || {
+        authed(
+            &caller,
+            pb::ValidateRequest {
+                key: key.clone(),
+                ..Default::default()
+            },
+        )
+    };
+    // One client: one HTTP/2 connection for every call below.
+    let mut client = app.key_client().await;
+    for _ in 0..3 {
+        assert!(client.validate(request()).await.unwrap().into_inner().valid);
+    }
+
+    app.admin_client()
+        .await
+        .update_role(authed(
+            &app.admin_key,
+            pb::UpdateRoleRequest {
+                name: "checker".into(),
+                remove_permissions: vec!["keyward:validate".into()],
+                add_permissions: vec!["deploy:read".into()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let status = client.validate(request()).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+
+    app.admin_client()
+        .await
+        .update_role(authed(
+            &app.admin_key,
+            pb::UpdateRoleRequest {
+                name: "checker".into(),
+                add_permissions: vec!["keyward:validate".into()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    assert!(client.validate(request()).await.unwrap().into_inner().valid);
+
+    app.revoke(&caller_id, "").await.unwrap();
+    let status = client.validate(request()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+}
+
 /// Each answer, failed or not, carries the request id its log lines carry:
 /// the client's when usable, else a new one.
 #[tokio::test]

@@ -252,7 +252,7 @@ fn put_field(name: &[u8], value: &[u8], buf: &mut impl BufMut) {
 
 /// The facts of an allowed key, as header and metadata values.
 struct Facts<'a> {
-    key_id: [u8; 11],
+    key_id: [u8; crate::key::KEY_ID_CHARS],
     owner: &'a str,
     roles: String,
 }

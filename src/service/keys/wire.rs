@@ -27,6 +27,7 @@ use crate::{
         delimited_len, element_len, map_entry_len, put_element, put_map_entry, put_str, put_varint,
         str_len, varint_len,
     },
+    key::KEY_ID_CHARS,
     pb,
     validate::{Grant, Outcome},
 };
@@ -46,14 +47,17 @@ pub enum ValidateAnswer {
     #[default]
     Invalid,
     /// A key proven live: valid, or refused as `RATE_LIMITED` or `FORBIDDEN`.
-    Authenticated {
-        /// The key and what it was granted.
-        grant: Grant,
-        /// `DENIAL_UNSPECIFIED` when valid.
-        denial: pb::Denial,
-        /// For `RATE_LIMITED`: the wait before the next call.
-        retry_after: Option<Duration>,
-    },
+    Authenticated(Authenticated),
+}
+
+/// The answer about a key proven live. Kept small (what it says is made as
+/// it is written): an answer is moved several times on its way to the
+/// encoder, and each move copies it.
+#[derive(Debug)]
+pub struct Authenticated {
+    grant: Grant,
+    denial: pb::Denial,
+    retry_after: Option<Duration>,
 }
 
 // Field numbers of `ValidateResponse`, from `key_service.proto`.
@@ -81,33 +85,36 @@ impl ValidateAnswer {
             Outcome::Forbidden { grant, .. } => (grant, pb::Denial::Forbidden, None),
             Outcome::Invalid(_) => return Self::Invalid,
         };
-        Self::Authenticated {
+        Self::authenticated(grant, denial, retry_after)
+    }
+
+    /// The answer about a key proven live: `DENIAL_UNSPECIFIED` for a valid
+    /// one; `retry_after` for one rate limited.
+    #[must_use]
+    pub fn authenticated(grant: Grant, denial: pb::Denial, retry_after: Option<Duration>) -> Self {
+        Self::Authenticated(Authenticated {
             grant,
             denial,
             retry_after,
-        }
+        })
     }
 
     /// The same answer as the generated message, which owns copies of
     /// everything: for the JSON endpoint, which maps it field by field.
     #[must_use]
     pub fn to_pb(&self) -> pb::ValidateResponse {
-        let Self::Authenticated {
-            grant,
-            denial,
-            retry_after,
-        } = self
-        else {
+        let Self::Authenticated(answer) = self else {
             return pb::ValidateResponse {
                 denial: pb::Denial::Invalid.into(),
                 ..Default::default()
             };
         };
+        let grant = &answer.grant;
         let key = &grant.key;
         pb::ValidateResponse {
-            valid: *denial == pb::Denial::Unspecified,
+            valid: answer.denial == pb::Denial::Unspecified,
             key_id: key.id.text(),
-            denial: (*denial).into(),
+            denial: answer.denial.into(),
             roles: key
                 .profile
                 .roles
@@ -126,53 +133,39 @@ impl ValidateAnswer {
                 .iter()
                 .map(|(name, value)| (name.clone(), value.clone()))
                 .collect(),
-            expires_at: key.expires_at.map(convert::timestamp),
+            expires_at: answer.expires_at(),
             owner: key.profile.owner.as_ref().to_owned(),
-            rate_limit: rate_limit_state(grant),
-            retry_after: retry_after.and_then(|wait| wait.try_into().ok()),
+            rate_limit: answer.rate_limit(),
+            retry_after: answer.retry_after(),
             remaining_uses: grant.remaining_uses,
         }
     }
+}
 
-    /// Every field but the strings, with what `len` and `write` share.
-    fn parts(&self) -> Option<Parts<'_>> {
-        let Self::Authenticated {
-            grant,
-            denial,
-            retry_after,
-        } = self
-        else {
-            return None;
-        };
-        Some(Parts {
-            grant,
-            valid: *denial == pb::Denial::Unspecified,
-            denial: enum_value(*denial),
-            key_id: grant.key.id.ascii(),
-            expires_at: grant.key.expires_at.map(convert::timestamp),
-            rate_limit: rate_limit_state(grant),
-            retry_after: retry_after.and_then(|wait| wait.try_into().ok()),
-        })
+impl Authenticated {
+    fn expires_at(&self) -> Option<prost_types::Timestamp> {
+        self.grant.key.expires_at.map(convert::timestamp)
     }
-}
 
-/// An authenticated answer's fields, ready to measure and write.
-struct Parts<'a> {
-    grant: &'a Grant,
-    valid: bool,
-    denial: u64,
-    key_id: [u8; 11],
-    expires_at: Option<prost_types::Timestamp>,
-    rate_limit: Option<pb::RateLimitState>,
-    retry_after: Option<prost_types::Duration>,
-}
+    fn rate_limit(&self) -> Option<pb::RateLimitState> {
+        self.grant
+            .rate_limit
+            .map(|(limit, remaining_burst)| pb::RateLimitState {
+                limit: Some(convert::rate_limit_to_pb(&limit)),
+                remaining_burst,
+            })
+    }
 
-impl Parts<'_> {
+    fn retry_after(&self) -> Option<prost_types::Duration> {
+        self.retry_after.and_then(|wait| wait.try_into().ok())
+    }
+
     fn len(&self) -> usize {
         let profile = &self.grant.key.profile;
-        varint_len(VALID, u64::from(self.valid))
-            + str_len(KEY_ID, &self.key_id)
-            + varint_len(DENIAL, self.denial)
+        varint_len(VALID, u64::from(self.denial == pb::Denial::Unspecified))
+            // Always 11 characters: measured without writing them.
+            + delimited_len(KEY_ID, KEY_ID_CHARS)
+            + varint_len(DENIAL, enum_value(self.denial))
             + profile
                 .roles
                 .iter()
@@ -193,14 +186,14 @@ impl Parts<'_> {
                 })
                 .sum::<usize>()
             + self
-                .expires_at
+                .expires_at()
                 .map_or(0, |at| encoding::message::encoded_len(EXPIRES_AT, &at))
             + str_len(OWNER, profile.owner.as_bytes())
-            + self.rate_limit.map_or(0, |state| {
-                encoding::message::encoded_len(RATE_LIMIT, &state)
-            })
             + self
-                .retry_after
+                .rate_limit()
+                .map_or(0, |state| encoding::message::encoded_len(RATE_LIMIT, &state))
+            + self
+                .retry_after()
                 .map_or(0, |wait| encoding::message::encoded_len(RETRY_AFTER, &wait))
             + self.grant.remaining_uses.map_or(0, |left| {
                 encoding::key_len(REMAINING_USES) + encoded_len_varint(left)
@@ -209,9 +202,13 @@ impl Parts<'_> {
 
     fn write(&self, buf: &mut impl BufMut) {
         let profile = &self.grant.key.profile;
-        put_varint(VALID, u64::from(self.valid), buf);
-        put_str(KEY_ID, &self.key_id, buf);
-        put_varint(DENIAL, self.denial, buf);
+        put_varint(
+            VALID,
+            u64::from(self.denial == pb::Denial::Unspecified),
+            buf,
+        );
+        put_str(KEY_ID, &self.grant.key.id.ascii(), buf);
+        put_varint(DENIAL, enum_value(self.denial), buf);
         for role in &profile.roles {
             put_element(ROLES, role.as_str().as_bytes(), buf);
         }
@@ -221,15 +218,15 @@ impl Parts<'_> {
         for (name, value) in profile.labels.as_map() {
             put_map_entry(LABELS, name.as_bytes(), value.as_bytes(), buf);
         }
-        if let Some(at) = &self.expires_at {
-            encoding::message::encode(EXPIRES_AT, at, buf);
+        if let Some(at) = self.expires_at() {
+            encoding::message::encode(EXPIRES_AT, &at, buf);
         }
         put_str(OWNER, profile.owner.as_bytes(), buf);
-        if let Some(state) = &self.rate_limit {
-            encoding::message::encode(RATE_LIMIT, state, buf);
+        if let Some(state) = self.rate_limit() {
+            encoding::message::encode(RATE_LIMIT, &state, buf);
         }
-        if let Some(wait) = &self.retry_after {
-            encoding::message::encode(RETRY_AFTER, wait, buf);
+        if let Some(wait) = self.retry_after() {
+            encoding::message::encode(RETRY_AFTER, &wait, buf);
         }
         // `optional`: written whenever set, zero included.
         if let Some(left) = self.grant.remaining_uses {
@@ -237,16 +234,6 @@ impl Parts<'_> {
             encode_varint(left, buf);
         }
     }
-}
-
-/// The key's limit and the burst left after this call, if it has a limit.
-fn rate_limit_state(grant: &Grant) -> Option<pb::RateLimitState> {
-    grant
-        .rate_limit
-        .map(|(limit, remaining_burst)| pb::RateLimitState {
-            limit: Some(convert::rate_limit_to_pb(&limit)),
-            remaining_burst,
-        })
 }
 
 /// An enum value as its varint: denials are small and positive.
@@ -257,9 +244,9 @@ fn enum_value(denial: pb::Denial) -> u64 {
 /// Written by hand (see the module docs); never decoded by keyward.
 impl Message for ValidateAnswer {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        match self.parts() {
-            Some(parts) => parts.write(buf),
-            None => put_varint(DENIAL, enum_value(pb::Denial::Invalid), buf),
+        match self {
+            Self::Authenticated(answer) => answer.write(buf),
+            Self::Invalid => put_varint(DENIAL, enum_value(pb::Denial::Invalid), buf),
         }
     }
 
@@ -274,9 +261,9 @@ impl Message for ValidateAnswer {
     }
 
     fn encoded_len(&self) -> usize {
-        match self.parts() {
-            Some(parts) => parts.len(),
-            None => varint_len(DENIAL, enum_value(pb::Denial::Invalid)),
+        match self {
+            Self::Authenticated(answer) => answer.len(),
+            Self::Invalid => varint_len(DENIAL, enum_value(pb::Denial::Invalid)),
         }
     }
 
@@ -357,8 +344,8 @@ mod tests {
 
     #[test]
     fn a_valid_key_reads_back_with_every_fact() {
-        let answer = ValidateAnswer::Authenticated {
-            grant: grant(
+        let answer = ValidateAnswer::authenticated(
+            grant(
                 &["deployer", "reader"],
                 &["deploy:read", "deploy:*"],
                 &[("env", "prod"), ("team", "")],
@@ -367,9 +354,9 @@ mod tests {
                 Some(("100/s", 99)),
                 Some(0),
             ),
-            denial: pb::Denial::Unspecified,
-            retry_after: None,
-        };
+            pb::Denial::Unspecified,
+            None,
+        );
         let read = read_back(&answer);
         assert_eq!(read, answer.to_pb());
         assert!(read.valid);
@@ -382,11 +369,11 @@ mod tests {
 
     #[test]
     fn a_rate_limited_key_reads_back_with_its_wait() {
-        let answer = ValidateAnswer::Authenticated {
-            grant: grant(&[], &[], &[], "", None, Some(("1/m", 0)), None),
-            denial: pb::Denial::RateLimited,
-            retry_after: Some(Duration::from_millis(1_500)),
-        };
+        let answer = ValidateAnswer::authenticated(
+            grant(&[], &[], &[], "", None, Some(("1/m", 0)), None),
+            pb::Denial::RateLimited,
+            Some(Duration::from_millis(1_500)),
+        );
         let read = read_back(&answer);
         assert_eq!(read, answer.to_pb());
         assert_eq!(read.denial(), pb::Denial::RateLimited);
@@ -415,8 +402,8 @@ mod tests {
             let permissions: Vec<&str> = permissions.iter().map(String::as_str).collect();
             let labels: Vec<(&str, &str)> =
                 labels.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-            let answer = ValidateAnswer::Authenticated {
-                grant: grant(
+            let answer = ValidateAnswer::authenticated(
+                grant(
                     &roles,
                     &permissions,
                     &labels,
@@ -426,8 +413,8 @@ mod tests {
                     remaining_uses,
                 ),
                 denial,
-                retry_after: wait.map(Duration::from_millis),
-            };
+                wait.map(Duration::from_millis),
+            );
             prop_assert_eq!(read_back(&answer), answer.to_pb());
         }
     }
