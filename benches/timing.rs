@@ -59,7 +59,7 @@ use keyward::{
     permission::Permission,
     store::NewKey,
     testing::{Backend, authed, forge},
-    validate::{Checks, InvalidReason, Outcome, Validator},
+    validate::{Checks, InvalidReason, Outcome, Required, Validator},
 };
 
 /// In-process samples per experiment, unless `--quick` or overridden.
@@ -778,7 +778,7 @@ fn insert(index: &Index, minted: MintedKey, adjust: impl FnOnce(&mut KeyRecord))
 /// What the data plane asks: one permission, no client address.
 fn checks(required: &[Permission]) -> Checks<'_> {
     Checks {
-        required,
+        required: Required::parsed(required),
         client_ip: None,
         skip_rate_limit: false,
     }

@@ -27,7 +27,7 @@ use keyward::{
     model::{Change, IndexedKey, KeyRecord, KeySettings, Role},
     permission::Permission,
     rate_limit::RateLimit,
-    validate::{Checks, InvalidReason, Outcome, Validator},
+    validate::{Checks, InvalidReason, Outcome, Required, Validator},
 };
 
 /// Keys in the large index: enough that the table and the entries it points
@@ -109,7 +109,7 @@ fn case(
 /// What the data plane asks: the permissions, no client address.
 fn checks(required: &[Permission]) -> Checks<'_> {
     Checks {
-        required,
+        required: Required::parsed(required),
         client_ip: None,
         skip_rate_limit: false,
     }

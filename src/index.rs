@@ -11,7 +11,7 @@ use std::{
 
 use crate::{
     clock::Timestamp,
-    key::{KeyId, KeyMap},
+    key::{KeyDigest, KeyId, KeyMap},
     model::{CachedEntitlements, Change, IndexedKey, Profiles, Role},
     permission::{Permission, RoleName},
     rate_limit::RateLimit,
@@ -61,6 +61,15 @@ pub struct Entitlements {
     pub permissions: Arc<[Permission]>,
     /// The strictest default rate limit among its roles.
     pub role_rate_limit: Option<RateLimit>,
+}
+
+/// Why [`Index::prove`] found no key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unproven {
+    /// No key has the id.
+    UnknownKey,
+    /// The key with the id has another digest.
+    WrongSecret,
 }
 
 /// Keys by id and roles by name, behind one reader-writer lock: validations
@@ -273,12 +282,41 @@ impl Index {
         self.read().keys.get(&id).cloned()
     }
 
-    /// Whether `key` is still the index's entry for its id: not removed
-    /// (revoked, expired, used up) nor replaced (rotated, updated, resynced)
-    /// since it was read.
+    /// Stages 2 and 3 of validation under one read lock: the entry for `id`
+    /// when its digest is `presented`, with its entitlements. The digests
+    /// are compared in constant time, against a dummy one when the id is
+    /// unknown, so an unknown id and a wrong secret cost the same.
+    ///
+    /// # Errors
+    /// [`Unproven`]: which of the two it was, for the log.
+    pub fn prove(
+        &self,
+        id: KeyId,
+        presented: &KeyDigest,
+    ) -> Result<(Arc<IndexedKey>, Entitlements), Unproven> {
+        let state = self.read();
+        let entry = state.keys.get(&id);
+        let expected = entry.map_or(KeyDigest::dummy(), |key| key.digest);
+        let matches = presented.ct_eq(&expected);
+        match entry {
+            Some(key) if matches => Ok((key.clone(), Self::entitlements_in(&state, key))),
+            Some(_) => Err(Unproven::WrongSecret),
+            None => Err(Unproven::UnknownKey),
+        }
+    }
+
+    /// [`Index::entitlements`] of `key` if it is still the index's entry for
+    /// its id: not removed (revoked, expired, used up) nor replaced (rotated,
+    /// updated, resynced) since it was read. Both under one read lock, as a
+    /// remembered caller needs both.
     #[must_use]
-    pub fn holds(&self, key: &Arc<IndexedKey>) -> bool {
-        self.read()
+    pub fn entitlements_if_held(&self, key: &Arc<IndexedKey>) -> Option<Entitlements> {
+        let state = self.read();
+        Self::held(&state, key).then(|| Self::entitlements_in(&state, key))
+    }
+
+    fn held(state: &State, key: &Arc<IndexedKey>) -> bool {
+        state
             .keys
             .get(&key.id)
             .is_some_and(|held| Arc::ptr_eq(held, key))
@@ -290,18 +328,21 @@ impl Index {
     /// and version of the roles, and shared: every validation needs them,
     /// and keys minted alike share a profile.
     pub fn entitlements(&self, key: &IndexedKey) -> Entitlements {
-        let state = self.read();
+        Self::entitlements_in(&self.read(), key)
+    }
+
+    fn entitlements_in(state: &State, key: &IndexedKey) -> Entitlements {
         // Under the read lock, roles cannot change: what is cached for this
         // generation is what would be computed now.
         let generation = state.role_generation;
         let cache = &key.profile.entitlements;
         let cached = cache.get(generation).unwrap_or_else(|| {
-            let computed = Arc::new(Self::compute_entitlements(&state, key, generation));
+            let computed = Self::compute_entitlements(state, key, generation);
             cache.set(computed.clone());
             computed
         });
         Entitlements {
-            permissions: cached.permissions.clone(),
+            permissions: cached.permissions,
             role_rate_limit: cached.role_rate_limit,
         }
     }

@@ -141,11 +141,12 @@ pub struct KeyId(u64);
 /// and hashing a `u64` the default way cost more than the lookup itself.
 /// Still seeded at random per process, so the ids a client presents cannot
 /// be picked to collide.
-pub type KeyMap<V> = std::collections::HashMap<KeyId, V, IdHasher>;
+pub type KeyMap<V> = std::collections::HashMap<KeyId, V, HotPathHasher>;
 
-/// The hasher of [`KeyMap`] and of the rate limiters' maps (by limit, then
-/// by key id): all on the path of every Validate.
-pub type IdHasher = foldhash::fast::RandomState;
+/// The hasher of [`KeyMap`] and of the other maps read on every Validate or
+/// gateway check (the rate limiters', by limit then by key id; a gateway's
+/// routes): foldhash, seeded at random per process.
+pub type HotPathHasher = foldhash::fast::RandomState;
 
 impl KeyId {
     /// A fresh random id from the OS CSPRNG.

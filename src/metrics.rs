@@ -375,6 +375,15 @@ impl GatewayChecked {
 /// bounded.
 pub const MAX_ROUTE_SERIES: usize = 64;
 
+/// One route's series of `keyward_gateway_route_checks_total`, from
+/// [`Metrics::route_series`]: each made on its first count, then counted
+/// without a lookup.
+#[derive(Debug)]
+pub struct RouteSeries {
+    name: Box<str>,
+    series: [std::sync::OnceLock<Counter>; GatewayChecked::COUNT],
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct GatewayCall {
     front: &'static str,
@@ -649,19 +658,35 @@ impl Metrics {
         }
     }
 
-    /// Counts a gateway check answered by `front` that ended as `how`, for
-    /// a route requiring `permissions` (the text the proxy sent), started at
-    /// `started`.
+    /// Counts a gateway check by `front` that ended as `how`, begun at
+    /// `started`, for the route whose series are `route`.
     pub fn gateway_checked(
         &self,
         front: Front,
         how: GatewayChecked,
-        permissions: &str,
+        route: &RouteSeries,
         started: Instant,
     ) {
         self.gateway[front as usize][how.index()].inc();
         self.gateway_seconds
             .observe(started.elapsed().as_secs_f64());
+        route.series[how.index()]
+            .get_or_init(|| {
+                self.gateway_routes
+                    .get_or_create(&RouteCall {
+                        permissions: route.name.to_string(),
+                        result: how.labels().result,
+                    })
+                    .clone()
+            })
+            .inc();
+    }
+
+    /// The series of `keyward_gateway_route_checks_total` for the route
+    /// requiring `permissions` (comma-separated): named after them while
+    /// fewer than [`MAX_ROUTE_SERIES`] routes are, else `other`. A gateway
+    /// keeps them with the route, so a check counts without looking them up.
+    pub fn route_series(&self, permissions: &str) -> RouteSeries {
         let permissions = match permissions.trim() {
             "" => "none",
             text => text,
@@ -680,12 +705,10 @@ impl Metrics {
             names.len() < MAX_ROUTE_SERIES && names.insert(permissions.to_owned())
                 || names.contains(permissions)
         };
-        self.gateway_routes
-            .get_or_create(&RouteCall {
-                permissions: if named { permissions } else { "other" }.to_owned(),
-                result: how.labels().result,
-            })
-            .inc();
+        RouteSeries {
+            name: if named { permissions } else { "other" }.into(),
+            series: Default::default(),
+        }
     }
 
     /// Counts an OIDC exchange that ended as `how`.
@@ -849,7 +872,7 @@ mod tests {
         index::tests::{record, role},
         key::{MintedKey, Prefix},
         model::{Change, IndexedKey},
-        validate::{Checks, Validator},
+        validate::{Checks, Required, Validator},
     };
 
     #[test]
@@ -897,7 +920,7 @@ mod tests {
             (key, &needs[..]),
         ] {
             let checks = Checks {
-                required,
+                required: Required::parsed(required),
                 ..Checks::default()
             };
             metrics.validated(Validated::of(&validator.check(presented, checks)), started);

@@ -334,11 +334,16 @@ pub struct KeyProfile {
 /// then clones one `Arc` instead of building, sorting and freeing a list of
 /// permissions. Compares equal to any other, hashes to nothing, and starts
 /// empty when cloned, so interning and copies of a profile ignore it.
+///
+/// A reader-writer lock: every validation of every key minted alike reads
+/// the same cache, from every core, and is written once per role change;
+/// with a mutex, concurrent validations queued behind each other here.
 #[derive(Default)]
-pub struct EntitlementsCache(std::sync::Mutex<Option<Arc<CachedEntitlements>>>);
+pub struct EntitlementsCache(std::sync::RwLock<Option<CachedEntitlements>>);
 
-/// Entitlements computed for one version of the roles.
-#[derive(Debug)]
+/// Entitlements computed for one version of the roles. Cloned out of the
+/// cache by each validation: one reference count.
+#[derive(Debug, Clone)]
 pub struct CachedEntitlements {
     /// The index's role generation they were computed for.
     pub generation: u64,
@@ -350,9 +355,9 @@ pub struct CachedEntitlements {
 
 impl EntitlementsCache {
     /// The entitlements stored for `generation`, if those are the ones held.
-    pub fn get(&self, generation: u64) -> Option<Arc<CachedEntitlements>> {
+    pub fn get(&self, generation: u64) -> Option<CachedEntitlements> {
         self.0
-            .lock()
+            .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .as_ref()
             .filter(|cached| cached.generation == generation)
@@ -360,10 +365,10 @@ impl EntitlementsCache {
     }
 
     /// Keeps `cached` for later validations.
-    pub fn set(&self, cached: Arc<CachedEntitlements>) {
+    pub fn set(&self, cached: CachedEntitlements) {
         *self
             .0
-            .lock()
+            .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(cached);
     }
 }

@@ -68,9 +68,50 @@ impl Permission {
     /// comparable: `deploy:*` grants `deploy:prod:*`.
     #[must_use]
     pub fn grants(&self, required: &Permission) -> bool {
+        self.grants_text(&required.0)
+    }
+
+    /// [`Permission::grants`] for a permission's text, checked with
+    /// [`Permission::check`] but not copied into a `Permission`.
+    #[must_use]
+    pub fn grants_text(&self, required: &str) -> bool {
         match self.0.strip_suffix('*') {
-            Some(scope) => required.0.len() > scope.len() && required.0.starts_with(scope),
-            None => self.0 == required.0,
+            Some(scope) => required.len() > scope.len() && required.starts_with(scope),
+            None => *self.0 == *required,
+        }
+    }
+
+    /// Checks that `text` is a permission without making one: for the
+    /// permissions a Validate request requires, compared and let go.
+    ///
+    /// # Errors
+    /// As parsing a [`Permission`].
+    pub fn check(text: &str) -> Result<(), InvalidPermission> {
+        if text.is_empty() {
+            return Err(InvalidPermission::Empty);
+        }
+        if text.len() > MAX_PERMISSION_BYTES {
+            return Err(InvalidPermission::TooLong);
+        }
+        let concrete = match text.strip_suffix('*') {
+            Some("") => return Ok(()),
+            Some(scope) => scope
+                .strip_suffix(':')
+                .ok_or(InvalidPermission::Malformed)?,
+            None => text,
+        };
+        // Bytes, not chars: every Validate checks its required permissions,
+        // and a `str` pattern search costs more than the check itself.
+        let well_formed = concrete.as_bytes().split(|&b| b == b':').all(|segment| {
+            !segment.is_empty()
+                && segment
+                    .iter()
+                    .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-'))
+        });
+        if well_formed {
+            Ok(())
+        } else {
+            Err(InvalidPermission::Malformed)
         }
     }
 
@@ -85,32 +126,7 @@ impl FromStr for Permission {
     type Err = InvalidPermission;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.is_empty() {
-            return Err(InvalidPermission::Empty);
-        }
-        if s.len() > MAX_PERMISSION_BYTES {
-            return Err(InvalidPermission::TooLong);
-        }
-        let concrete = match s.strip_suffix('*') {
-            Some("") => return Ok(Self(s.into())),
-            Some(scope) => scope
-                .strip_suffix(':')
-                .ok_or(InvalidPermission::Malformed)?,
-            None => s,
-        };
-        // Bytes, not chars: every Validate parses its required permissions,
-        // and a `str` pattern search costs more than the check itself.
-        let well_formed = concrete.as_bytes().split(|&b| b == b':').all(|segment| {
-            !segment.is_empty()
-                && segment
-                    .iter()
-                    .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-'))
-        });
-        if well_formed {
-            Ok(Self(s.into()))
-        } else {
-            Err(InvalidPermission::Malformed)
-        }
+        Self::check(s).map(|()| Self(s.into()))
     }
 }
 

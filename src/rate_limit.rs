@@ -26,7 +26,7 @@ use governor::{
 
 use crate::{
     clock::Clock,
-    key::{IdHasher, KeyId},
+    key::{HotPathHasher, KeyId},
 };
 
 /// Longest window a rate limit may have.
@@ -174,14 +174,14 @@ impl governor::clock::Clock for MonotonicClock {
 
 type KeyedLimiter = governor::RateLimiter<
     KeyId,
-    DashMapStateStore<KeyId, IdHasher>,
+    DashMapStateStore<KeyId, HotPathHasher>,
     MonotonicClock,
     StateInformationMiddleware,
 >;
 
 /// One keyed limiter per distinct limit.
 pub struct RateLimiters {
-    limiters: RwLock<HashMap<RateLimit, KeyedLimiter, IdHasher>>,
+    limiters: RwLock<HashMap<RateLimit, KeyedLimiter, HotPathHasher>>,
     clock: MonotonicClock,
 }
 
@@ -214,7 +214,7 @@ impl RateLimiters {
         let limiter = limiters.entry(*limit).or_insert_with(|| {
             governor::RateLimiter::<KeyId, _, _, NoOpMiddleware<Duration>>::new(
                 limit.quota(),
-                DashMapStateStore::with_hasher(IdHasher::default()),
+                DashMapStateStore::with_hasher(HotPathHasher::default()),
                 self.clock.clone(),
             )
             .with_middleware::<StateInformationMiddleware>()

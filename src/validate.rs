@@ -28,10 +28,10 @@ use std::{fmt, net::IpAddr, sync::Arc, time::Duration};
 use crate::{
     clock::{Clock, Timestamp},
     freshness::{Freshness, Stale},
-    index::Index,
-    key::{FormatError, KeyDigest, KeyId, ParsedKey},
+    index::{Entitlements, Index, Unproven},
+    key::{FormatError, KeyId, ParsedKey},
     model::{Change, IndexedKey},
-    permission::Permission,
+    permission::{InvalidPermission, Permission},
     rate_limit::{Admission, RateLimit, RateLimiters},
     store::{Store, StoreError},
 };
@@ -64,13 +64,65 @@ pub enum Outcome {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Checks<'a> {
     /// Every one must be granted.
-    pub required: &'a [Permission],
+    pub required: Required<'a>,
     /// The original caller's address, for keys with a CIDR allow-list.
     pub client_ip: Option<IpAddr>,
     /// Spend nothing of the key's rate limit: for a caller's own credential,
     /// so a limit meant for the keys a backend validates cannot lock that
     /// backend out of keyward.
     pub skip_rate_limit: bool,
+}
+
+/// The permissions a validation requires, all well-formed: parsed ones (a
+/// gateway route's, parsed once), or a request's texts, checked in place
+/// rather than each copied into a [`Permission`] on every call.
+#[derive(Debug, Clone, Copy)]
+pub struct Required<'a>(RequiredList<'a>);
+
+#[derive(Debug, Clone, Copy)]
+enum RequiredList<'a> {
+    Parsed(&'a [Permission]),
+    Checked(&'a [String]),
+}
+
+impl<'a> Required<'a> {
+    /// Nothing required.
+    pub const NONE: Self = Self(RequiredList::Parsed(&[]));
+
+    /// Permissions already parsed.
+    #[must_use]
+    pub fn parsed(permissions: &'a [Permission]) -> Self {
+        Self(RequiredList::Parsed(permissions))
+    }
+
+    /// Texts, once each is checked to be a permission.
+    ///
+    /// # Errors
+    /// The position of the first that is not, and why.
+    pub fn check(texts: &'a [String]) -> Result<Self, (usize, InvalidPermission)> {
+        for (i, text) in texts.iter().enumerate() {
+            Permission::check(text).map_err(|error| (i, error))?;
+        }
+        Ok(Self(RequiredList::Checked(texts)))
+    }
+
+    /// The texts of the permissions, in order.
+    pub fn texts(self) -> impl Iterator<Item = &'a str> {
+        let (parsed, checked): (&[Permission], &[String]) = match self.0 {
+            RequiredList::Parsed(list) => (list, &[]),
+            RequiredList::Checked(list) => (&[], list),
+        };
+        parsed
+            .iter()
+            .map(Permission::as_str)
+            .chain(checked.iter().map(String::as_str))
+    }
+}
+
+impl Default for Required<'_> {
+    fn default() -> Self {
+        Self::NONE
+    }
 }
 
 /// Why a live key is forbidden: for logs, and for `PERMISSION_DENIED`
@@ -237,19 +289,30 @@ impl Validator {
         // Read before the compare, so every failure below costs the same:
         // unknown, wrong-secret, revoked and expired keys all did this work.
         let now = self.clock.now();
-        let key = match verify(&parsed, self.index.get(parsed.id())) {
-            Ok(key) => key,
-            Err(reason) => return Outcome::Invalid(reason),
+        let (key, entitlements) = match self.index.prove(parsed.id(), &parsed.digest()) {
+            Ok(proven) => proven,
+            Err(Unproven::UnknownKey) => {
+                return Outcome::Invalid(InvalidReason::UnknownKey(parsed.id()));
+            }
+            Err(Unproven::WrongSecret) => {
+                return Outcome::Invalid(InvalidReason::WrongSecret(parsed.id()));
+            }
         };
-        self.check_proven(key, now, checks)
+        self.check_proven(key, entitlements, now, checks)
     }
 
-    /// Stages 4–7, for a key proven to be the one presented, at `now`.
-    fn check_proven(&self, key: Arc<IndexedKey>, now: Timestamp, checks: Checks<'_>) -> Outcome {
+    /// Stages 4–7, for a key proven to be the one presented, with its
+    /// `entitlements`, at `now`.
+    fn check_proven(
+        &self,
+        key: Arc<IndexedKey>,
+        entitlements: Entitlements,
+        now: Timestamp,
+        checks: Checks<'_>,
+    ) -> Outcome {
         if let Err(reason) = check_state(&key, now) {
             return Outcome::Invalid(reason);
         }
-        let entitlements = self.index.entitlements(&key);
         let limit = key
             .profile
             .rate_limit
@@ -300,16 +363,18 @@ impl Validator {
         proven: Option<&ProvenCredential>,
     ) -> Outcome {
         let checks = Checks {
-            required: &[],
+            required: Required::NONE,
             client_ip,
             skip_rate_limit: true,
         };
         let recalled = proven
             .and_then(|proven| proven.recall(presented))
-            .filter(|key| self.index.holds(key));
+            .and_then(|key| Some((self.index.entitlements_if_held(&key)?, key)));
         let remembered = recalled.is_some();
         let outcome = match recalled {
-            Some(key) => self.check_proven(key, self.clock.now(), checks),
+            Some((entitlements, key)) => {
+                self.check_proven(key, entitlements, self.clock.now(), checks)
+            }
             None => self.check(presented, checks),
         };
         match &outcome {
@@ -369,22 +434,6 @@ impl Validator {
     }
 }
 
-/// Stages 2–3: compares the presented secret's digest with the stored one in
-/// constant time. An unknown id is compared against a dummy digest, so the
-/// work done is the same whether or not the id exists.
-fn verify(
-    parsed: &ParsedKey<'_>,
-    entry: Option<Arc<IndexedKey>>,
-) -> Result<Arc<IndexedKey>, InvalidReason> {
-    let expected = entry.as_ref().map_or(KeyDigest::dummy(), |key| key.digest);
-    let matches = parsed.digest().ct_eq(&expected);
-    match entry {
-        Some(key) if matches => Ok(key),
-        Some(_) => Err(InvalidReason::WrongSecret(parsed.id())),
-        None => Err(InvalidReason::UnknownKey(parsed.id())),
-    }
-}
-
 /// Stage 4: a proven key must be neither revoked nor expired at `now`.
 fn check_state(key: &IndexedKey, now: Timestamp) -> Result<(), InvalidReason> {
     if key.revoked_at.is_some() {
@@ -416,12 +465,12 @@ fn check_client_ip(key: &IndexedKey, client_ip: Option<IpAddr>) -> Result<(), De
 }
 
 /// Stage 7: the first required permission that nothing in `granted` grants.
-fn authorize(granted: &[Permission], required: &[Permission]) -> Result<(), Permission> {
+fn authorize(granted: &[Permission], required: Required<'_>) -> Result<(), Permission> {
     match required
-        .iter()
-        .find(|needed| !granted.iter().any(|held| held.grants(needed)))
+        .texts()
+        .find(|needed| !granted.iter().any(|held| held.grants_text(needed)))
     {
-        Some(missing) => Err(missing.clone()),
+        Some(missing) => Err(missing.parse().expect("required permissions are checked")),
         None => Ok(()),
     }
 }
@@ -444,7 +493,7 @@ mod tests {
 
     fn need(required: &[Permission]) -> Checks<'_> {
         Checks {
-            required,
+            required: Required::parsed(required),
             client_ip: None,
             skip_rate_limit: false,
         }
@@ -700,7 +749,7 @@ mod tests {
             ];
         });
         let at = |ip: Option<&str>| Checks {
-            required: &[],
+            required: Required::NONE,
             client_ip: ip.map(|ip| ip.parse().unwrap()),
             skip_rate_limit: false,
         };
@@ -795,12 +844,33 @@ mod tests {
             (&["*"], &["x", "y:z"], Ok(())),
         ];
         for (granted, required, expected) in cases {
-            let result = authorize(&perms(granted), &perms(required));
-            assert_eq!(
-                result.map_err(|p| p.to_string()),
-                expected.map_err(str::to_owned),
-                "{granted:?} ⊢ {required:?}"
-            );
+            let texts: Vec<String> = required.iter().map(|p| (*p).to_owned()).collect();
+            let parsed = perms(required);
+            for required in [Required::parsed(&parsed), Required::check(&texts).unwrap()] {
+                assert_eq!(
+                    authorize(&perms(granted), required).map_err(|p| p.to_string()),
+                    expected.map_err(str::to_owned),
+                    "{granted:?} ⊢ {required:?}"
+                );
+            }
         }
+    }
+
+    #[test]
+    fn required_texts_are_checked_before_use() {
+        let texts: Vec<String> = ["deploy:read", "Deploy", ""]
+            .iter()
+            .map(|p| (*p).to_owned())
+            .collect();
+        assert_eq!(
+            Required::check(&texts).unwrap_err(),
+            (1, InvalidPermission::Malformed)
+        );
+        assert_eq!(
+            Required::check(&texts[2..]).unwrap_err(),
+            (0, InvalidPermission::Empty)
+        );
+        let required = Required::check(&texts[..1]).unwrap();
+        assert_eq!(required.texts().collect::<Vec<_>>(), ["deploy:read"]);
     }
 }

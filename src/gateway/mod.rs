@@ -45,12 +45,12 @@ use crate::{
     auth::{Origin, bearer},
     cidr::Cidr,
     error::ServiceError,
-    key::KeyId,
-    metrics::{Front, GatewayChecked, Metrics, Validated},
+    key::{HotPathHasher, KeyId},
+    metrics::{Front, GatewayChecked, Metrics, RouteSeries, Validated},
     model::IndexedKey,
     permission::{Permission, RoleName},
     service::{KeyService, keys::required_permissions},
-    validate::{Checks, Outcome},
+    validate::{Checks, Outcome, Required},
 };
 
 /// The prefix of every header keyward sets for the upstream. A client's own
@@ -268,7 +268,7 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     settings: GatewaySettings,
     /// Each route's permissions, parsed; by their text as the proxy sends it.
-    routes: RwLock<HashMap<Box<str>, Arc<Route>>>,
+    routes: RwLock<HashMap<Box<str>, Arc<Route>, HotPathHasher>>,
 }
 
 impl Gateway {
@@ -341,7 +341,9 @@ impl Gateway {
                 self.metrics.gateway_checked(
                     front,
                     GatewayChecked::Decided(Validated::Stale),
-                    &split_permissions(checked.permissions).join(","),
+                    &self
+                        .metrics
+                        .route_series(&split_permissions(checked.permissions).join(",")),
                     started,
                 );
                 return Ok(Verdict::Deny(Refusal::Unavailable));
@@ -356,14 +358,14 @@ impl Gateway {
                 self.metrics.gateway_checked(
                     front,
                     GatewayChecked::Decided(Validated::InvalidArgument),
-                    "invalid",
+                    &self.metrics.route_series("invalid"),
                     started,
                 );
                 return Err(error);
             }
         };
         let checks = Checks {
-            required: &route.permissions,
+            required: Required::parsed(&route.permissions),
             client_ip: checked.client_ip,
             skip_rate_limit: false,
         };
@@ -401,7 +403,7 @@ impl Gateway {
             ),
         };
         self.metrics
-            .gateway_checked(front, how, &route.label, started);
+            .gateway_checked(front, how, &route.series, started);
         Ok(verdict)
     }
 
@@ -420,7 +422,7 @@ impl Gateway {
         let named = split_permissions(text);
         let route = Arc::new(Route {
             permissions: required_permissions(&named)?,
-            label: named.join(",").into(),
+            series: self.metrics.route_series(&named.join(",")),
         });
         let mut routes = self
             .routes
@@ -440,8 +442,9 @@ const MAX_ROUTES: usize = 1024;
 #[derive(Debug)]
 struct Route {
     permissions: Vec<Permission>,
-    /// The permissions, comma-separated without blanks.
-    label: Box<str>,
+    /// Its counts, named after the permissions (comma-separated, without
+    /// blanks).
+    series: RouteSeries,
 }
 
 /// See [`Gateway::client_ip`].

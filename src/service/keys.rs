@@ -17,7 +17,7 @@ use crate::{
     metrics::{DbOperation, Metrics, Validated},
     pb,
     permission::{self, Permission},
-    validate::{Checks, Outcome, Validator},
+    validate::{Checks, Outcome, Required, Validator},
 };
 use wire::ValidateAnswer;
 
@@ -77,7 +77,7 @@ impl KeyService {
         let caller = self.authenticate(presented, origin, started)?;
         // Read after the caller is known: a stranger learns nothing, not even
         // that its request is malformed.
-        let parsed = required_permissions(&request.required_permissions)
+        let parsed = checked_permissions(&request.required_permissions)
             .and_then(|required| Ok((required, client_ip(&request.client_ip)?)));
         let (required, client_ip) = match parsed {
             Ok(parsed) => parsed,
@@ -87,7 +87,7 @@ impl KeyService {
             }
         };
         let checks = Checks {
-            required: &required,
+            required,
             client_ip,
             skip_rate_limit: false,
         };
@@ -222,11 +222,23 @@ fn retry_after_seconds(wait: Duration) -> u64 {
     (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
-/// The required permissions of a Validate request, parsed.
+/// The required permissions of a Validate request (or a gateway route),
+/// parsed.
 ///
 /// # Errors
 /// `INVALID_ARGUMENT` for too many, or one that is malformed.
 pub fn required_permissions(raw: &[String]) -> Result<Vec<Permission>, ServiceError> {
+    Ok(checked_permissions(raw)?
+        .texts()
+        .map(|text| text.parse().expect("checked"))
+        .collect())
+}
+
+/// The required permissions of a Validate request, checked in place.
+///
+/// # Errors
+/// As [`required_permissions`].
+fn checked_permissions(raw: &[String]) -> Result<Required<'_>, ServiceError> {
     if raw.len() > MAX_REQUIRED_PERMISSIONS {
         return Err(ServiceError::invalid(
             "required_permissions",
@@ -236,14 +248,9 @@ pub fn required_permissions(raw: &[String]) -> Result<Vec<Permission>, ServiceEr
             ),
         ));
     }
-    raw.iter()
-        .enumerate()
-        .map(|(i, text)| {
-            text.parse().map_err(|error| {
-                ServiceError::invalid("required_permissions", format!("entry {i}: {error}"))
-            })
-        })
-        .collect()
+    Required::check(raw).map_err(|(i, error)| {
+        ServiceError::invalid("required_permissions", format!("entry {i}: {error}"))
+    })
 }
 
 /// Logs why a key was refused, with its id and the caller's, never the key:

@@ -18,7 +18,7 @@ use super::super::StoreError;
 use crate::{
     cidr::Cidr,
     clock::Timestamp,
-    key::{IdHasher, KeyDigest, KeyId, KeyMap},
+    key::{HotPathHasher, KeyDigest, KeyId, KeyMap},
     model::{EntitlementsCache, IndexedKey, KeyProfile, Labels, Profiles},
     permission::{Permission, RoleName},
     rate_limit::RateLimit,
@@ -295,7 +295,7 @@ impl Loading {
                 .expect("entries are not shared while loading")
                 .profile = profile;
         }
-        let mut by_id = KeyMap::with_capacity_and_hasher(keys.len(), IdHasher::default());
+        let mut by_id = KeyMap::with_capacity_and_hasher(keys.len(), HotPathHasher::default());
         by_id.extend(keys.into_iter().map(|key| (key.id, key)));
         Ok((by_id, profiles))
     }
