@@ -186,9 +186,13 @@ impl<T: Message + Sender> tonic::codec::Encoder for Encoder<T> {
     type Error = Status;
 
     fn encode(&mut self, mut item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        let encoded = item.encode(buf);
+        // `encode_raw`, not `encode`: `encode` measures the whole message
+        // first only to check that the buffer has room, and tonic's buffer
+        // grows as it is written (its room is `usize::MAX` less its length),
+        // so the check cannot fail. Every answer would be measured twice.
+        item.encode_raw(buf);
         item.wipe_secrets();
-        encoded.map_err(|error| Status::internal(format!("cannot encode a message: {error}")))
+        Ok(())
     }
 
     fn buffer_settings(&self) -> BufferSettings {

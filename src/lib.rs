@@ -17,7 +17,7 @@
 //! | [`replica`] | many replicas on PostgreSQL: following the change feed, resyncs, fail-static then closed |
 //! | [`freshness`] | how current the index is known to be: confirmed by [`replica`], checked by [`validate`] |
 //! | [`index`] | the in-memory index of live keys and roles, changed only by [`model::Change`]s |
-//! | [`validate`] | the security core: parse → look up → verify → state → rate-limit → authorize → use cap |
+//! | [`validate`] | the security core: parse → look up → verify → state → rate-limit → authorize → use cap; a connection's proven caller credential ([`validate::ProvenCredential`]) |
 //! | [`rate_limit`] | per-key GCRA limits (governor), idle state reclaimed |
 //! | [`usage`] | last-used and use counts, batched off the hot path |
 //! | [`auth`] | caller authentication from `authorization: Bearer` metadata; no-escalation rule |
@@ -27,7 +27,7 @@
 //! | [`oidc`] | verifying an OIDC identity token: discovery, the issuer's keys (cached), the JWT and its claims |
 //! | [`exchange`] | the exchange: identity token → verified → a short-lived key, one generic refusal |
 //! | [`bootstrap`] | first run: built-in roles and the first admin key |
-//! | [`service`] | the gRPC edge: wire ↔ domain conversions |
+//! | [`service`] | the gRPC edge: wire ↔ domain conversions; Validate's answer written straight from the decision (`service::keys::wire`) |
 //! | [`gateway`] | proxies in front of a service: Envoy's ext_authz [`gateway::ext_authz`] on the gRPC port, forward-auth and Validate in JSON on the HTTP listener ([`gateway::http`]), both through Validate's own path |
 //! | [`hardening`] | the server process itself: no core dumps, not dumpable |
 //! | [`server`] | startup, serving, graceful shutdown; [`server::Settings`] holds every default |
@@ -37,7 +37,7 @@
 //! | [`tls`] | TLS on the gRPC port and the HTTP listener: certificates reloaded under a running server, optional client certificates (mTLS) |
 //! | [`error`] | which error type is used where, and the one mapping to `tonic::Status` |
 //! | [`pb`] | generated protobuf and gRPC code for `keyward.v1` |
-//! | [`codec`] | the generated code's protobuf codec: a request that does not decode (e.g. a string that is not UTF-8) is `INVALID_ARGUMENT` naming the field |
+//! | [`codec`] | the generated code's protobuf codec: a request that does not decode (e.g. a string that is not UTF-8) is `INVALID_ARGUMENT` naming the field; [`codec::write`], pieces for the messages written by hand |
 
 pub mod auth;
 pub mod bootstrap;

@@ -60,6 +60,11 @@ pub struct Authenticated {
     retry_after: Option<Duration>,
 }
 
+/// Largest answer written on the stack before it is copied out (see
+/// `encode_raw`); larger ones, with many roles, permissions or labels, are
+/// written straight into the encoder's buffer.
+const STACK_ANSWER_BYTES: usize = 512;
+
 // Field numbers of `ValidateResponse`, from `key_service.proto`.
 const VALID: u32 = 1;
 const KEY_ID: u32 = 2;
@@ -245,7 +250,20 @@ fn enum_value(denial: pb::Denial) -> u64 {
 impl Message for ValidateAnswer {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         match self {
-            Self::Authenticated(answer) => answer.write(buf),
+            Self::Authenticated(answer) => {
+                // Written on the stack first, then copied in one piece: the
+                // encoder's buffer checks its capacity on every byte put,
+                // and an answer is a few dozen small fields.
+                let len = answer.len();
+                if len <= STACK_ANSWER_BYTES {
+                    let mut stack = [0_u8; STACK_ANSWER_BYTES];
+                    let mut free = &mut stack[..];
+                    answer.write(&mut free);
+                    buf.put_slice(&stack[..len]);
+                } else {
+                    answer.write(buf);
+                }
+            }
             Self::Invalid => put_varint(DENIAL, enum_value(pb::Denial::Invalid), buf),
         }
     }
@@ -379,6 +397,21 @@ mod tests {
         assert_eq!(read.denial(), pb::Denial::RateLimited);
         assert_eq!(read.retry_after.unwrap().seconds, 1);
         assert_eq!(read.rate_limit.unwrap().remaining_burst, 0);
+    }
+
+    #[test]
+    fn an_answer_too_large_for_the_stack_is_written_all_the_same() {
+        let permissions: Vec<String> = (0..64).map(|i| format!("service:area{i}:write")).collect();
+        let permissions: Vec<&str> = permissions.iter().map(String::as_str).collect();
+        let answer = ValidateAnswer::authenticated(
+            grant(&[], &permissions, &[], "owner", None, None, None),
+            pb::Denial::Unspecified,
+            None,
+        );
+        assert!(answer.encoded_len() > STACK_ANSWER_BYTES);
+        let read = read_back(&answer);
+        assert_eq!(read, answer.to_pb());
+        assert_eq!(read.permissions.len(), 64);
     }
 
     proptest! {
