@@ -315,34 +315,27 @@ async fn a_caller_changed_mid_connection_is_judged_anew() {
         assert!(client.validate(request()).await.unwrap().into_inner().valid);
     }
 
-    app.admin_client()
-        .await
-        .update_role(authed(
-            &app.admin_key,
-            pb::UpdateRoleRequest {
-                name: "checker".into(),
-                remove_permissions: vec!["keyward:validate".into()],
-                add_permissions: vec!["deploy:read".into()],
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap();
+    let update_checker = |add: &[&str], remove: &[&str]| {
+        let request = pb::UpdateRoleRequest {
+            name: "checker".into(),
+            add_permissions: add.iter().map(|p| (*p).to_owned()).collect(),
+            remove_permissions: remove.iter().map(|p| (*p).to_owned()).collect(),
+            ..Default::default()
+        };
+        let app = &app;
+        async move {
+            app.admin_client()
+                .await
+                .update_role(authed(&app.admin_key, request))
+                .await
+                .unwrap();
+        }
+    };
+    update_checker(&["deploy:read"], &["keyward:validate"]).await;
     let status = client.validate(request()).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
 
-    app.admin_client()
-        .await
-        .update_role(authed(
-            &app.admin_key,
-            pb::UpdateRoleRequest {
-                name: "checker".into(),
-                add_permissions: vec!["keyward:validate".into()],
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap();
+    update_checker(&["keyward:validate"], &[]).await;
     assert!(client.validate(request()).await.unwrap().into_inner().valid);
 
     app.revoke(&caller_id, "").await.unwrap();
